@@ -1,0 +1,229 @@
+//! The daemon's wiring: store thread, OCPP server, gateway hardware and systemd, and the
+//! orderly shutdown that flushes the store before the process exits.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chargesite_hal::{self as hal, Indicator, IndicatorState, LinkState, Watchdog};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::ocpp::handler::Context;
+use crate::ocpp::registry::Registry;
+use crate::ocpp::server::Server;
+use crate::store::{self, Op, Store, StoreError, StoreSettings};
+
+/// Failures that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The store could not be opened.
+    #[error("store {path}: {source}")]
+    Store {
+        /// Database path.
+        path: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The OCPP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Gateway hardware named in the config could not be opened.
+    #[error("gateway {what}: {source}")]
+    Hardware {
+        /// Which device.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running agent's handles, for the daemon and for tests that embed it.
+pub struct Agent {
+    /// The address the OCPP server listens on.
+    pub local_addr: SocketAddr,
+    /// Connected chargers and outbound CALLs.
+    pub registry: Registry,
+    /// The store handle.
+    pub store: Store,
+}
+
+/// Runs the agent until `shutdown` is cancelled; `on_ready` is called once it listens.
+///
+/// # Errors
+/// [`AgentError`] when startup fails; after startup, failures are logged and survived.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Agent),
+) -> Result<(), AgentError> {
+    let config = Arc::new(config);
+    let (store, store_thread) = store::open(
+        &config.store.path,
+        StoreSettings {
+            site_id: config.site_id.clone(),
+            max_batch: config.store.max_batch,
+            max_charger_power_w: config.ocpp.max_charger_power_w,
+            clock_tolerance_secs: config.ocpp.clock_tolerance_secs,
+        },
+    )
+    .map_err(|source| AgentError::Store {
+        path: config.store.path.display().to_string(),
+        source,
+    })?;
+    let listener = TcpListener::bind(config.ocpp.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: config.ocpp.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: config.ocpp.listen,
+        source,
+    })?;
+    let gateway = Gateway::open(&config)?;
+    let registry = Registry::default();
+    let ctx = Arc::new(Context {
+        config: config.clone(),
+        store: store.clone(),
+        uplink_online: Arc::new(AtomicBool::new(false)),
+    });
+    let server = Server::new(ctx, registry.clone());
+    tracing::info!(site = %config.site_id, %local_addr, "chargesite listening for chargers on ws://{local_addr}/ocpp/<id>");
+    on_ready(&Agent {
+        local_addr,
+        registry: registry.clone(),
+        store: store.clone(),
+    });
+    notify(hal::systemd::ready());
+
+    let supervisor = tokio::spawn(gateway.supervise(store.clone(), shutdown.clone()));
+    server.serve(listener, shutdown.clone()).await;
+    notify(hal::systemd::stopping());
+    shutdown.cancel();
+    if let Err(e) = supervisor.await {
+        tracing::error!("gateway supervisor failed: {e}");
+    }
+    // Everything acknowledged is already committed; Close commits what is queued and
+    // stops the thread, which checkpoints the WAL.
+    if let Err(e) = store.exec(Op::Close).await {
+        tracing::error!("store close: {e}");
+    }
+    drop(store);
+    let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+    tracing::info!("chargesite stopped");
+    Ok(())
+}
+
+fn notify(r: std::io::Result<bool>) {
+    if let Err(e) = r {
+        tracing::warn!("sd_notify: {e}");
+    }
+}
+
+/// The gateway's optional hardware.
+struct Gateway {
+    indicator: Option<Box<dyn Indicator>>,
+    watchdog: Option<Box<dyn Watchdog>>,
+    link: Option<Box<dyn LinkState>>,
+}
+
+impl Gateway {
+    fn open(config: &Config) -> Result<Self, AgentError> {
+        let g = &config.gateway;
+        let indicator = match &g.led {
+            Some(p) => Some(Box::new(
+                hal::linux::SysfsLed::open(p.clone()).map_err(|source| AgentError::Hardware {
+                    what: "led",
+                    source,
+                })?,
+            ) as Box<dyn Indicator>),
+            None => None,
+        };
+        let watchdog = match &g.watchdog_device {
+            Some(p) => Some(Box::new(hal::linux::DevWatchdog::open(p.clone()).map_err(
+                |source| AgentError::Hardware {
+                    what: "watchdog_device",
+                    source,
+                },
+            )?) as Box<dyn Watchdog>),
+            None => None,
+        };
+        let link = match &g.uplink_interface {
+            Some(i) => Some(Box::new(hal::linux::SysfsOperstate::new(i).map_err(|source| {
+                AgentError::Hardware {
+                    what: "uplink_interface",
+                    source,
+                }
+            })?) as Box<dyn LinkState>),
+            None => None,
+        };
+        Ok(Self {
+            indicator,
+            watchdog,
+            link,
+        })
+    }
+
+    /// Every second: probe the store with a real commit; only a store that answers earns a
+    /// watchdog kick (hardware and systemd), so a wedged agent gets restarted. The
+    /// indicator shows fault when the store does not answer, offline when the uplink's
+    /// link is down, online otherwise.
+    async fn supervise(mut self, store: Store, shutdown: CancellationToken) {
+        let systemd_period = hal::systemd::watchdog_interval().map(|d| d / 2);
+        let period = systemd_period
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        let healthy = AtomicBool::new(true);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let ok = matches!(
+                tokio::time::timeout(Duration::from_secs(5), store.exec(Op::Noop)).await,
+                Ok(Ok(_))
+            );
+            if ok != healthy.swap(ok, Ordering::Relaxed) {
+                tracing::warn!(store_ok = ok, "store health changed");
+            }
+            if ok {
+                if let Some(w) = self.watchdog.as_mut() {
+                    if let Err(e) = w.kick() {
+                        tracing::warn!("watchdog kick: {e}");
+                    }
+                }
+                if systemd_period.is_some() {
+                    notify(hal::systemd::watchdog());
+                }
+            }
+            let link_up = self.link.as_ref().map_or(true, |l| l.is_up().unwrap_or(false));
+            let state = match (ok, link_up) {
+                (false, _) => IndicatorState::Fault,
+                (true, false) => IndicatorState::Offline,
+                (true, true) => IndicatorState::Online,
+            };
+            if let Some(i) = self.indicator.as_mut() {
+                if let Err(e) = i.set(state) {
+                    tracing::warn!("indicator: {e}");
+                }
+            }
+        }
+        if let Some(i) = self.indicator.as_mut() {
+            let _ = i.set(IndicatorState::Offline);
+        }
+        if let Some(w) = self.watchdog.as_mut() {
+            if let Err(e) = w.disarm() {
+                tracing::warn!("watchdog disarm: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! The config file (CONTRACT §2): TOML in, a typed and validated [`Config`] out.
+//!
+//! Unknown keys are errors, and every error names the key it is about, so an installer who
+//! mistypes `alow_unknown_chargers` is told so instead of silently getting the default.
+//! Keys beyond the contract's are documented in the README's config reference.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where `run` and `check-config` look when neither `--config` nor `$CHARGESITE_CONFIG`
+/// is given.
+pub const DEFAULT_PATH: &str = "/etc/chargesite/chargesite.toml";
+
+/// A config that cannot be used; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read (missing, unreadable).
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path tried.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type; toml's message names the key.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The path read.
+        path: PathBuf,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A key has a value outside what it allows.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `site.id`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    site: RawSite,
+    #[serde(default)]
+    ocpp: RawOcpp,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    store: RawStore,
+    uplink: Option<RawUplink>,
+    #[serde(default)]
+    gateway: RawGateway,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOcpp {
+    #[serde(default = "default_listen")]
+    listen: String,
+    #[serde(default)]
+    allow_unknown_chargers: bool,
+    #[serde(default)]
+    chargers: Vec<RawCharger>,
+    #[serde(default = "default_heartbeat")]
+    heartbeat_interval_secs: u64,
+    #[serde(default = "default_ping")]
+    ping_interval_secs: u64,
+    #[serde(default = "default_pong")]
+    pong_timeout_secs: u64,
+    #[serde(default = "default_call_timeout")]
+    call_timeout_secs: u64,
+    #[serde(default = "default_max_message")]
+    max_message_bytes: usize,
+    #[serde(default = "default_max_power")]
+    max_charger_power_kw: u32,
+    #[serde(default = "default_clock_tolerance")]
+    clock_tolerance_secs: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:9000".into()
+}
+fn default_heartbeat() -> u64 {
+    300
+}
+fn default_ping() -> u64 {
+    10
+}
+fn default_pong() -> u64 {
+    10
+}
+fn default_call_timeout() -> u64 {
+    30
+}
+fn default_max_message() -> usize {
+    256 * 1024
+}
+fn default_max_power() -> u32 {
+    400
+}
+fn default_clock_tolerance() -> u64 {
+    300
+}
+fn default_max_connections() -> usize {
+    2048
+}
+
+impl Default for RawOcpp {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            allow_unknown_chargers: false,
+            chargers: Vec::new(),
+            heartbeat_interval_secs: default_heartbeat(),
+            ping_interval_secs: default_ping(),
+            pong_timeout_secs: default_pong(),
+            call_timeout_secs: default_call_timeout(),
+            max_message_bytes: default_max_message(),
+            max_charger_power_kw: default_max_power(),
+            clock_tolerance_secs: default_clock_tolerance(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCharger {
+    id: String,
+    password_hash: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    free_vend: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "default_store_path")]
+    path: PathBuf,
+    #[serde(default = "default_batch")]
+    max_batch: usize,
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("/var/lib/chargesite/chargesite.db")
+}
+fn default_batch() -> usize {
+    2048
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            path: default_store_path(),
+            max_batch: default_batch(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    url: String,
+    #[serde(default = "default_prefix")]
+    topic_prefix: String,
+    #[serde(default = "default_keepalive")]
+    keepalive_secs: u64,
+    #[serde(default = "default_payload")]
+    max_payload_bytes: usize,
+    #[serde(default = "default_retain")]
+    retain_sent_hours: u64,
+    username: Option<String>,
+    password: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+}
+
+fn default_prefix() -> String {
+    "chargesite/v1".into()
+}
+fn default_keepalive() -> u64 {
+    30
+}
+fn default_payload() -> usize {
+    65536
+}
+fn default_retain() -> u64 {
+    168
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    led: Option<PathBuf>,
+    watchdog_device: Option<PathBuf>,
+    uplink_interface: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[site] id`.
+    pub site_id: String,
+    /// `[ocpp]`.
+    pub ocpp: OcppConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[uplink]`; `None` means buffer only.
+    pub uplink: Option<UplinkConfig>,
+    /// `[gateway]`: optional hardware.
+    pub gateway: GatewayConfig,
+}
+
+/// The OCPP server's settings.
+#[derive(Debug, Clone)]
+pub struct OcppConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Accept charger ids that are not listed.
+    pub allow_unknown_chargers: bool,
+    /// Listed chargers: id -> optional argon2 PHC hash.
+    pub chargers: HashMap<String, Option<String>>,
+    /// Heartbeat interval given in BootNotification.conf.
+    pub heartbeat_interval: Duration,
+    /// WebSocket ping period.
+    pub ping_interval: Duration,
+    /// Silence after a ping after which the charger is declared dead.
+    pub pong_timeout: Duration,
+    /// How long an outbound CALL waits for its answer.
+    pub call_timeout: Duration,
+    /// Largest WebSocket message accepted.
+    pub max_message_bytes: usize,
+    /// Fastest a charger can deliver energy, W: bounds a plausible register step.
+    pub max_charger_power_w: i64,
+    /// How far ahead of the site clock a charger clock may run before it is flagged.
+    pub clock_tolerance_secs: i64,
+    /// Concurrent WebSocket connections accepted.
+    pub max_connections: usize,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Every id tag is accepted.
+    pub free_vend: bool,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// SQLite file.
+    pub path: PathBuf,
+    /// Most writes grouped into one commit.
+    pub max_batch: usize,
+}
+
+/// `[uplink]`.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// True for `mqtts://`.
+    pub tls: bool,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Topic prefix; `<prefix>/<site id>` is the root.
+    pub topic_prefix: String,
+    /// MQTT keepalive.
+    pub keepalive: Duration,
+    /// Largest events batch.
+    pub max_payload_bytes: usize,
+    /// How long sent events are kept for replay.
+    pub retain_sent: Duration,
+    /// MQTT username.
+    pub username: Option<String>,
+    /// MQTT password.
+    pub password: Option<String>,
+    /// CA bundle for `mqtts://`.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (mTLS).
+    pub cert_file: Option<PathBuf>,
+    /// Client key (mTLS).
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[gateway]`: hardware the agent drives when present.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayConfig {
+    /// LED class directory, e.g. `/sys/class/leds/status`.
+    pub led: Option<PathBuf>,
+    /// Hardware watchdog device, e.g. `/dev/watchdog`.
+    pub watchdog_device: Option<PathBuf>,
+    /// Network interface of the uplink, e.g. `wwan0`.
+    pub uplink_interface: Option<String>,
+}
+
+/// Reads and validates a config file.
+///
+/// # Errors
+/// [`ConfigError`] naming the file or key.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|e| match e {
+        ConfigError::Parse { message, .. } => ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        },
+        other => other,
+    })
+}
+
+/// Parses and validates config text.
+///
+/// # Errors
+/// [`ConfigError`] naming the key.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: PathBuf::new(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    validate(raw)
+}
+
+fn valid_id(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len())
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn positive(key: &str, v: u64) -> Result<Duration, ConfigError> {
+    if v == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(Duration::from_secs(v))
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    if !valid_id(&raw.site.id, 64) {
+        return Err(invalid("site.id", "must match [A-Za-z0-9_-]{1,64}"));
+    }
+    let o = raw.ocpp;
+    let listen: SocketAddr = o
+        .listen
+        .parse()
+        .map_err(|_| invalid("ocpp.listen", "must be HOST:PORT with an IP address, e.g. 0.0.0.0:9000"))?;
+    let mut chargers = HashMap::new();
+    for (i, c) in o.chargers.into_iter().enumerate() {
+        if !valid_id(&c.id, 48) {
+            return Err(invalid(
+                format!("ocpp.chargers[{i}].id"),
+                "must match [A-Za-z0-9_-]{1,48}",
+            ));
+        }
+        if let Some(h) = &c.password_hash {
+            if argon2::password_hash::phc::PasswordHash::new(h).is_err() {
+                return Err(invalid(
+                    format!("ocpp.chargers[{i}].password_hash"),
+                    "is not a PHC string; create one with `chargesite hash-password`",
+                ));
+            }
+        }
+        if chargers.insert(c.id.clone(), c.password_hash).is_some() {
+            return Err(invalid(
+                format!("ocpp.chargers[{i}].id"),
+                format!("charger `{}` is listed twice", c.id),
+            ));
+        }
+    }
+    if o.max_message_bytes < 4096 {
+        return Err(invalid("ocpp.max_message_bytes", "must be at least 4096"));
+    }
+    if o.max_charger_power_kw == 0 {
+        return Err(invalid("ocpp.max_charger_power_kw", "must be at least 1"));
+    }
+    if o.max_connections == 0 {
+        return Err(invalid("ocpp.max_connections", "must be at least 1"));
+    }
+    let ocpp = OcppConfig {
+        listen,
+        allow_unknown_chargers: o.allow_unknown_chargers,
+        chargers,
+        heartbeat_interval: positive("ocpp.heartbeat_interval_secs", o.heartbeat_interval_secs)?,
+        ping_interval: positive("ocpp.ping_interval_secs", o.ping_interval_secs)?,
+        pong_timeout: positive("ocpp.pong_timeout_secs", o.pong_timeout_secs)?,
+        call_timeout: positive("ocpp.call_timeout_secs", o.call_timeout_secs)?,
+        max_message_bytes: o.max_message_bytes,
+        max_charger_power_w: i64::from(o.max_charger_power_kw) * 1000,
+        clock_tolerance_secs: i64::try_from(o.clock_tolerance_secs)
+            .map_err(|_| invalid("ocpp.clock_tolerance_secs", "too large"))?,
+        max_connections: o.max_connections,
+    };
+    if raw.store.path.as_os_str().is_empty() {
+        return Err(invalid("store.path", "must not be empty"));
+    }
+    if raw.store.max_batch == 0 {
+        return Err(invalid("store.max_batch", "must be at least 1"));
+    }
+    let uplink = raw.uplink.map(validate_uplink).transpose()?;
+    if let Some(iface) = &raw.gateway.uplink_interface {
+        if iface.is_empty() || iface.len() > 15 || iface.contains('/') || iface.starts_with('.') {
+            return Err(invalid("gateway.uplink_interface", "is not a network interface name"));
+        }
+    }
+    Ok(Config {
+        site_id: raw.site.id,
+        ocpp,
+        auth: AuthConfig {
+            free_vend: raw.auth.free_vend,
+        },
+        store: StoreConfig {
+            path: raw.store.path,
+            max_batch: raw.store.max_batch,
+        },
+        uplink,
+        gateway: GatewayConfig {
+            led: raw.gateway.led,
+            watchdog_device: raw.gateway.watchdog_device,
+            uplink_interface: raw.gateway.uplink_interface,
+        },
+    })
+}
+
+fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
+    let (tls, rest) = if let Some(r) = u.url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = u.url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(invalid("uplink.url", "must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => (
+            h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            p.parse::<u16>()
+                .map_err(|_| invalid("uplink.url", "port must be a number from 1 to 65535"))?,
+        ),
+        _ if !rest.is_empty() && !rest.contains('/') => {
+            (rest.to_string(), if tls { 8883 } else { 1883 })
+        }
+        _ => return Err(invalid("uplink.url", "must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")),
+    };
+    if port == 0 {
+        return Err(invalid("uplink.url", "port must be a number from 1 to 65535"));
+    }
+    let prefix = u.topic_prefix.trim_matches('/').to_string();
+    if prefix.is_empty() || prefix.contains(['+', '#']) {
+        return Err(invalid(
+            "uplink.topic_prefix",
+            "must be a non-empty topic without wildcards",
+        ));
+    }
+    if u.max_payload_bytes < 1024 || u.max_payload_bytes > 256 * 1024 * 1024 {
+        return Err(invalid(
+            "uplink.max_payload_bytes",
+            "must be between 1024 and 268435456",
+        ));
+    }
+    if (u.cert_file.is_some()) != (u.key_file.is_some()) {
+        let key = if u.cert_file.is_some() {
+            "uplink.key_file"
+        } else {
+            "uplink.cert_file"
+        };
+        return Err(invalid(key, "cert_file and key_file go together"));
+    }
+    if !tls && (u.ca_file.is_some() || u.cert_file.is_some()) {
+        return Err(invalid("uplink.url", "TLS files are set but the url is not mqtts://"));
+    }
+    if u.password.is_some() && u.username.is_none() {
+        return Err(invalid("uplink.username", "is required when a password is set"));
+    }
+    Ok(UplinkConfig {
+        url: u.url.clone(),
+        tls,
+        host,
+        port,
+        topic_prefix: prefix,
+        keepalive: positive("uplink.keepalive_secs", u.keepalive_secs)?,
+        max_payload_bytes: u.max_payload_bytes,
+        retain_sent: Duration::from_secs(u.retain_sent_hours.saturating_mul(3600)),
+        username: u.username,
+        password: u.password,
+        ca_file: u.ca_file,
+        cert_file: u.cert_file,
+        key_file: u.key_file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_config_gets_the_contract_defaults() {
+        let c = parse("[site]\nid = \"site-001\"\n").unwrap();
+        assert_eq!(c.ocpp.listen.to_string(), "0.0.0.0:9000");
+        assert!(!c.ocpp.allow_unknown_chargers);
+        assert!(!c.auth.free_vend);
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/chargesite/chargesite.db"));
+        assert!(c.uplink.is_none());
+    }
+
+    #[test]
+    fn uplink_defaults_follow_the_contract() {
+        let c = parse("[site]\nid='s'\n[uplink]\nurl='mqtt://127.0.0.1:1883'\n").unwrap();
+        let u = c.uplink.unwrap();
+        assert_eq!(u.topic_prefix, "chargesite/v1");
+        assert_eq!(u.keepalive, Duration::from_secs(30));
+        assert_eq!(u.max_payload_bytes, 65536);
+        assert_eq!(u.retain_sent, Duration::from_secs(168 * 3600));
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("127.0.0.1", 1883, false));
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_that_names_it() {
+        let e = parse("[site]\nid='s'\n[ocpp]\nalow_unknown_chargers = true\n").unwrap_err();
+        assert!(e.to_string().contains("alow_unknown_chargers"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_site_id_names_the_key() {
+        let e = parse("[site]\nid='no spaces'\n").unwrap_err();
+        assert!(e.to_string().contains("site.id"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_site_section_names_it() {
+        let e = parse("[ocpp]\nlisten='0.0.0.0:1'\n").unwrap_err();
+        assert!(e.to_string().contains("site"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_password_hash_names_the_charger_entry() {
+        let e = parse("[site]\nid='s'\n[[ocpp.chargers]]\nid='CP1'\npassword_hash='plain'\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("ocpp.chargers[0].password_hash"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_uplink_scheme_names_the_key() {
+        let e = parse("[site]\nid='s'\n[uplink]\nurl='http://x'\n").unwrap_err();
+        assert!(e.to_string().contains("uplink.url"), "{e}");
+    }
+}

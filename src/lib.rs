@@ -1,0 +1,24 @@
+//! chargesite: the site agent for an EV charging site.
+//!
+//! # Layout
+//! - [`config`]: the TOML config file, typed and validated (CONTRACT §2).
+//! - [`agent`]: process wiring: store, OCPP server, gateway hardware, systemd, shutdown.
+//! - [`ocpp`]: the OCPP-J 1.6 central system chargers connect to: framing and message
+//!   decoding (pure), the energy register (pure), the per-request handler, the registry
+//!   of connected chargers with outbound CALLs, and the WebSocket server.
+//! - [`store`]: the one thread that owns the SQLite database; migrations; group commit;
+//!   the ops that write each fact together with its upstream outbox events.
+//! - [`auth`]: id-tag decisions (pure).
+//! - [`password`]: argon2 hashes of charger passwords.
+//! - [`time`]: the contract's timestamp format and charger clock checks (pure).
+//!
+//! Hardware traits (status LED, watchdog, link state, sd_notify) live in the
+//! `chargesite-hal` crate beside this one.
+
+pub mod agent;
+pub mod auth;
+pub mod config;
+pub mod ocpp;
+pub mod password;
+pub mod store;
+pub mod time;

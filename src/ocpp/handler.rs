@@ -1,0 +1,212 @@
+//! What the central system answers to each charger request.
+//!
+//! Decoding and decisions are pure (see [`super::messages`], [`crate::auth`]); this module
+//! turns a decoded request into a store op, awaits its COMMIT, and only then builds the
+//! CALLRESULT. A store failure is answered with a CALLERROR `InternalError`, so the charger
+//! keeps the message and retries: nothing is acknowledged that is not durable.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::frame::{self, ErrorCode};
+use super::messages::{self, Request};
+use crate::auth;
+use crate::config::Config;
+use crate::store::{MeterIn, Op, Reply, StartTx, StopTx, Store};
+use crate::time::{fmt_ts, now};
+
+/// What every connection's handler shares.
+pub struct Context {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// The store.
+    pub store: Store,
+    /// Whether the uplink is connected now (recorded on `session.started`).
+    pub uplink_online: Arc<AtomicBool>,
+}
+
+/// Answers one CALL from charger `cp_id`; returns the frame to send back.
+pub async fn handle_call(ctx: &Context, cp_id: &str, id: &str, action: &str, payload: &Value) -> String {
+    let request = match messages::decode(action, payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(cp_id, action, code = e.code.as_str(), "rejected: {}", e.description);
+            return frame::call_error(id, e.code, &e.description);
+        }
+    };
+    match answer(ctx, cp_id, request).await {
+        Ok(payload) => frame::call_result(id, payload),
+        Err(e) => {
+            tracing::error!(cp_id, action, "store failed, answering InternalError: {e}");
+            frame::call_error(id, ErrorCode::InternalError, "could not record the message; retry later")
+        }
+    }
+}
+
+async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Value, crate::store::StoreError> {
+    let received = now();
+    let cp = cp_id.to_string();
+    let free_vend = ctx.config.auth.free_vend;
+    Ok(match request {
+        Request::BootNotification {
+            vendor,
+            model,
+            serial,
+            firmware,
+        } => {
+            ctx.store
+                .exec(Op::Booted {
+                    cp_id: cp,
+                    vendor,
+                    model,
+                    serial,
+                    firmware,
+                    at: received,
+                })
+                .await?;
+            json!({
+                "status": "Accepted",
+                "currentTime": fmt_ts(now()),
+                "interval": ctx.config.ocpp.heartbeat_interval.as_secs(),
+            })
+        }
+        Request::Heartbeat => json!({"currentTime": fmt_ts(now())}),
+        Request::StatusNotification {
+            connector_id,
+            status,
+            error_code,
+            timestamp,
+            info,
+        } => {
+            ctx.store
+                .exec(Op::Status {
+                    cp_id: cp,
+                    connector_id,
+                    status,
+                    error_code,
+                    info,
+                    charger_ts: timestamp,
+                    at: received,
+                })
+                .await?;
+            json!({})
+        }
+        Request::Authorize { id_tag } => {
+            let decision = auth::check_tag(&id_tag, free_vend);
+            let status = auth::ocpp_status(decision.result);
+            ctx.store
+                .exec(Op::AuthChecked {
+                    cp_id: cp,
+                    connector_id: None,
+                    auth: decision,
+                    at: received,
+                })
+                .await?;
+            json!({"idTagInfo": {"status": status}})
+        }
+        Request::StartTransaction {
+            connector_id,
+            id_tag,
+            meter_start_wh,
+            timestamp,
+            reservation_id,
+        } => {
+            let decision = auth::check_tag(&id_tag, free_vend);
+            let status = auth::ocpp_status(decision.result);
+            let reply = ctx
+                .store
+                .exec(Op::StartTransaction(StartTx {
+                    cp_id: cp,
+                    connector_id,
+                    auth: decision,
+                    meter_start_wh,
+                    timestamp,
+                    reservation_id,
+                    uplink_online: ctx.uplink_online.load(Ordering::Relaxed),
+                    received,
+                }))
+                .await?;
+            let Reply::Started { transaction_id, .. } = reply else {
+                return Err(unexpected(reply));
+            };
+            json!({"transactionId": transaction_id, "idTagInfo": {"status": status}})
+        }
+        Request::StopTransaction {
+            transaction_id,
+            meter_stop_wh,
+            timestamp,
+            reason,
+            id_tag,
+            transaction_data,
+        } => {
+            ctx.store
+                .exec(Op::StopTransaction(StopTx {
+                    cp_id: cp,
+                    transaction_id,
+                    meter_stop_wh,
+                    timestamp,
+                    reason,
+                    transaction_data,
+                    received,
+                }))
+                .await?;
+            match id_tag {
+                Some(tag) => {
+                    let status = auth::ocpp_status(auth::check_tag(&tag, free_vend).result);
+                    json!({"idTagInfo": {"status": status}})
+                }
+                None => json!({}),
+            }
+        }
+        Request::MeterValues {
+            connector_id,
+            transaction_id,
+            samples,
+        } => {
+            ctx.store
+                .exec(Op::MeterValues(MeterIn {
+                    cp_id: cp,
+                    connector_id,
+                    transaction_id,
+                    samples,
+                    received,
+                }))
+                .await?;
+            json!({})
+        }
+        Request::DataTransfer { vendor_id, message_id } => {
+            tracing::info!(cp_id, vendor_id, ?message_id, "DataTransfer from an unknown vendor");
+            json!({"status": "UnknownVendorId"})
+        }
+        Request::FirmwareStatusNotification { status } => {
+            ctx.store
+                .exec(Op::ChargerNote {
+                    cp_id: cp,
+                    firmware_status: Some(status),
+                    diagnostics_status: None,
+                })
+                .await?;
+            json!({})
+        }
+        Request::DiagnosticsStatusNotification { status } => {
+            ctx.store
+                .exec(Op::ChargerNote {
+                    cp_id: cp,
+                    firmware_status: None,
+                    diagnostics_status: Some(status),
+                })
+                .await?;
+            json!({})
+        }
+        Request::Acknowledge { action } => {
+            tracing::info!(cp_id, action, "acknowledged");
+            json!({})
+        }
+    })
+}
+
+fn unexpected(reply: Reply) -> crate::store::StoreError {
+    crate::store::StoreError::Unexpected(format!("{reply:?}"))
+}

@@ -1,0 +1,15 @@
+//! The OCPP side: chargers connect here.
+//!
+//! - [`frame`]: OCPP-J framing and CALLERROR codes (pure).
+//! - [`messages`]: decoding and validating a charger's requests (pure).
+//! - [`meter`]: meter samples and the energy register (pure).
+//! - [`handler`]: what the central system answers to each request, via the store.
+//! - [`registry`]: the connected chargers and outbound CALLs to them.
+//! - [`server`]: the WebSocket listener and per-connection driver.
+
+pub mod frame;
+pub mod handler;
+pub mod messages;
+pub mod meter;
+pub mod registry;
+pub mod server;

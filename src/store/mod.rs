@@ -1,0 +1,221 @@
+//! The store: one thread owns the SQLite connection; everyone else holds a cloneable
+//! [`Store`] handle over a bounded channel and awaits the reply.
+//!
+//! Writes are grouped: the thread takes every job waiting at that moment (up to
+//! `max_batch`), runs them in one `BEGIN IMMEDIATE … COMMIT`, each inside its own savepoint
+//! so one failing job cannot undo the others, and only after COMMIT returns does it send
+//! the replies. A caller that got `Ok` therefore holds a durable fact (WAL,
+//! `synchronous=FULL`), and only then does a charger get its CALLRESULT. One commit costs
+//! an fsync; grouping is what lets a gateway keep up with a thousand chargers.
+
+mod ops;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+pub use ops::{AuthDecision, MeterIn, Op, Reply, StartTx, StopOutcome, StopTx};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer chargesite.
+    #[error("database schema version {found} is newer than this build supports ({supported})")]
+    TooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// The store thread has stopped (shutdown or a fatal error).
+    #[error("store is closed")]
+    Closed,
+    /// A stored JSON value could not be encoded or decoded.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An op returned a reply its caller did not expect (a bug, reported not panicked).
+    #[error("unexpected store reply: {0}")]
+    Unexpected(String),
+    /// The database directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Settings the store thread needs to run the ops.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `[site] id`: prefixes session ids.
+    pub site_id: String,
+    /// Most jobs grouped into one commit.
+    pub max_batch: usize,
+    /// Bounds a plausible register step (see `ocpp::meter`).
+    pub max_charger_power_w: i64,
+    /// How far ahead a charger clock may run before it is flagged.
+    pub clock_tolerance_secs: i64,
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// A cloneable handle to the store thread.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Job>,
+}
+
+/// The store thread; join it after every [`Store`] handle is dropped to flush and close.
+pub struct StoreThread {
+    handle: JoinHandle<()>,
+}
+
+impl StoreThread {
+    /// Waits for the thread to write its last batch and close the database.
+    pub fn join(self) {
+        if self.handle.join().is_err() {
+            tracing::error!("store thread panicked");
+        }
+    }
+}
+
+/// Opens (creating if needed) the database and starts the store thread.
+///
+/// # Errors
+/// [`StoreError`] when the file cannot be opened or migrated.
+pub fn open(path: &Path, settings: StoreSettings) -> Result<(Store, StoreThread), StoreError> {
+    let mut conn = connect(path)?;
+    schema::migrate(&mut conn)?;
+    let instance = ops::instance_id(&conn)?;
+    let (tx, rx) = mpsc::channel::<Job>(settings.max_batch.max(64) * 2);
+    let handle = std::thread::Builder::new()
+        .name("store".into())
+        .spawn(move || run(conn, rx, settings, instance))
+        .map_err(|source| StoreError::Dir {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((Store { tx }, StoreThread { handle }))
+}
+
+/// Opens the file with the durability settings the contract relies on.
+///
+/// # Errors
+/// [`StoreError`] when the file or its directory cannot be opened.
+pub fn connect(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl Store {
+    /// Runs one op in the next group commit and returns its result once committed.
+    ///
+    /// # Errors
+    /// The op's own error, a failed COMMIT, or [`StoreError::Closed`].
+    pub async fn exec(&self, op: Op) -> Result<Reply, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    settings: StoreSettings,
+    instance: String,
+) {
+    let ctx = ops::Ctx {
+        site_id: settings.site_id.clone(),
+        instance,
+        max_charger_power_w: settings.max_charger_power_w,
+        clock_tolerance_secs: settings.clock_tolerance_secs,
+    };
+    let mut batch: Vec<Job> = Vec::with_capacity(settings.max_batch);
+    let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(settings.max_batch);
+    let mut closing = false;
+    while let Some(first) = rx.blocking_recv() {
+        closing |= matches!(first.op, Op::Close);
+        batch.push(first);
+        while batch.len() < settings.max_batch && !closing {
+            match rx.try_recv() {
+                Ok(job) => {
+                    closing |= matches!(job.op, Op::Close);
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let committed = commit_batch(&mut conn, &ctx, &mut batch, &mut results);
+        for (job, result) in batch.drain(..).zip(results.drain(..)) {
+            let result = match (&committed, result) {
+                (Ok(()), r) => r,
+                (Err(e), _) => Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                    Some(format!("commit failed: {e}")),
+                ))),
+            };
+            // The caller may have gone away (charger disconnected); the fact is stored.
+            let _ = job.reply.send(result);
+        }
+        if closing {
+            break;
+        }
+    }
+    if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+        tracing::warn!("final WAL checkpoint failed: {e}");
+    }
+    tracing::info!("store closed");
+}
+
+fn commit_batch(
+    conn: &mut Connection,
+    ctx: &ops::Ctx,
+    batch: &mut [Job],
+    results: &mut Vec<Result<Reply, StoreError>>,
+) -> Result<(), rusqlite::Error> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in batch.iter_mut() {
+        let op = std::mem::replace(&mut job.op, Op::Noop);
+        let mut sp = tx.savepoint()?;
+        let r = ops::apply(&sp, ctx, op);
+        if r.is_ok() {
+            sp.commit()?;
+        } else {
+            sp.rollback()?;
+            sp.commit()?;
+        }
+        results.push(r);
+    }
+    tx.commit()
+}

@@ -1,0 +1,154 @@
+//! Versioned migrations, applied in order inside one transaction each and tracked by
+//! SQLite's `user_version`. A migration is never edited once released: add a new one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Every migration, oldest first; `user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: chargers, connectors, sessions, meter values, unmatched stops, the outbox.
+    r#"
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE chargers (
+        cp_id                TEXT PRIMARY KEY,
+        vendor               TEXT,
+        model                TEXT,
+        serial               TEXT,
+        firmware             TEXT,
+        booted_at            TEXT,
+        online               INTEGER NOT NULL DEFAULT 0,
+        ocpp_version         TEXT,
+        connected_at         TEXT,
+        disconnected_at      TEXT,
+        disconnect_reason    TEXT,
+        firmware_status      TEXT,
+        diagnostics_status   TEXT,
+        clock_flag           TEXT,
+        clock_flagged_at     TEXT
+    ) STRICT;
+
+    CREATE TABLE connectors (
+        cp_id         TEXT NOT NULL,
+        connector_id  INTEGER NOT NULL,
+        status        TEXT NOT NULL,
+        error_code    TEXT NOT NULL,
+        info          TEXT,
+        charger_ts    TEXT,
+        received_at   TEXT NOT NULL,
+        PRIMARY KEY (cp_id, connector_id)
+    ) STRICT;
+
+    -- transaction_id is the id OCPP chargers see: AUTOINCREMENT never reuses one,
+    -- even after rows are deleted, and it starts at 1 (never 0 or -1).
+    CREATE TABLE sessions (
+        transaction_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id         TEXT NOT NULL UNIQUE,
+        cp_id              TEXT NOT NULL,
+        connector_id       INTEGER NOT NULL,
+        id_tag             TEXT NOT NULL,
+        auth_method        TEXT NOT NULL,
+        auth_result        TEXT NOT NULL,
+        order_id           TEXT,
+        reservation_id     INTEGER,
+        meter_start_wh     INTEGER NOT NULL,
+        started_raw        TEXT NOT NULL,
+        started_at         TEXT NOT NULL,
+        start_received_at  TEXT NOT NULL,
+        uplink_online      INTEGER NOT NULL,
+        state              TEXT NOT NULL CHECK (state IN ('active', 'stopped')),
+        interrupted        INTEGER NOT NULL DEFAULT 0,
+        last_register_wh   INTEGER NOT NULL,
+        last_reading_ms    INTEGER NOT NULL,
+        last_received_ms   INTEGER NOT NULL,
+        energy_wh          INTEGER NOT NULL DEFAULT 0,
+        meter_stop_wh      INTEGER,
+        stopped_raw        TEXT,
+        stopped_at         TEXT,
+        stop_received_at   TEXT,
+        stop_reason        TEXT,
+        stop_id_tag        TEXT,
+        flags              TEXT NOT NULL DEFAULT '',
+        clock_skew_secs    INTEGER
+    ) STRICT;
+    -- A replayed StartTransaction (same charger, connector, tag, timestamp, meterStart)
+    -- finds its session here and gets the same transaction id.
+    CREATE UNIQUE INDEX sessions_replay
+        ON sessions (cp_id, connector_id, id_tag, started_raw, meter_start_wh);
+    CREATE INDEX sessions_by_charger ON sessions (cp_id, state, connector_id);
+
+    CREATE TABLE meter_values (
+        id               INTEGER PRIMARY KEY,
+        cp_id            TEXT NOT NULL,
+        connector_id     INTEGER NOT NULL,
+        transaction_id   INTEGER,
+        source           TEXT NOT NULL,
+        charger_ts_raw   TEXT NOT NULL,
+        charger_ts       TEXT NOT NULL,
+        received_at      TEXT NOT NULL,
+        context          TEXT,
+        energy_wh        INTEGER,
+        power_w          INTEGER,
+        current_a        REAL,
+        voltage_v        REAL,
+        soc_pct          REAL,
+        flags            TEXT NOT NULL DEFAULT '',
+        raw              TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX meter_values_by_tx ON meter_values (transaction_id);
+
+    -- StopTransactions that matched no running session: recorded, answered normally.
+    CREATE TABLE unmatched_stops (
+        id               INTEGER PRIMARY KEY,
+        cp_id            TEXT NOT NULL,
+        transaction_id   INTEGER NOT NULL,
+        kind             TEXT NOT NULL CHECK (kind IN ('unknown', 'duplicate')),
+        meter_stop_wh    INTEGER NOT NULL,
+        stopped_raw      TEXT NOT NULL,
+        received_at      TEXT NOT NULL,
+        reason           TEXT
+    ) STRICT;
+
+    -- The upstream outbox. seq is the contract's event seq: AUTOINCREMENT makes it
+    -- strictly increasing and never reused. body holds the fields beyond seq/type/at.
+    CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        type       TEXT NOT NULL,
+        at         TEXT NOT NULL,
+        body       TEXT NOT NULL,
+        billable   INTEGER NOT NULL,
+        sent_at    TEXT,
+        acked      INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX events_unsent ON events (seq) WHERE sent_at IS NULL;
+    "#,
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`VERSION`].
+///
+/// # Errors
+/// [`StoreError::Sqlite`] on a failed migration (nothing of it is applied), or
+/// [`StoreError::TooNew`] when the file was written by a newer build.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
