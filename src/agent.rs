@@ -138,15 +138,16 @@ struct Gateway {
 impl Gateway {
     fn open(config: &Config) -> Result<Self, AgentError> {
         let g = &config.gateway;
-        let indicator = match &g.led {
-            Some(p) => Some(Box::new(
-                hal::linux::SysfsLed::open(p.clone()).map_err(|source| AgentError::Hardware {
-                    what: "led",
-                    source,
-                })?,
-            ) as Box<dyn Indicator>),
-            None => None,
-        };
+        let indicator =
+            match &g.led {
+                Some(p) => Some(Box::new(hal::linux::SysfsLed::open(p.clone()).map_err(
+                    |source| AgentError::Hardware {
+                        what: "led",
+                        source,
+                    },
+                )?) as Box<dyn Indicator>),
+                None => None,
+            };
         let watchdog = match &g.watchdog_device {
             Some(p) => Some(Box::new(hal::linux::DevWatchdog::open(p.clone()).map_err(
                 |source| AgentError::Hardware {
@@ -157,12 +158,14 @@ impl Gateway {
             None => None,
         };
         let link = match &g.uplink_interface {
-            Some(i) => Some(Box::new(hal::linux::SysfsOperstate::new(i).map_err(|source| {
-                AgentError::Hardware {
-                    what: "uplink_interface",
-                    source,
-                }
-            })?) as Box<dyn LinkState>),
+            Some(i) => Some(
+                Box::new(hal::linux::SysfsOperstate::new(i).map_err(|source| {
+                    AgentError::Hardware {
+                        what: "uplink_interface",
+                        source,
+                    }
+                })?) as Box<dyn LinkState>,
+            ),
             None => None,
         };
         Ok(Self {
@@ -205,7 +208,10 @@ impl Gateway {
                     notify(hal::systemd::watchdog());
                 }
             }
-            let link_up = self.link.as_ref().map_or(true, |l| l.is_up().unwrap_or(false));
+            let link_up = self
+                .link
+                .as_ref()
+                .map_or(true, |l| l.is_up().unwrap_or(false));
             let state = match (ok, link_up) {
                 (false, _) => IndicatorState::Fault,
                 (true, false) => IndicatorState::Offline,

@@ -358,8 +358,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
 
 fn valid_id(s: &str, max: usize) -> bool {
     (1..=max).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -375,10 +374,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(invalid("site.id", "must match [A-Za-z0-9_-]{1,64}"));
     }
     let o = raw.ocpp;
-    let listen: SocketAddr = o
-        .listen
-        .parse()
-        .map_err(|_| invalid("ocpp.listen", "must be HOST:PORT with an IP address, e.g. 0.0.0.0:9000"))?;
+    let listen: SocketAddr = o.listen.parse().map_err(|_| {
+        invalid(
+            "ocpp.listen",
+            "must be HOST:PORT with an IP address, e.g. 0.0.0.0:9000",
+        )
+    })?;
     let mut chargers = HashMap::new();
     for (i, c) in o.chargers.into_iter().enumerate() {
         if !valid_id(&c.id, 48) {
@@ -434,7 +435,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let uplink = raw.uplink.map(validate_uplink).transpose()?;
     if let Some(iface) = &raw.gateway.uplink_interface {
         if iface.is_empty() || iface.len() > 15 || iface.contains('/') || iface.starts_with('.') {
-            return Err(invalid("gateway.uplink_interface", "is not a network interface name"));
+            return Err(invalid(
+                "gateway.uplink_interface",
+                "is not a network interface name",
+            ));
         }
     }
     Ok(Config {
@@ -474,10 +478,18 @@ fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
         _ if !rest.is_empty() && !rest.contains('/') => {
             (rest.to_string(), if tls { 8883 } else { 1883 })
         }
-        _ => return Err(invalid("uplink.url", "must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")),
+        _ => {
+            return Err(invalid(
+                "uplink.url",
+                "must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT]",
+            ))
+        }
     };
     if port == 0 {
-        return Err(invalid("uplink.url", "port must be a number from 1 to 65535"));
+        return Err(invalid(
+            "uplink.url",
+            "port must be a number from 1 to 65535",
+        ));
     }
     let prefix = u.topic_prefix.trim_matches('/').to_string();
     if prefix.is_empty() || prefix.contains(['+', '#']) {
@@ -501,10 +513,16 @@ fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
         return Err(invalid(key, "cert_file and key_file go together"));
     }
     if !tls && (u.ca_file.is_some() || u.cert_file.is_some()) {
-        return Err(invalid("uplink.url", "TLS files are set but the url is not mqtts://"));
+        return Err(invalid(
+            "uplink.url",
+            "TLS files are set but the url is not mqtts://",
+        ));
     }
     if u.password.is_some() && u.username.is_none() {
-        return Err(invalid("uplink.username", "is required when a password is set"));
+        return Err(invalid(
+            "uplink.username",
+            "is required when a password is set",
+        ));
     }
     Ok(UplinkConfig {
         url: u.url.clone(),
@@ -533,7 +551,10 @@ mod tests {
         assert_eq!(c.ocpp.listen.to_string(), "0.0.0.0:9000");
         assert!(!c.ocpp.allow_unknown_chargers);
         assert!(!c.auth.free_vend);
-        assert_eq!(c.store.path, PathBuf::from("/var/lib/chargesite/chargesite.db"));
+        assert_eq!(
+            c.store.path,
+            PathBuf::from("/var/lib/chargesite/chargesite.db")
+        );
         assert!(c.uplink.is_none());
     }
 
@@ -570,7 +591,10 @@ mod tests {
     fn a_bad_password_hash_names_the_charger_entry() {
         let e = parse("[site]\nid='s'\n[[ocpp.chargers]]\nid='CP1'\npassword_hash='plain'\n")
             .unwrap_err();
-        assert!(e.to_string().contains("ocpp.chargers[0].password_hash"), "{e}");
+        assert!(
+            e.to_string().contains("ocpp.chargers[0].password_hash"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,7 +11,11 @@ use tokio_util::sync::CancellationToken;
 use chargesite::config;
 
 #[derive(Parser)]
-#[command(name = "chargesite", version, about = "Site agent for EV charging: local OCPP central system with a durable store and an MQTT uplink")]
+#[command(
+    name = "chargesite",
+    version,
+    about = "Site agent for EV charging: local OCPP central system with a durable store and an MQTT uplink"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -61,7 +65,9 @@ fn main() -> ExitCode {
                     c.site_id,
                     c.ocpp.listen,
                     c.ocpp.chargers.len(),
-                    c.uplink.as_ref().map_or("none (buffer only)", |u| u.url.as_str())
+                    c.uplink
+                        .as_ref()
+                        .map_or("none (buffer only)", |u| u.url.as_str())
                 );
                 ExitCode::SUCCESS
             }
@@ -146,7 +152,10 @@ fn run(config: config::Config) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

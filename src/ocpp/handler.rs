@@ -28,11 +28,23 @@ pub struct Context {
 }
 
 /// Answers one CALL from charger `cp_id`; returns the frame to send back.
-pub async fn handle_call(ctx: &Context, cp_id: &str, id: &str, action: &str, payload: &Value) -> String {
+pub async fn handle_call(
+    ctx: &Context,
+    cp_id: &str,
+    id: &str,
+    action: &str,
+    payload: &Value,
+) -> String {
     let request = match messages::decode(action, payload) {
         Ok(r) => r,
         Err(e) => {
-            tracing::info!(cp_id, action, code = e.code.as_str(), "rejected: {}", e.description);
+            tracing::info!(
+                cp_id,
+                action,
+                code = e.code.as_str(),
+                "rejected: {}",
+                e.description
+            );
             return frame::call_error(id, e.code, &e.description);
         }
     };
@@ -40,12 +52,20 @@ pub async fn handle_call(ctx: &Context, cp_id: &str, id: &str, action: &str, pay
         Ok(payload) => frame::call_result(id, payload),
         Err(e) => {
             tracing::error!(cp_id, action, "store failed, answering InternalError: {e}");
-            frame::call_error(id, ErrorCode::InternalError, "could not record the message; retry later")
+            frame::call_error(
+                id,
+                ErrorCode::InternalError,
+                "could not record the message; retry later",
+            )
         }
     }
 }
 
-async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Value, crate::store::StoreError> {
+async fn answer(
+    ctx: &Context,
+    cp_id: &str,
+    request: Request,
+) -> Result<Value, crate::store::StoreError> {
     let received = now();
     let cp = cp_id.to_string();
     let free_vend = ctx.config.auth.free_vend;
@@ -176,8 +196,16 @@ async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Value, c
                 .await?;
             json!({})
         }
-        Request::DataTransfer { vendor_id, message_id } => {
-            tracing::info!(cp_id, vendor_id, ?message_id, "DataTransfer from an unknown vendor");
+        Request::DataTransfer {
+            vendor_id,
+            message_id,
+        } => {
+            tracing::info!(
+                cp_id,
+                vendor_id,
+                ?message_id,
+                "DataTransfer from an unknown vendor"
+            );
             json!({"status": "UnknownVendorId"})
         }
         Request::FirmwareStatusNotification { status } => {

@@ -7,6 +7,9 @@
 //!   schemas enumerate every value, so an unknown one is a `PropertyConstraintViolation`;
 //! - its errors are serde messages: they are mapped to the OCPP-J 1.6 CALLERROR codes.
 //!
+//! - the 1.6 schemas omit `minItems` where the specification's cardinality is `1..*`
+//!   (`meterValue`, `sampledValue`): an empty one is an `OccurenceConstraintViolation`.
+//!
 //! Charger timestamps are kept both raw (as the charger sent them) and parsed.
 
 use chrono::{DateTime, Utc};
@@ -236,7 +239,8 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
                 strict(r, "reason", |r| matches!(r, enums::Reason::Unknown(_)))?;
             }
             let raw = payload.get("transactionData");
-            let transaction_data = samples(p.transaction_data.as_deref().unwrap_or(&[]), raw)?;
+            let transaction_data =
+                samples(p.transaction_data.as_deref().unwrap_or(&[]), raw, false)?;
             Ok(Request::StopTransaction {
                 transaction_id: p.transaction_id,
                 meter_stop_wh: register(p.meter_stop, "meterStop")?,
@@ -251,7 +255,7 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
             Ok(Request::MeterValues {
                 connector_id: p.connector_id,
                 transaction_id: p.transaction_id,
-                samples: samples(&p.meter_value, payload.get("meterValue"))?,
+                samples: samples(&p.meter_value, payload.get("meterValue"), true)?,
             })
         }
         "DataTransfer" => {
@@ -374,10 +378,23 @@ fn charger_time(raw: Option<&Value>, at: DateTime<Utc>) -> ChargerTime {
 fn samples(
     values: &[data_types::MeterValue],
     raw: Option<&Value>,
+    at_least_one: bool,
 ) -> Result<Vec<Sample>, DecodeError> {
     let raw = raw.and_then(Value::as_array);
+    if values.is_empty() && at_least_one {
+        return Err(DecodeError::new(
+            ErrorCode::OccurenceConstraintViolation,
+            "meterValue: at least one element is required (cardinality 1..*)",
+        ));
+    }
     let mut out = Vec::with_capacity(values.len());
     for (i, mv) in values.iter().enumerate() {
+        if mv.sampled_value.is_empty() {
+            return Err(DecodeError::new(
+                ErrorCode::OccurenceConstraintViolation,
+                format!("meterValue[{i}].sampledValue: at least one element is required"),
+            ));
+        }
         for sv in &mv.sampled_value {
             let bad = matches!(sv.context, Some(enums::ReadingContext::Unknown(_)))
                 || matches!(sv.format, Some(enums::ValueFormat::Unknown(_)))
@@ -388,13 +405,22 @@ fn samples(
             if bad {
                 return Err(DecodeError::new(
                     ErrorCode::PropertyConstraintViolation,
-                    format!("meterValue[{i}].sampledValue: value is not in the OCPP 1.6 enumeration"),
+                    format!(
+                        "meterValue[{i}].sampledValue: value is not in the OCPP 1.6 enumeration"
+                    ),
                 ));
             }
         }
         let raw_mv = raw.and_then(|a| a.get(i));
-        let ts = charger_time(raw_mv.and_then(|m| m.get("timestamp")), mv.timestamp.inner());
-        out.push(meter::sample_from(mv, ts, raw_mv.cloned().unwrap_or(Value::Null)));
+        let ts = charger_time(
+            raw_mv.and_then(|m| m.get("timestamp")),
+            mv.timestamp.inner(),
+        );
+        out.push(meter::sample_from(
+            mv,
+            ts,
+            raw_mv.cloned().unwrap_or(Value::Null),
+        ));
     }
     Ok(out)
 }

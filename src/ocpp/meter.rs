@@ -86,7 +86,8 @@ impl Acc {
     }
     fn mean(&self) -> Option<f64> {
         self.total.or_else(|| {
-            (!self.phases.is_empty()).then(|| self.phases.iter().sum::<f64>() / self.phases.len() as f64)
+            (!self.phases.is_empty())
+                .then(|| self.phases.iter().sum::<f64>() / self.phases.len() as f64)
         })
     }
 }
@@ -112,7 +113,11 @@ pub fn sample_from(mv: &MeterValue, at: ChargerTime, raw: Value) -> Sample {
         }
         let kilo = matches!(sv.unit, Some(UnitOfMeasure::KWh) | Some(UnitOfMeasure::Kw));
         let scaled = if kilo { v * 1000.0 } else { v };
-        match sv.measurand.as_ref().unwrap_or(&Measurand::EnergyActiveImportRegister) {
+        match sv
+            .measurand
+            .as_ref()
+            .unwrap_or(&Measurand::EnergyActiveImportRegister)
+        {
             Measurand::EnergyActiveImportRegister => energy.add(sv.phase.as_ref(), scaled),
             Measurand::PowerActiveImport => power.add(sv.phase.as_ref(), scaled),
             Measurand::CurrentImport => current.add(sv.phase.as_ref(), v),

@@ -136,7 +136,12 @@ impl Server {
             .max_frame_size(Some(max))
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
         let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
             return;
@@ -144,7 +149,11 @@ impl Server {
         let mut decided: Option<Accepted> = None;
         let server = self.clone();
         let callback = |req: &Request, resp: Response| server.handshake(req, resp, &mut decided);
-        let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(self.ws_config()));
+        let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(self.ws_config()),
+        );
         let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
@@ -249,8 +258,13 @@ impl Server {
         ok
     }
 
-    async fn run<S>(&self, mut ws: WebSocketStream<S>, accepted: Accepted, peer: SocketAddr, shutdown: CancellationToken)
-    where
+    async fn run<S>(
+        &self,
+        mut ws: WebSocketStream<S>,
+        accepted: Accepted,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let cp_id = accepted.cp_id;
@@ -283,10 +297,12 @@ impl Server {
         tracing::info!(cp_id, %peer, replaced = reg.replaced, "charger connected");
 
         let cfg = &self.ctx.config.ocpp;
-        let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let mut pending: Option<(String, oneshot::Sender<Result<Value, CallFailure>>, Instant)> = None;
+        let mut pending: Option<(String, oneshot::Sender<Result<Value, CallFailure>>, Instant)> =
+            None;
         let mut next_call_id: u64 = 0;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
 
@@ -414,18 +430,31 @@ fn settle(
             let _ = reply.send(result);
         }
         other => {
-            tracing::warn!(cp_id, id, "answer to a CALL we are not waiting for; ignored");
+            tracing::warn!(
+                cp_id,
+                id,
+                "answer to a CALL we are not waiting for; ignored"
+            );
             *pending = other;
         }
     }
 }
 
-async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, text: String) -> bool {
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    text: String,
+) -> bool {
     send_msg(ws, Message::Text(text.into())).await
 }
 
-async fn send_msg<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, msg: Message) -> bool {
-    matches!(tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg)).await, Ok(Ok(())))
+async fn send_msg<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    msg: Message,
+) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, ws.send(msg)).await,
+        Ok(Ok(()))
+    )
 }
 
 fn reject(status: StatusCode, body: &str) -> ErrorResponse {

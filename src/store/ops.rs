@@ -250,12 +250,7 @@ fn radix36(mut v: u64) -> String {
 }
 
 /// Writes one outbox event.
-fn event(
-    c: &Connection,
-    kind: &str,
-    at: DateTime<Utc>,
-    body: Value,
-) -> Result<(), StoreError> {
+fn event(c: &Connection, kind: &str, at: DateTime<Utc>, body: Value) -> Result<(), StoreError> {
     let billable = kind.starts_with("session.");
     c.prepare_cached("INSERT INTO events (type, at, body, billable) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![kind, fmt_ts(at), body.to_string(), billable])?;
@@ -581,9 +576,8 @@ fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
         skew
     ])?;
     let tx_id = c.last_insert_rowid();
-    let transaction_id = i32::try_from(tx_id).map_err(|_| {
-        StoreError::Sqlite(rusqlite::Error::IntegralValueOutOfRange(0, tx_id))
-    })?;
+    let transaction_id = i32::try_from(tx_id)
+        .map_err(|_| StoreError::Sqlite(rusqlite::Error::IntegralValueOutOfRange(0, tx_id)))?;
     let session_id = format!("{}-{}-{}", ctx.site_id, ctx.instance, transaction_id);
     c.prepare_cached("UPDATE sessions SET session_id = ?1 WHERE transaction_id = ?2")?
         .execute(params![session_id, tx_id])?;
@@ -776,7 +770,11 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
         // Unknown or already stopped: record it, answer normally, never make the charger
         // retry forever. A duplicate changes no bill; an unknown one is reported upstream.
         let known = load_session(c, &s.cp_id, None, Some(s.transaction_id))?;
-        let kind = if known.is_some() { "duplicate" } else { "unknown" };
+        let kind = if known.is_some() {
+            "duplicate"
+        } else {
+            "unknown"
+        };
         c.prepare_cached(
             "INSERT INTO unmatched_stops (cp_id, transaction_id, kind, meter_stop_wh, stopped_raw,
                 received_at, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
