@@ -211,7 +211,7 @@ impl Gateway {
             let link_up = self
                 .link
                 .as_ref()
-                .map_or(true, |l| l.is_up().unwrap_or(false));
+                .is_none_or(|l| l.is_up().unwrap_or(false));
             let state = match (ok, link_up) {
                 (false, _) => IndicatorState::Fault,
                 (true, false) => IndicatorState::Offline,

@@ -268,10 +268,7 @@ async fn every_bad_frame_gets_the_ocpp_j_1_6_callerror_and_the_socket_stays_up()
         cp.send_text(frame).await;
     }
     assert!(cp.try_recv(Duration::from_millis(500)).await.is_none());
-    assert_eq!(
-        cp.ok("Heartbeat", json!({})).await["currentTime"].is_string(),
-        true
-    );
+    assert!(cp.ok("Heartbeat", json!({})).await["currentTime"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

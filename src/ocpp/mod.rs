@@ -5,8 +5,10 @@
 //! - [`meter`]: meter samples and the energy register (pure).
 //! - [`handler`]: what the central system answers to each request, via the store.
 //! - [`registry`]: the connected chargers and outbound CALLs to them.
+//! - [`commands`]: typed outbound commands (RemoteStart/Stop, Reset, …) over the registry.
 //! - [`server`]: the WebSocket listener and per-connection driver.
 
+pub mod commands;
 pub mod frame;
 pub mod handler;
 pub mod messages;

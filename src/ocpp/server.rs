@@ -148,6 +148,8 @@ impl Server {
         };
         let mut decided: Option<Accepted> = None;
         let server = self.clone();
+        // tungstenite's callback returns its `ErrorResponse` by value; not ours to shrink.
+        #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| server.handshake(req, resp, &mut decided);
         let handshake = tokio_tungstenite::accept_hdr_async_with_config(
             stream,
@@ -170,6 +172,7 @@ impl Server {
     }
 
     /// The handshake callback: path, charger id, Basic auth, subprotocol.
+    #[allow(clippy::result_large_err)]
     fn handshake(
         &self,
         req: &Request,
@@ -191,7 +194,7 @@ impl Server {
                 .headers()
                 .get("authorization")
                 .and_then(|h| h.to_str().ok())
-                .and_then(|h| basic_credentials(h));
+                .and_then(basic_credentials);
             let ok = match presented {
                 Some((user, pass)) if user == cp_id => self.verify(cp_id, &pass, hash),
                 _ => false,
@@ -301,8 +304,7 @@ impl Server {
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let mut pending: Option<(String, oneshot::Sender<Result<Value, CallFailure>>, Instant)> =
-            None;
+        let mut pending: Option<PendingCall> = None;
         let mut next_call_id: u64 = 0;
         let far = Instant::now() + Duration::from_secs(86400 * 365);
 
@@ -418,10 +420,13 @@ impl Server {
     }
 }
 
+/// Our CALL on the wire: its id, where the answer goes, and when we give up on it.
+type PendingCall = (String, oneshot::Sender<Result<Value, CallFailure>>, Instant);
+
 /// Resolves our pending CALL if the answer's id matches it.
 fn settle(
     cp_id: &str,
-    pending: &mut Option<(String, oneshot::Sender<Result<Value, CallFailure>>, Instant)>,
+    pending: &mut Option<PendingCall>,
     id: &str,
     result: Result<Value, CallFailure>,
 ) {

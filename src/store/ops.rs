@@ -653,19 +653,35 @@ fn load_session(
     Ok(row)
 }
 
+/// Readings to store, from one message.
+struct Readings<'a> {
+    cp_id: &'a str,
+    connector_id: u32,
+    samples: &'a [Sample],
+    /// `MeterValues` or `StopTransaction`.
+    source: &'static str,
+    received: DateTime<Utc>,
+    /// Only readings newer than the register's last one count (transactionData repeats
+    /// readings the charger already sent as MeterValues).
+    only_newer: bool,
+}
+
 /// Stores samples and advances the register of an active session; returns the rows'
 /// JSON for the `session.meter` event.
 fn record_samples(
     c: &Connection,
     ctx: &Ctx,
-    cp_id: &str,
-    connector_id: u32,
     session: Option<&mut SessionRow>,
-    samples: &[Sample],
-    source: &str,
-    received: DateTime<Utc>,
-    only_newer: bool,
+    r: Readings<'_>,
 ) -> Result<Vec<Value>, StoreError> {
+    let Readings {
+        cp_id,
+        connector_id,
+        samples,
+        source,
+        received,
+        only_newer,
+    } = r;
     let mut out = Vec::with_capacity(samples.len());
     let mut session = session;
     for sample in samples {
@@ -737,13 +753,15 @@ fn meter(c: &Connection, ctx: &Ctx, m: MeterIn) -> Result<Reply, StoreError> {
     let samples = record_samples(
         c,
         ctx,
-        &m.cp_id,
-        m.connector_id,
         session.as_mut(),
-        &m.samples,
-        "MeterValues",
-        m.received,
-        false,
+        Readings {
+            cp_id: &m.cp_id,
+            connector_id: m.connector_id,
+            samples: &m.samples,
+            source: "MeterValues",
+            received: m.received,
+            only_newer: false,
+        },
     )?;
     let Some(s) = session else {
         return Ok(Reply::Metered { session_id: None });
@@ -799,13 +817,15 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
         record_samples(
             c,
             ctx,
-            &s.cp_id,
-            connector,
             None,
-            &s.transaction_data,
-            "StopTransaction",
-            s.received,
-            true,
+            Readings {
+                cp_id: &s.cp_id,
+                connector_id: connector,
+                samples: &s.transaction_data,
+                source: "StopTransaction",
+                received: s.received,
+                only_newer: true,
+            },
         )?;
         return Ok(Reply::Stopped(match known {
             Some(k) => StopOutcome::Duplicate {
@@ -834,13 +854,15 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
     let samples = record_samples(
         c,
         ctx,
-        &s.cp_id,
-        connector_id,
         Some(&mut session),
-        &s.transaction_data,
-        "StopTransaction",
-        s.received,
-        true,
+        Readings {
+            cp_id: &s.cp_id,
+            connector_id,
+            samples: &s.transaction_data,
+            source: "StopTransaction",
+            received: s.received,
+            only_newer: true,
+        },
     )?;
     if !samples.is_empty() {
         event(

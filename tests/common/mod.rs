@@ -192,7 +192,7 @@ pub struct Charger {
 }
 
 pub enum Connect {
-    Ok(Charger),
+    Ok(Box<Charger>),
     Refused(u16),
 }
 
@@ -203,7 +203,7 @@ impl Charger {
 
     pub async fn connect(url: &str) -> Charger {
         match Self::try_connect(url, Some("ocpp1.6"), None).await {
-            Connect::Ok(c) => c,
+            Connect::Ok(c) => *c,
             Connect::Refused(s) => panic!("refused with HTTP {s}"),
         }
     }
@@ -228,7 +228,7 @@ impl Charger {
             .to_string();
         let tcp = TcpStream::connect(host).await.expect("tcp connect");
         match tokio_tungstenite::client_async(req, tcp).await {
-            Ok((ws, _resp)) => Connect::Ok(Charger { ws, next: 0 }),
+            Ok((ws, _resp)) => Connect::Ok(Box::new(Charger { ws, next: 0 })),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 Connect::Refused(resp.status().as_u16())
             }
