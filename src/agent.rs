@@ -14,7 +14,8 @@ use crate::config::Config;
 use crate::ocpp::handler::Context;
 use crate::ocpp::registry::Registry;
 use crate::ocpp::server::Server;
-use crate::store::{self, Op, Store, StoreError, StoreSettings};
+use crate::store::{self, Op, Reply, Store, StoreError, StoreSettings};
+use crate::uplink::Notices;
 
 /// Failures that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,9 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// The uplink could not be configured.
+    #[error("uplink: {0}")]
+    Uplink(#[from] crate::uplink::UplinkError),
     /// Gateway hardware named in the config could not be opened.
     #[error("gateway {what}: {source}")]
     Hardware {
@@ -90,11 +94,27 @@ pub async fn run(
     })?;
     let gateway = Gateway::open(&config)?;
     let registry = Registry::default();
+    let uplink_online = Arc::new(AtomicBool::new(false));
+    let (notices, notices_rx) = Notices::channel();
     let ctx = Arc::new(Context {
         config: config.clone(),
         store: store.clone(),
-        uplink_online: Arc::new(AtomicBool::new(false)),
+        uplink_online: uplink_online.clone(),
+        notices,
     });
+    // The uplink gets its own token: it must outlive the OCPP side on shutdown so that the
+    // last events and the offline state still go out.
+    let uplink_token = CancellationToken::new();
+    let uplink = tokio::spawn(crate::uplink::run(
+        crate::uplink::Parts {
+            config: config.clone(),
+            store: store.clone(),
+            registry: registry.clone(),
+            online: uplink_online.clone(),
+            notices: notices_rx,
+        },
+        uplink_token.clone(),
+    ));
     let server = Server::new(ctx, registry.clone());
     tracing::info!(site = %config.site_id, %local_addr, "chargesite listening for chargers on ws://{local_addr}/ocpp/<id>");
     on_ready(&Agent {
@@ -104,12 +124,33 @@ pub async fn run(
     });
     notify(hal::systemd::ready());
 
-    let supervisor = tokio::spawn(gateway.supervise(store.clone(), shutdown.clone()));
+    let supervisor = tokio::spawn(gateway.supervise(
+        store.clone(),
+        uplink_online.clone(),
+        config.uplink.is_some(),
+        shutdown.clone(),
+    ));
+    let housekeeping = tokio::spawn(housekeeping(
+        config.clone(),
+        store.clone(),
+        shutdown.clone(),
+    ));
     server.serve(listener, shutdown.clone()).await;
     notify(hal::systemd::stopping());
     shutdown.cancel();
-    if let Err(e) = supervisor.await {
-        tracing::error!("gateway supervisor failed: {e}");
+    for (name, task) in [
+        ("gateway supervisor", supervisor),
+        ("housekeeping", housekeeping),
+    ] {
+        if let Err(e) = task.await {
+            tracing::error!("{name} failed: {e}");
+        }
+    }
+    uplink_token.cancel();
+    match uplink.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("{e}"),
+        Err(e) => tracing::error!("uplink task failed: {e}"),
     }
     // Everything acknowledged is already committed; Close commits what is queued and
     // stops the thread, which checkpoints the WAL.
@@ -120,6 +161,31 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     tracing::info!("chargesite stopped");
     Ok(())
+}
+
+/// Every minute: drop what retention and the storage quota allow (see `store::outbox`).
+/// Runs with or without an uplink: the quota protects the gateway's flash either way.
+async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationToken) {
+    let retain_secs = config.uplink.as_ref().map_or(i64::MAX / 4, |u| {
+        i64::try_from(u.retain_sent.as_secs()).unwrap_or(i64::MAX / 4)
+    });
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let op = Op::Prune {
+            now: crate::time::now(),
+            retain_secs,
+            quota_bytes: config.store.quota_bytes,
+        };
+        match store.exec(op).await {
+            Ok(Reply::Count(n)) if n > 0 => tracing::info!(dropped = n, "outbox pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("pruning: {e}"),
+        }
+    }
 }
 
 fn notify(r: std::io::Result<bool>) {
@@ -178,8 +244,14 @@ impl Gateway {
     /// Every second: probe the store with a real commit; only a store that answers earns a
     /// watchdog kick (hardware and systemd), so a wedged agent gets restarted. The
     /// indicator shows fault when the store does not answer, offline when the uplink's
-    /// link is down, online otherwise.
-    async fn supervise(mut self, store: Store, shutdown: CancellationToken) {
+    /// interface or broker connection is down, online otherwise.
+    async fn supervise(
+        mut self,
+        store: Store,
+        uplink_online: Arc<AtomicBool>,
+        has_uplink: bool,
+        shutdown: CancellationToken,
+    ) {
         let systemd_period = hal::systemd::watchdog_interval().map(|d| d / 2);
         let period = systemd_period
             .unwrap_or(Duration::from_secs(1))
@@ -211,7 +283,8 @@ impl Gateway {
             let link_up = self
                 .link
                 .as_ref()
-                .is_none_or(|l| l.is_up().unwrap_or(false));
+                .is_none_or(|l| l.is_up().unwrap_or(false))
+                && (!has_uplink || uplink_online.load(Ordering::Relaxed));
             let state = match (ok, link_up) {
                 (false, _) => IndicatorState::Fault,
                 (true, false) => IndicatorState::Offline,

@@ -166,6 +166,12 @@ struct RawStore {
     path: PathBuf,
     #[serde(default = "default_batch")]
     max_batch: usize,
+    #[serde(default = "default_quota")]
+    quota_mb: u64,
+}
+
+fn default_quota() -> u64 {
+    512
 }
 
 fn default_store_path() -> PathBuf {
@@ -180,6 +186,7 @@ impl Default for RawStore {
         Self {
             path: default_store_path(),
             max_batch: default_batch(),
+            quota_mb: default_quota(),
         }
     }
 }
@@ -196,6 +203,8 @@ struct RawUplink {
     max_payload_bytes: usize,
     #[serde(default = "default_retain")]
     retain_sent_hours: u64,
+    #[serde(default = "default_live")]
+    live_interval_secs: u64,
     username: Option<String>,
     password: Option<String>,
     ca_file: Option<PathBuf>,
@@ -214,6 +223,9 @@ fn default_payload() -> usize {
 }
 fn default_retain() -> u64 {
     168
+}
+fn default_live() -> u64 {
+    5
 }
 
 #[derive(Deserialize, Default)]
@@ -282,6 +294,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Most writes grouped into one commit.
     pub max_batch: usize,
+    /// Database size at which the quota rules start dropping what may go; `None` = no quota.
+    pub quota_bytes: Option<u64>,
 }
 
 /// `[uplink]`.
@@ -303,6 +317,8 @@ pub struct UplinkConfig {
     pub max_payload_bytes: usize,
     /// How long sent events are kept for replay.
     pub retain_sent: Duration,
+    /// How often a running session's live snapshot is published.
+    pub live_interval: Duration,
     /// MQTT username.
     pub username: Option<String>,
     /// MQTT password.
@@ -450,6 +466,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         store: StoreConfig {
             path: raw.store.path,
             max_batch: raw.store.max_batch,
+            quota_bytes: (raw.store.quota_mb > 0)
+                .then(|| raw.store.quota_mb.saturating_mul(1 << 20)),
         },
         uplink,
         gateway: GatewayConfig {
@@ -498,10 +516,10 @@ fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
             "must be a non-empty topic without wildcards",
         ));
     }
-    if u.max_payload_bytes < 1024 || u.max_payload_bytes > 256 * 1024 * 1024 {
+    if u.max_payload_bytes < 4096 || u.max_payload_bytes > 256 * 1024 * 1024 {
         return Err(invalid(
             "uplink.max_payload_bytes",
-            "must be between 1024 and 268435456",
+            "must be between 4096 and 268435456",
         ));
     }
     if (u.cert_file.is_some()) != (u.key_file.is_some()) {
@@ -533,6 +551,7 @@ fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
         keepalive: positive("uplink.keepalive_secs", u.keepalive_secs)?,
         max_payload_bytes: u.max_payload_bytes,
         retain_sent: Duration::from_secs(u.retain_sent_hours.saturating_mul(3600)),
+        live_interval: positive("uplink.live_interval_secs", u.live_interval_secs)?,
         username: u.username,
         password: u.password,
         ca_file: u.ca_file,

@@ -8,6 +8,8 @@
 //!   of connected chargers with outbound CALLs, and the WebSocket server.
 //! - [`store`]: the one thread that owns the SQLite database; migrations; group commit;
 //!   the ops that write each fact together with its upstream outbox events.
+//! - [`uplink`]: store-and-forward to the BPP over MQTT: the outbox driver, commands,
+//!   retained state and connectors, live snapshots.
 //! - [`auth`]: id-tag decisions (pure).
 //! - [`password`]: argon2 hashes of charger passwords.
 //! - [`time`]: the contract's timestamp format and charger clock checks (pure).
@@ -22,3 +24,4 @@ pub mod ocpp;
 pub mod password;
 pub mod store;
 pub mod time;
+pub mod uplink;

@@ -14,8 +14,9 @@ use super::frame::{self, ErrorCode};
 use super::messages::{self, Request};
 use crate::auth;
 use crate::config::Config;
-use crate::store::{MeterIn, Op, Reply, StartTx, StopTx, Store};
+use crate::store::{MeterIn, Op, Reply, StartTx, StopOutcome, StopTx, Store};
 use crate::time::{fmt_ts, now};
+use crate::uplink::{Notice, Notices};
 
 /// What every connection's handler shares.
 pub struct Context {
@@ -25,6 +26,8 @@ pub struct Context {
     pub store: Store,
     /// Whether the uplink is connected now (recorded on `session.started`).
     pub uplink_online: Arc<AtomicBool>,
+    /// Snapshots for the uplink's retained and live topics.
+    pub notices: Notices,
 }
 
 /// Answers one CALL from charger `cp_id`; returns the frame to send back.
@@ -102,7 +105,7 @@ async fn answer(
         } => {
             ctx.store
                 .exec(Op::Status {
-                    cp_id: cp,
+                    cp_id: cp.clone(),
                     connector_id,
                     status,
                     error_code,
@@ -111,6 +114,7 @@ async fn answer(
                     at: received,
                 })
                 .await?;
+            ctx.notices.send(Notice::Connectors { cp_id: cp });
             json!({})
         }
         Request::Authorize { id_tag } => {
@@ -161,7 +165,8 @@ async fn answer(
             id_tag,
             transaction_data,
         } => {
-            ctx.store
+            let reply = ctx
+                .store
                 .exec(Op::StopTransaction(StopTx {
                     cp_id: cp,
                     transaction_id,
@@ -172,6 +177,9 @@ async fn answer(
                     received,
                 }))
                 .await?;
+            if let Reply::Stopped(StopOutcome::Ended { session_id, .. }) = reply {
+                ctx.notices.send(Notice::SessionEnded { session_id });
+            }
             match id_tag {
                 Some(tag) => {
                     let status = auth::ocpp_status(auth::check_tag(&tag, free_vend).result);
@@ -185,15 +193,39 @@ async fn answer(
             transaction_id,
             samples,
         } => {
-            ctx.store
+            let last = samples.last().map(|s| s.to_event_json());
+            let reply = ctx
+                .store
                 .exec(Op::MeterValues(MeterIn {
-                    cp_id: cp,
+                    cp_id: cp.clone(),
                     connector_id,
                     transaction_id,
                     samples,
                     received,
                 }))
                 .await?;
+            if let (
+                Reply::Metered {
+                    session_id: Some(session_id),
+                    energy_wh: Some(energy_wh),
+                },
+                Some(Value::Object(mut snapshot)),
+            ) = (reply, last)
+            {
+                snapshot.insert("session_id".into(), Value::from(session_id.as_str()));
+                snapshot.insert("cp_id".into(), Value::from(cp));
+                snapshot.insert("connector_id".into(), Value::from(connector_id));
+                // the register reading becomes the session's delivered energy
+                snapshot.insert(
+                    "meter_wh".into(),
+                    snapshot.get("energy_wh").cloned().unwrap_or(Value::Null),
+                );
+                snapshot.insert("energy_wh".into(), Value::from(energy_wh));
+                ctx.notices.send(Notice::Live {
+                    session_id,
+                    snapshot: Value::Object(snapshot),
+                });
+            }
             json!({})
         }
         Request::DataTransfer {

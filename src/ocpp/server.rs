@@ -31,6 +31,7 @@ use super::handler::{self, Context};
 use super::registry::{CallFailure, OutboundCall, Registry};
 use crate::store::Op;
 use crate::time::now;
+use crate::uplink::Notice;
 
 /// The subprotocol this server speaks.
 pub const OCPP16: &str = "ocpp1.6";
@@ -297,6 +298,9 @@ impl Server {
         {
             tracing::error!(cp_id, "cannot record connection: {e}");
         }
+        self.ctx.notices.send(Notice::Connectors {
+            cp_id: cp_id.clone(),
+        });
         tracing::info!(cp_id, %peer, replaced = reg.replaced, "charger connected");
 
         let cfg = &self.ctx.config.ocpp;
@@ -402,7 +406,7 @@ impl Server {
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
         }
-        if self.registry.unregister(&cp_id, reg.conn_id) || matches!(reason, EndReason::Shutdown) {
+        if self.registry.unregister(&cp_id, reg.conn_id) {
             if let Err(e) = self
                 .ctx
                 .store
@@ -415,6 +419,9 @@ impl Server {
             {
                 tracing::error!(cp_id, "cannot record disconnection: {e}");
             }
+            self.ctx.notices.send(Notice::Connectors {
+                cp_id: cp_id.clone(),
+            });
         }
         tracing::info!(cp_id, reason = reason.as_str(), "charger disconnected");
     }

@@ -9,15 +9,17 @@
 //! an fsync; grouping is what lets a gateway keep up with a thousand chargers.
 
 mod ops;
+mod outbox;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-pub use ops::{AuthDecision, MeterIn, Op, Reply, StartTx, StopOutcome, StopTx};
+pub use ops::{AuthDecision, MeterIn, Op, Reply, StartTx, StopOutcome, StopTx, SAMPLES_PER_EVENT};
+pub use outbox::{ConnectorRow, EventRow, Intake, OutboxStatus, SessionRef};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
+    last_seq: watch::Receiver<i64>,
 }
 
 /// The store thread; join it after every [`Store`] handle is dropped to flush and close.
@@ -98,15 +101,29 @@ pub fn open(path: &Path, settings: StoreSettings) -> Result<(Store, StoreThread)
     let mut conn = connect(path)?;
     schema::migrate(&mut conn)?;
     let instance = ops::instance_id(&conn)?;
+    let interrupted = outbox::close_interrupted_commands(&conn, crate::time::now())?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "commands interrupted by a restart were closed, not re-run"
+        );
+    }
+    let (seq_tx, seq_rx) = watch::channel(outbox::last_seq(&conn)?);
     let (tx, rx) = mpsc::channel::<Job>(settings.max_batch.max(64) * 2);
     let handle = std::thread::Builder::new()
         .name("store".into())
-        .spawn(move || run(conn, rx, settings, instance))
+        .spawn(move || run(conn, rx, settings, instance, seq_tx))
         .map_err(|source| StoreError::Dir {
             path: path.to_path_buf(),
             source,
         })?;
-    Ok((Store { tx }, StoreThread { handle }))
+    Ok((
+        Store {
+            tx,
+            last_seq: seq_rx,
+        },
+        StoreThread { handle },
+    ))
 }
 
 /// Opens the file with the durability settings the contract relies on.
@@ -147,6 +164,11 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
+
+    /// The newest committed event seq, updated after every commit: the uplink waits on it.
+    pub fn last_seq(&self) -> watch::Receiver<i64> {
+        self.last_seq.clone()
+    }
 }
 
 fn run(
@@ -154,6 +176,7 @@ fn run(
     mut rx: mpsc::Receiver<Job>,
     settings: StoreSettings,
     instance: String,
+    seq_tx: watch::Sender<i64>,
 ) {
     let ctx = ops::Ctx {
         site_id: settings.site_id.clone(),
@@ -177,6 +200,14 @@ fn run(
             }
         }
         let committed = commit_batch(&mut conn, &ctx, &mut batch, &mut results);
+        if committed.is_ok() {
+            match outbox::last_seq(&conn) {
+                Ok(seq) => {
+                    seq_tx.send_if_modified(|v| std::mem::replace(v, seq) != seq);
+                }
+                Err(e) => tracing::warn!("reading the last seq: {e}"),
+            }
+        }
         for (job, result) in batch.drain(..).zip(results.drain(..)) {
             let result = match (&committed, result) {
                 (Ok(()), r) => r,

@@ -5,6 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
+use super::outbox::{self, ConnectorRow, EventRow, Intake, OutboxStatus, SessionRef};
 use super::StoreError;
 use crate::ocpp::messages::ChargerTime;
 use crate::ocpp::meter::{Register, Sample};
@@ -162,6 +163,81 @@ pub enum Op {
     MeterValues(MeterIn),
     /// StopTransaction.
     StopTransaction(StopTx),
+    /// Events after `after`, in seq order (only unsent ones when `unsent_only`).
+    FetchEvents {
+        /// Exclusive lower bound.
+        after: i64,
+        /// Most rows.
+        limit: usize,
+        /// Skip events already PUBACKed.
+        unsent_only: bool,
+    },
+    /// A batch got its PUBACK.
+    MarkSent {
+        /// First seq of the batch.
+        first: i64,
+        /// Last seq of the batch.
+        last: i64,
+        /// Site clock.
+        at: DateTime<Utc>,
+    },
+    /// The BPP acked everything up to `seq`.
+    Ack {
+        /// Highest seq the BPP has stored.
+        seq: i64,
+    },
+    /// Oldest unsent, last seq, backlog.
+    OutboxStatus,
+    /// Retention and the storage quota.
+    Prune {
+        /// Site clock.
+        now: DateTime<Utc>,
+        /// Sent events are kept this long.
+        retain_secs: i64,
+        /// Database size limit, if any.
+        quota_bytes: Option<u64>,
+    },
+    /// A command from the BPP, to store before acknowledging it.
+    CommandReceived {
+        /// Its `id`, if readable.
+        id: Option<String>,
+        /// Its `type`, if readable.
+        kind: Option<String>,
+        /// The command as stored (secrets already replaced by their keyed hash).
+        body: String,
+        /// Site clock.
+        at: DateTime<Utc>,
+    },
+    /// A command's result, to store before publishing it.
+    CommandDone {
+        /// Stored key.
+        key: String,
+        /// The `cmd/result` payload.
+        result: String,
+        /// Site clock.
+        at: DateTime<Utc>,
+    },
+    /// A result got its PUBACK.
+    ResultPublished {
+        /// Stored key.
+        key: String,
+        /// Site clock.
+        at: DateTime<Utc>,
+    },
+    /// Results stored but not yet PUBACKed.
+    UnpublishedResults,
+    /// Connector states, of one charger or all.
+    Connectors {
+        /// Charger, or all when `None`.
+        cp_id: Option<String>,
+    },
+    /// The session a command names.
+    FindSession {
+        /// By session id.
+        session_id: Option<String>,
+        /// Else by order id.
+        order_id: Option<String>,
+    },
     /// Firmware / diagnostics status notifications.
     ChargerNote {
         /// Charger.
@@ -191,9 +267,25 @@ pub enum Reply {
     Metered {
         /// Linked session, if any.
         session_id: Option<String>,
+        /// The session's energy so far, Wh (running sessions only).
+        energy_wh: Option<i64>,
     },
     /// StopTransaction recorded.
     Stopped(StopOutcome),
+    /// Events read.
+    Events(Vec<EventRow>),
+    /// Rows affected.
+    Count(usize),
+    /// Outbox status.
+    Outbox(OutboxStatus),
+    /// What to do with a received command.
+    Intake(Intake),
+    /// Unpublished command results: (key, result JSON).
+    Results(Vec<(String, String)>),
+    /// Connector states.
+    Connectors(Vec<ConnectorRow>),
+    /// A session, if found.
+    Session(Option<SessionRef>),
 }
 
 /// How a StopTransaction matched.
@@ -249,8 +341,17 @@ fn radix36(mut v: u64) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Most samples in one `session.meter` event, so that no event approaches the payload
+/// limit even when a StopTransaction carries hours of transactionData.
+pub const SAMPLES_PER_EVENT: usize = 20;
+
 /// Writes one outbox event.
-fn event(c: &Connection, kind: &str, at: DateTime<Utc>, body: Value) -> Result<(), StoreError> {
+pub(super) fn insert_event(
+    c: &Connection,
+    kind: &str,
+    at: DateTime<Utc>,
+    body: Value,
+) -> Result<(), StoreError> {
     let billable = kind.starts_with("session.");
     c.prepare_cached("INSERT INTO events (type, at, body, billable) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![kind, fmt_ts(at), body.to_string(), billable])?;
@@ -295,7 +396,7 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
             at,
         } => {
             if replaced {
-                event(
+                insert_event(
                     c,
                     "charger.disconnected",
                     at,
@@ -307,7 +408,7 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
                  ON CONFLICT (cp_id) DO UPDATE SET online = 1, ocpp_version = ?2, connected_at = ?3",
             )?
             .execute(params![cp_id, ocpp_version, fmt_ts(at)])?;
-            event(
+            insert_event(
                 c,
                 "charger.connected",
                 at,
@@ -324,7 +425,7 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
                     "UPDATE sessions SET interrupted = 0 WHERE session_id = ?1",
                     params![sid],
                 )?;
-                event(
+                insert_event(
                     c,
                     "session.resumed",
                     at,
@@ -338,7 +439,7 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
                 "UPDATE chargers SET online = 0, disconnected_at = ?2, disconnect_reason = ?3 WHERE cp_id = ?1",
             )?
             .execute(params![cp_id, fmt_ts(at), reason])?;
-            event(
+            insert_event(
                 c,
                 "charger.disconnected",
                 at,
@@ -355,7 +456,7 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
                     "UPDATE sessions SET interrupted = 1 WHERE session_id = ?1",
                     params![sid],
                 )?;
-                event(
+                insert_event(
                     c,
                     "session.interrupted",
                     at,
@@ -379,7 +480,7 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
                      firmware = ?5, booted_at = ?6",
             )?
             .execute(params![cp_id, vendor, model, serial, firmware, fmt_ts(at)])?;
-            event(
+            insert_event(
                 c,
                 "charger.booted",
                 at,
@@ -415,7 +516,7 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
                 charger_ts.as_ref().map(|t| t.raw.clone()),
                 fmt_ts(at)
             ])?;
-            event(
+            insert_event(
                 c,
                 "connector.status",
                 at,
@@ -434,6 +535,52 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
             auth_event(c, &cp_id, connector_id, &auth, at)?;
             Ok(Reply::Done)
         }
+        Op::FetchEvents {
+            after,
+            limit,
+            unsent_only,
+        } => Ok(Reply::Events(outbox::fetch(c, after, limit, unsent_only)?)),
+        Op::MarkSent { first, last, at } => {
+            outbox::mark_sent(c, first, last, at)?;
+            Ok(Reply::Done)
+        }
+        Op::Ack { seq } => Ok(Reply::Count(outbox::ack(c, seq)?)),
+        Op::OutboxStatus => Ok(Reply::Outbox(outbox::status(c)?)),
+        Op::Prune {
+            now,
+            retain_secs,
+            quota_bytes,
+        } => Ok(Reply::Count(outbox::prune(
+            c,
+            now,
+            retain_secs,
+            quota_bytes,
+        )?)),
+        Op::CommandReceived { id, kind, body, at } => Ok(Reply::Intake(outbox::command_received(
+            c,
+            id.as_deref(),
+            kind.as_deref(),
+            &body,
+            at,
+        )?)),
+        Op::CommandDone { key, result, at } => {
+            outbox::command_done(c, &key, &result, at)?;
+            Ok(Reply::Done)
+        }
+        Op::ResultPublished { key, at } => {
+            outbox::result_published(c, &key, at)?;
+            Ok(Reply::Done)
+        }
+        Op::UnpublishedResults => Ok(Reply::Results(outbox::unpublished_results(c)?)),
+        Op::Connectors { cp_id } => Ok(Reply::Connectors(outbox::connectors(c, cp_id.as_deref())?)),
+        Op::FindSession {
+            session_id,
+            order_id,
+        } => Ok(Reply::Session(outbox::find_session(
+            c,
+            session_id.as_deref(),
+            order_id.as_deref(),
+        )?)),
         Op::StartTransaction(s) => start(c, ctx, s),
         Op::MeterValues(m) => meter(c, ctx, m),
         Op::StopTransaction(s) => stop(c, ctx, s),
@@ -471,7 +618,7 @@ fn auth_event(
     if let Some(o) = &auth.order_id {
         body.insert("order_id".into(), Value::from(o.as_str()));
     }
-    event(c, "auth.checked", at, Value::Object(body))
+    insert_event(c, "auth.checked", at, Value::Object(body))
 }
 
 /// Records a charger clock that cannot be right, on the charger; returns the flag.
@@ -595,7 +742,7 @@ fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
     body.insert("started_at".into(), Value::from(started_at));
     body.insert("uplink_online".into(), Value::from(s.uplink_online));
     body.insert("flags".into(), flags_json(&flags));
-    event(c, "session.started", s.received, Value::Object(body))?;
+    insert_event(c, "session.started", s.received, Value::Object(body))?;
     Ok(Reply::Started {
         transaction_id,
         session_id,
@@ -732,6 +879,23 @@ fn record_samples(
     Ok(out)
 }
 
+fn meter_events(
+    c: &Connection,
+    session_id: &str,
+    at: DateTime<Utc>,
+    samples: Vec<Value>,
+) -> Result<(), StoreError> {
+    for chunk in samples.chunks(SAMPLES_PER_EVENT) {
+        insert_event(
+            c,
+            "session.meter",
+            at,
+            json!({"session_id": session_id, "samples": chunk}),
+        )?;
+    }
+    Ok(())
+}
+
 fn save_register(c: &Connection, s: &SessionRow) -> Result<(), StoreError> {
     c.prepare_cached(
         "UPDATE sessions SET last_register_wh = ?2, last_reading_ms = ?3, last_received_ms = ?4,
@@ -764,19 +928,19 @@ fn meter(c: &Connection, ctx: &Ctx, m: MeterIn) -> Result<Reply, StoreError> {
         },
     )?;
     let Some(s) = session else {
-        return Ok(Reply::Metered { session_id: None });
+        return Ok(Reply::Metered {
+            session_id: None,
+            energy_wh: None,
+        });
     };
-    if s.state == "active" {
+    let active = s.state == "active";
+    if active {
         save_register(c, &s)?;
     }
-    event(
-        c,
-        "session.meter",
-        m.received,
-        json!({"session_id": s.session_id, "samples": samples}),
-    )?;
+    meter_events(c, &s.session_id, m.received, samples)?;
     Ok(Reply::Metered {
         session_id: Some(s.session_id),
+        energy_wh: active.then_some(s.register.energy_wh),
     })
 }
 
@@ -832,7 +996,7 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
                 session_id: k.session_id,
             },
             None => {
-                event(
+                insert_event(
                     c,
                     "session.stop_unmatched",
                     s.received,
@@ -864,14 +1028,7 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
             only_newer: true,
         },
     )?;
-    if !samples.is_empty() {
-        event(
-            c,
-            "session.meter",
-            s.received,
-            json!({"session_id": session.session_id, "samples": samples}),
-        )?;
-    }
+    meter_events(c, &session.session_id, s.received, samples)?;
     let (reg, anomaly) = session.register.advance(
         s.meter_stop_wh,
         s.timestamp.at,
@@ -900,7 +1057,7 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
         fmt_ts(s.received),
         reason
     ])?;
-    event(
+    insert_event(
         c,
         "session.stopped",
         s.received,

@@ -126,6 +126,21 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX events_unsent ON events (seq) WHERE sent_at IS NULL;
     "#,
+    // 2: commands from the BPP, stored before they are acknowledged; their results.
+    r#"
+    CREATE TABLE commands (
+        id            TEXT PRIMARY KEY,
+        type          TEXT,
+        body          TEXT NOT NULL,
+        received_at   TEXT NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('received', 'done')),
+        result        TEXT,
+        done_at       TEXT,
+        published_at  TEXT
+    ) STRICT;
+    CREATE INDEX commands_unpublished ON commands (state) WHERE published_at IS NULL;
+    CREATE INDEX sessions_by_order ON sessions (order_id) WHERE order_id IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,961 @@
+//! `cargo bench --bench ocpp_load`: the real release `chargesite` binary under 1,000
+//! OCPP 1.6J chargers over loopback.
+//!
+//! The agent runs in its own process (the `chargesite` binary cargo builds for this bench
+//! with the bench profile, which inherits `[profile.release]`: it is `target/release/
+//! chargesite`) on a temp config and a temp SQLite file on disk (under `target/tmp`, never
+//! tmpfs). The load generator runs here, on a multi-thread tokio runtime that shares the
+//! box's cores with the agent; that sharing is part of the measured setup.
+//!
+//! Figures:
+//! 1. saturation: 1,000 chargers each send MeterValues back to back (one outstanding CALL
+//!    per charger, as OCPP-J allows); CALLRESULTs received in a fixed window after a
+//!    warm-up, per second. Every CALLRESULT stands for a committed, fsynced row.
+//! 2. paced: each charger sends one MeterValues every 100 ms on its own schedule with a
+//!    random phase (10,000/s offered in total); p50/p99 of CALL→CALLRESULT per CALL.
+//! 3. agent RSS: VmRSS idle with 1,000 chargers connected, VmHWM after both phases.
+//!
+//! Afterwards the agent is SIGKILLed (no graceful flush) and the SQLite file is opened:
+//! every charger must have at least as many `meter_values` rows as MeterValues it had
+//! acknowledged. The bench exits non-zero only if that durability check fails or the run
+//! breaks; missed performance targets are reported, not failed.
+//!
+//! Bounded: fixed charger count and windows, whole run well under two minutes, a
+//! watchdog kills the agent and exits if it ever runs longer; only 127.0.0.1.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const CHARGERS: usize = 1000;
+/// Handshakes + Boot + Start in flight at once during setup.
+const SETUP_CONCURRENCY: usize = 100;
+/// Idle time with everyone connected before VmRSS is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+const SAT_WARMUP: Duration = Duration::from_secs(3);
+const SAT_WINDOW: Duration = Duration::from_secs(10);
+/// Each charger's MeterValues period in the paced phase (1,000 x 10/s = 10,000/s).
+const PACED_PERIOD: Duration = Duration::from_millis(100);
+const PACED_WARMUP: Duration = Duration::from_secs(2);
+const PACED_WINDOW: Duration = Duration::from_secs(10);
+/// A CALL not answered in this long counts as an error (the agent's WRITE_TIMEOUT is 10 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Hard bound on the whole run; past it the agent is killed and the bench exits.
+const RUN_LIMIT: Duration = Duration::from_secs(115);
+
+const TARGET_SATURATION_PER_S: f64 = 20_000.0;
+const TARGET_P99_MS: f64 = 10.0;
+const TARGET_RSS_MB: f64 = 30.0;
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench targets too,
+    // without it: do not put a 40-second load run into a test run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("ocpp_load: skipped (run it with `cargo bench --bench ocpp_load`)");
+        return;
+    }
+    raise_nofile_limit((CHARGERS as u64) * 2 + 512);
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_chargesite"));
+    if !bin.is_file() {
+        eprintln!(
+            "ocpp_load: agent binary {} is missing; build it with `cargo build --release`",
+            bin.display()
+        );
+        std::process::exit(2);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("loadgen")
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(run(bin));
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------------------------------
+// The agent process
+
+struct Agent {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn start(bin: &Path) -> Agent {
+        // CARGO_TARGET_TMPDIR is target/tmp: the project's disk, not a tmpfs /tmp.
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(&base).expect("create target/tmp");
+        let dir = tempfile::Builder::new()
+            .prefix("ocpp_load-")
+            .tempdir_in(&base)
+            .expect("temp dir");
+        let db = dir.path().join("cs.db");
+        let config = dir.path().join("chargesite.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[site]\nid = \"bench-site\"\n\n\
+                 [ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n\n\
+                 [auth]\nfree_vend = true\n\n\
+                 [store]\npath = \"{}\"\n",
+                db.display()
+            ),
+        )
+        .expect("write config");
+        let mut child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("CHARGESITE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let pid = child.id();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read agent stdout");
+        // Keep both pipes drained so the agent never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let log = dir.path().join("agent.log");
+        std::thread::spawn(move || {
+            if let Ok(mut f) = std::fs::File::create(log) {
+                let _ = std::io::copy(&mut BufReader::new(stderr), &mut f);
+            }
+        });
+        let Some(addr) = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+            panic!("agent did not report its address (first line {line:?}); log:\n{log}");
+        };
+        Agent {
+            child,
+            pid,
+            addr,
+            dir,
+        }
+    }
+
+    fn db_path(&self) -> PathBuf {
+        self.dir.path().join("cs.db")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// `VmRSS` / `VmHWM` in kB.
+    fn status_kb(&self, key: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CPU accounting from /proc, for the diagnostics lines
+
+fn clk_tck() -> f64 {
+    extern "C" {
+        fn sysconf(name: i32) -> i64;
+    }
+    const SC_CLK_TCK: i32 = 2;
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { sysconf(SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime in clock ticks from a `/proc/.../stat` file.
+fn stat_ticks(path: &str) -> u64 {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    // The comm field may contain spaces; fields after the closing paren are fixed.
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime field 15.
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    agent: u64,
+    store: u64,
+    loadgen: u64,
+    at: Option<Instant>,
+}
+
+fn cpu_now(pid: u32) -> Cpu {
+    let mut store = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let p = t.path();
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            if comm.trim() == "store" {
+                store += stat_ticks(&p.join("stat").to_string_lossy());
+            }
+        }
+    }
+    Cpu {
+        agent: stat_ticks(&format!("/proc/{pid}/stat")),
+        store,
+        loadgen: stat_ticks("/proc/self/stat"),
+        at: Some(Instant::now()),
+    }
+}
+
+/// "agent 172% (store thread 61%), load generator 25%" of one core, between two samples.
+fn cpu_line(a: Cpu, b: Cpu) -> String {
+    let secs = match (a.at, b.at) {
+        (Some(x), Some(y)) => (y - x).as_secs_f64(),
+        _ => return String::new(),
+    };
+    let tck = clk_tck();
+    let pct = |x: u64, y: u64| (y.saturating_sub(x)) as f64 / tck / secs * 100.0;
+    format!(
+        "agent {:.0}% (store thread {:.0}%), load generator {:.0}% of one core; {} cores",
+        pct(a.agent, b.agent),
+        pct(a.store, b.store),
+        pct(a.loadgen, b.loadgen),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// A charger
+
+struct Charger {
+    cp_id: String,
+    ws: WebSocketStream<TcpStream>,
+    next_id: u64,
+    transaction_id: i64,
+    meter_start_wh: i64,
+    power_w: f64,
+    soc_start: f64,
+    started: Instant,
+    /// MeterValues answered with a CALLRESULT, over the whole run.
+    acked_mv: u64,
+    /// CALLERRORs, timeouts, unexpected answers.
+    errors: u64,
+}
+
+enum Answer {
+    Result,
+    Error(String),
+}
+
+/// SplitMix64: the bench needs random phases and powers, not a crypto RNG.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn seed(i: usize) -> Rng {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    Rng(t ^ ((i as u64 + 1) << 32))
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8192)
+}
+
+impl Charger {
+    async fn connect(addr: SocketAddr, i: usize) -> Result<Charger, String> {
+        let cp_id = format!("BENCH-{i:04}");
+        let mut req = format!("ws://{addr}/ocpp/{cp_id}")
+            .into_client_request()
+            .map_err(|e| e.to_string())?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("ocpp1.6"),
+        );
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("{cp_id}: tcp connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let (ws, resp) = tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config()))
+            .await
+            .map_err(|e| format!("{cp_id}: handshake: {e}"))?;
+        if resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|h| h.to_str().ok())
+            != Some("ocpp1.6")
+        {
+            return Err(format!("{cp_id}: subprotocol ocpp1.6 not negotiated"));
+        }
+        let mut rng = seed(i);
+        Ok(Charger {
+            cp_id,
+            ws,
+            next_id: 0,
+            transaction_id: 0,
+            // A register that has seen some use; 7.4 to 22 kW AC, 10 to 60 % SoC.
+            meter_start_wh: 1_000_000 + (rng.unit() * 9_000_000.0) as i64,
+            power_w: 7_400.0 + rng.unit() * 14_600.0,
+            soc_start: 10.0 + rng.unit() * 50.0,
+            started: Instant::now(),
+            acked_mv: 0,
+            errors: 0,
+        })
+    }
+
+    fn id(&mut self) -> String {
+        self.next_id += 1;
+        format!("{}", self.next_id)
+    }
+
+    /// Sends one CALL frame and waits for the answer with its id.
+    async fn call(&mut self, id: &str, frame: String) -> Answer {
+        if let Err(e) = self.ws.send(Message::text(frame)).await {
+            return Answer::Error(format!("send: {e}"));
+        }
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Answer::Error("no answer within the call timeout".into()),
+                Ok(None) => return Answer::Error("socket closed".into()),
+                Ok(Some(Err(e))) => return Answer::Error(format!("socket: {e}")),
+                Ok(Some(Ok(m))) => m,
+            };
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Close(_) => return Answer::Error("closed by the agent".into()),
+                _ => continue, // pings are answered by tungstenite
+            };
+            let v: Value = match serde_json::from_str(text.as_str()) {
+                Ok(v) => v,
+                Err(e) => return Answer::Error(format!("bad JSON from agent: {e}")),
+            };
+            if v[1].as_str() != Some(id) {
+                // Not the answer to our CALL (the agent sends us no CALLs in this run).
+                return Answer::Error(format!("unexpected frame {text}"));
+            }
+            return match v[0].as_u64() {
+                Some(3) => Answer::Result,
+                _ => Answer::Error(format!("CALLERROR {text}")),
+            };
+        }
+    }
+
+    /// A CALL whose CALLRESULT payload we need.
+    async fn call_value(&mut self, action: &str, payload: Value) -> Result<Value, String> {
+        let id = self.id();
+        let frame = serde_json::json!([2, id, action, payload]).to_string();
+        if let Err(e) = self.ws.send(Message::text(frame)).await {
+            return Err(format!("{}: {action}: send: {e}", self.cp_id));
+        }
+        loop {
+            let m = tokio::time::timeout(CALL_TIMEOUT, self.ws.next())
+                .await
+                .map_err(|_| format!("{}: {action}: no answer", self.cp_id))?;
+            let t = match m {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(format!("{}: {action}: closed", self.cp_id))
+                }
+                Some(Err(e)) => return Err(format!("{}: {action}: {e}", self.cp_id)),
+                Some(Ok(_)) => continue,
+            };
+            let v: Value = serde_json::from_str(t.as_str()).map_err(|e| e.to_string())?;
+            if v[0] == 3 && v[1] == Value::from(id.as_str()) {
+                return Ok(v[2].clone());
+            }
+            return Err(format!("{}: {action}: answer {t}", self.cp_id));
+        }
+    }
+
+    async fn boot_and_start(&mut self) -> Result<(), String> {
+        let boot = self
+            .call_value(
+                "BootNotification",
+                serde_json::json!({
+                    "chargePointVendor": "BenchVendor",
+                    "chargePointModel": "AC22-3P",
+                    "chargePointSerialNumber": format!("SN-{}", self.cp_id),
+                    "firmwareVersion": "4.2.1",
+                    "meterType": "MID-3P",
+                }),
+            )
+            .await?;
+        if boot["status"] != "Accepted" {
+            return Err(format!("{}: boot answered {boot}", self.cp_id));
+        }
+        let start = self
+            .call_value(
+                "StartTransaction",
+                serde_json::json!({
+                    "connectorId": 1,
+                    "idTag": format!("TAG{}", &self.cp_id[6..]),
+                    "meterStart": self.meter_start_wh,
+                    "timestamp": chargesite::time::fmt_ts(chargesite::time::now()),
+                }),
+            )
+            .await?;
+        if start["idTagInfo"]["status"] != "Accepted" {
+            return Err(format!("{}: start answered {start}", self.cp_id));
+        }
+        self.transaction_id = start["transactionId"]
+            .as_i64()
+            .ok_or_else(|| format!("{}: start answered {start}", self.cp_id))?;
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// A realistic three-phase AC MeterValues CALL: register (increasing with the power
+    /// actually delivered), power, current per phase, voltage per phase, SoC.
+    fn meter_values_frame(&mut self, id: &str) -> String {
+        let secs = self.started.elapsed().as_secs_f64();
+        let wh = self.meter_start_wh + (self.power_w * secs / 3600.0) as i64;
+        let soc = (self.soc_start + self.power_w * secs / 3600.0 / 77_000.0 * 100.0).min(100.0);
+        let amps = self.power_w / 3.0 / 230.0;
+        let ts = chargesite::time::fmt_ts(chargesite::time::now());
+        format!(
+            concat!(
+                r#"[2,"{id}","MeterValues",{{"connectorId":1,"transactionId":{tx},"meterValue":[{{"timestamp":"{ts}","sampledValue":["#,
+                r#"{{"value":"{wh}","context":"Sample.Periodic","format":"Raw","measurand":"Energy.Active.Import.Register","location":"Outlet","unit":"Wh"}},"#,
+                r#"{{"value":"{w:.0}","context":"Sample.Periodic","measurand":"Power.Active.Import","location":"Outlet","unit":"W"}},"#,
+                r#"{{"value":"{a1:.2}","context":"Sample.Periodic","measurand":"Current.Import","phase":"L1","location":"Outlet","unit":"A"}},"#,
+                r#"{{"value":"{a2:.2}","context":"Sample.Periodic","measurand":"Current.Import","phase":"L2","location":"Outlet","unit":"A"}},"#,
+                r#"{{"value":"{a3:.2}","context":"Sample.Periodic","measurand":"Current.Import","phase":"L3","location":"Outlet","unit":"A"}},"#,
+                r#"{{"value":"{v1:.1}","context":"Sample.Periodic","measurand":"Voltage","phase":"L1-N","location":"Outlet","unit":"V"}},"#,
+                r#"{{"value":"{v2:.1}","context":"Sample.Periodic","measurand":"Voltage","phase":"L2-N","location":"Outlet","unit":"V"}},"#,
+                r#"{{"value":"{v3:.1}","context":"Sample.Periodic","measurand":"Voltage","phase":"L3-N","location":"Outlet","unit":"V"}},"#,
+                r#"{{"value":"{soc:.1}","context":"Sample.Periodic","measurand":"SoC","location":"EV","unit":"Percent"}}"#,
+                r#"]}}]}}]"#
+            ),
+            id = id,
+            tx = self.transaction_id,
+            ts = ts,
+            wh = wh,
+            w = self.power_w,
+            a1 = amps,
+            a2 = amps * 1.01,
+            a3 = amps * 0.99,
+            v1 = 230.4,
+            v2 = 229.8,
+            v3 = 231.1,
+            soc = soc,
+        )
+    }
+
+    async fn meter_values(&mut self) -> Answer {
+        let id = self.id();
+        let frame = self.meter_values_frame(&id);
+        let a = self.call(&id, frame).await;
+        match &a {
+            Answer::Result => self.acked_mv += 1,
+            Answer::Error(_) => self.errors += 1,
+        }
+        a
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Phases
+
+async fn setup(addr: SocketAddr) -> Result<Vec<Charger>, String> {
+    let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
+    let mut tasks = Vec::with_capacity(CHARGERS);
+    for i in 0..CHARGERS {
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
+            let mut c = Charger::connect(addr, i).await?;
+            c.boot_and_start().await?;
+            Ok::<_, String>(c)
+        }));
+    }
+    let mut out = Vec::with_capacity(CHARGERS);
+    for t in tasks {
+        out.push(t.await.map_err(|e| e.to_string())??);
+    }
+    Ok(out)
+}
+
+struct Saturation {
+    acked_in_window: u64,
+    window: Duration,
+    errors: u64,
+    first_error: Option<String>,
+    cpu: String,
+}
+
+async fn saturation(chargers: Vec<Charger>, pid: u32) -> (Vec<Charger>, Saturation) {
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::with_capacity(chargers.len());
+    for mut c in chargers {
+        let acked = acked.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut first_error = None;
+            while !stop.load(Ordering::Relaxed) {
+                match c.meter_values().await {
+                    Answer::Result => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Answer::Error(e) => {
+                        first_error.get_or_insert(format!("{}: {e}", c.cp_id));
+                        break;
+                    }
+                }
+            }
+            (c, first_error)
+        }));
+    }
+    tokio::time::sleep(SAT_WARMUP).await;
+    let (c0, cpu0, t0) = (acked.load(Ordering::Relaxed), cpu_now(pid), Instant::now());
+    tokio::time::sleep(SAT_WINDOW).await;
+    let (c1, cpu1, t1) = (acked.load(Ordering::Relaxed), cpu_now(pid), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    let mut back = Vec::with_capacity(tasks.len());
+    let mut first_error = None;
+    for t in tasks {
+        let (c, e) = t.await.expect("charger task");
+        if first_error.is_none() {
+            first_error = e;
+        }
+        back.push(c);
+    }
+    let errors = back.iter().map(|c| c.errors).sum();
+    (
+        back,
+        Saturation {
+            acked_in_window: c1 - c0,
+            window: t1 - t0,
+            errors,
+            first_error,
+            cpu: cpu_line(cpu0, cpu1),
+        },
+    )
+}
+
+/// One paced CALL: microseconds after the phase's start when it was due and when it was
+/// sent, and its CALL→CALLRESULT latency.
+#[derive(Clone, Copy)]
+struct PacedCall {
+    due_us: u64,
+    sent_us: u64,
+    answered_us: u64,
+}
+
+struct Paced {
+    sent_in_window: usize,
+    answered_in_window: usize,
+    /// CALL→CALLRESULT, per CALL sent in the window, microseconds, sorted.
+    latencies: Vec<u64>,
+    /// Due time→CALLRESULT (counts the wait when a charger fell behind its schedule).
+    from_schedule: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+    cpu: String,
+}
+
+async fn paced(chargers: Vec<Charger>, pid: u32) -> (Vec<Charger>, Paced) {
+    let base = tokio::time::Instant::now() + Duration::from_millis(50);
+    let end = base + PACED_WARMUP + PACED_WINDOW;
+    let errors_before: u64 = chargers.iter().map(|c| c.errors).sum();
+    let mut tasks = Vec::with_capacity(chargers.len());
+    for (i, mut c) in chargers.into_iter().enumerate() {
+        let phase = PACED_PERIOD.mul_f64(seed(i + 7919).unit());
+        tasks.push(tokio::spawn(async move {
+            let mut calls = Vec::with_capacity(
+                ((PACED_WARMUP + PACED_WINDOW).as_millis() / PACED_PERIOD.as_millis()) as usize + 2,
+            );
+            let mut first_error = None;
+            let mut due = base + phase;
+            while due < end {
+                // A fixed schedule: a charger that fell behind sends at once (it still has
+                // only one CALL outstanding), so the offered rate stays the schedule's.
+                tokio::time::sleep_until(due).await;
+                let sent = tokio::time::Instant::now();
+                match c.meter_values().await {
+                    Answer::Result => {
+                        let answered = tokio::time::Instant::now();
+                        calls.push(PacedCall {
+                            due_us: (due - base).as_micros() as u64,
+                            sent_us: (sent - base).as_micros() as u64,
+                            answered_us: (answered - base).as_micros() as u64,
+                        });
+                    }
+                    Answer::Error(e) => {
+                        first_error.get_or_insert(format!("{}: {e}", c.cp_id));
+                        break;
+                    }
+                }
+                due += PACED_PERIOD;
+            }
+            (c, calls, first_error)
+        }));
+    }
+    tokio::time::sleep_until(base + PACED_WARMUP).await;
+    let cpu0 = cpu_now(pid);
+    tokio::time::sleep_until(end).await;
+    let cpu1 = cpu_now(pid);
+    let w0 = PACED_WARMUP.as_micros() as u64;
+    let w1 = (PACED_WARMUP + PACED_WINDOW).as_micros() as u64;
+    let in_window = |t: u64| t >= w0 && t < w1;
+    let mut back = Vec::with_capacity(tasks.len());
+    let mut all = Vec::new();
+    let mut first_error = None;
+    for t in tasks {
+        let (c, calls, e) = t.await.expect("charger task");
+        if first_error.is_none() {
+            first_error = e;
+        }
+        all.extend(calls);
+        back.push(c);
+    }
+    let errors = back.iter().map(|c| c.errors).sum::<u64>() - errors_before;
+    let sent_in_window = all.iter().filter(|c| in_window(c.sent_us)).count();
+    let answered_in_window = all.iter().filter(|c| in_window(c.answered_us)).count();
+    let mut latencies: Vec<u64> = all
+        .iter()
+        .filter(|c| in_window(c.sent_us))
+        .map(|c| c.answered_us - c.sent_us)
+        .collect();
+    let mut from_schedule: Vec<u64> = all
+        .iter()
+        .filter(|c| in_window(c.due_us))
+        .map(|c| c.answered_us - c.due_us)
+        .collect();
+    latencies.sort_unstable();
+    from_schedule.sort_unstable();
+    (
+        back,
+        Paced {
+            sent_in_window,
+            answered_in_window,
+            latencies,
+            from_schedule,
+            errors,
+            first_error,
+            cpu: cpu_line(cpu0, cpu1),
+        },
+    )
+}
+
+fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
+}
+
+fn mb(kb: u64) -> f64 {
+    (kb * 1024) as f64 / 1e6
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+async fn run(bin: PathBuf) -> i32 {
+    let started = Instant::now();
+    let mut agent = Agent::start(&bin);
+    let pid = agent.pid;
+    // Watchdog: the bench stops by itself even if something hangs.
+    std::thread::spawn(move || {
+        std::thread::sleep(RUN_LIMIT);
+        eprintln!("ocpp_load: run exceeded {RUN_LIMIT:?}; killing agent {pid} and exiting");
+        // Only our agent: the pid is not reused while we have not reaped it.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "chargesite" {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+        std::process::exit(3);
+    });
+    println!(
+        "ocpp_load: agent {} (pid {pid}) on {}, database {} ({})",
+        bin.display(),
+        agent.addr,
+        agent.db_path().display(),
+        fs_type(agent.dir.path())
+    );
+
+    // Setup: 1,000 chargers connect, boot and start a transaction.
+    let t = Instant::now();
+    let chargers = match setup(agent.addr).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "ocpp_load: setup failed: {e}\nagent log tail:\n{}",
+                agent.log_tail()
+            );
+            return 1;
+        }
+    };
+    println!(
+        "setup: {CHARGERS} chargers connected, booted and started a transaction in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Idle RSS with everyone connected.
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let idle_rss_kb = agent.status_kb("VmRSS");
+
+    // 1. Saturation.
+    let (chargers, sat) = saturation(chargers, pid).await;
+    let sat_rate = sat.acked_in_window as f64 / sat.window.as_secs_f64();
+    println!("saturation diagnostics: {}", sat.cpu);
+    if let Some(e) = &sat.first_error {
+        println!("saturation errors: {} (first: {e})", sat.errors);
+    }
+
+    // 2. Paced 10,000/s.
+    let (chargers, pc) = paced(chargers, pid).await;
+    let window = PACED_WINDOW.as_secs_f64();
+    let offered = pc.sent_in_window as f64 / window;
+    let achieved = pc.answered_in_window as f64 / window;
+    let p50 = percentile_ms(&pc.latencies, 50.0);
+    let p99 = percentile_ms(&pc.latencies, 99.0);
+    println!(
+        "paced diagnostics: {}; p99.9 {:.2} ms, max {:.2} ms; from schedule p50 {:.2} ms, p99 {:.2} ms",
+        pc.cpu,
+        percentile_ms(&pc.latencies, 99.9),
+        percentile_ms(&pc.latencies, 100.0),
+        percentile_ms(&pc.from_schedule, 50.0),
+        percentile_ms(&pc.from_schedule, 99.0),
+    );
+    if let Some(e) = &pc.first_error {
+        println!("paced errors: {} (first: {e})", pc.errors);
+    }
+
+    // 3. Peak RSS after both phases.
+    let peak_rss_kb = agent.status_kb("VmHWM");
+
+    // Durability: kill the agent without any chance to flush, then count rows.
+    agent.sigkill();
+    let acked: u64 = chargers.iter().map(|c| c.acked_mv).sum();
+    let per_charger: HashMap<String, u64> = chargers
+        .iter()
+        .map(|c| (c.cp_id.clone(), c.acked_mv))
+        .collect();
+    let durability = check_rows(&agent.db_path(), &per_charger);
+    drop(chargers);
+
+    println!();
+    println!("ocpp_load: chargers={CHARGERS}");
+    println!(
+        "saturation: {:.0} durable MeterValues/s ({} acknowledged in {:.1} s)",
+        sat_rate,
+        sat.acked_in_window,
+        sat.window.as_secs_f64()
+    );
+    println!(
+        "paced 10000/s: offered {offered:.0}/s, achieved {achieved:.0}/s, p50 {p50:.2} ms, p99 {p99:.2} ms"
+    );
+    println!(
+        "agent RSS: idle with {CHARGERS} chargers {:.1} MB, peak {:.1} MB",
+        mb(idle_rss_kb),
+        mb(peak_rss_kb)
+    );
+    let ok = match &durability {
+        Ok(d) => {
+            println!(
+                "durability check: rows {} >= acknowledged {}: {}{}",
+                d.rows,
+                acked,
+                if d.short_chargers == 0 && d.rows >= acked {
+                    "ok"
+                } else {
+                    "FAILED"
+                },
+                if d.short_chargers > 0 {
+                    format!(
+                        " ({} chargers have fewer rows than acknowledged)",
+                        d.short_chargers
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if d.flagged > 0 {
+                println!(
+                    "note: {} meter_values rows carry flags (payload not plausible?)",
+                    d.flagged
+                );
+            }
+            d.short_chargers == 0 && d.rows >= acked
+        }
+        Err(e) => {
+            println!("durability check: cannot read the database: {e}: FAILED");
+            false
+        }
+    };
+    println!(
+        "targets: saturation >= {TARGET_SATURATION_PER_S:.0}/s {}; paced p99 <= {TARGET_P99_MS} ms {}; peak RSS <= {TARGET_RSS_MB} MB {}",
+        verdict(sat_rate >= TARGET_SATURATION_PER_S),
+        verdict(p99 <= TARGET_P99_MS),
+        verdict(mb(peak_rss_kb) <= TARGET_RSS_MB),
+    );
+    println!(
+        "(errors: saturation {}, paced {}; whole run {:.1} s)",
+        sat.errors,
+        pc.errors,
+        started.elapsed().as_secs_f64()
+    );
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
+struct Rows {
+    rows: u64,
+    short_chargers: usize,
+    flagged: u64,
+}
+
+fn check_rows(db: &Path, acked: &HashMap<String, u64>) -> Result<Rows, rusqlite::Error> {
+    let conn = rusqlite::Connection::open(db)?;
+    let mut st = conn.prepare(
+        "SELECT cp_id, count(*), sum(flags != '') FROM meter_values
+         WHERE source = 'MeterValues' GROUP BY cp_id",
+    )?;
+    let counts: HashMap<String, (u64, u64)> = st
+        .query_map([], |r| {
+            let n: i64 = r.get(1)?;
+            let flagged: i64 = r.get(2)?;
+            Ok((r.get::<_, String>(0)?, (n as u64, flagged as u64)))
+        })?
+        .collect::<Result<_, _>>()?;
+    let rows = counts.values().map(|c| c.0).sum();
+    let flagged = counts.values().map(|c| c.1).sum();
+    let short_chargers = acked
+        .iter()
+        .filter(|(cp, n)| counts.get(*cp).map_or(0, |c| c.0) < **n)
+        .count();
+    Ok(Rows {
+        rows,
+        short_chargers,
+        flagged,
+    })
+}
+
+/// The filesystem type under `path`, from /proc/mounts (longest matching mount point).
+fn fs_type(path: &Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut mounts = String::new();
+    if let Ok(mut f) = std::fs::File::open("/proc/mounts") {
+        let _ = f.read_to_string(&mut mounts);
+    }
+    let best = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (dev, mnt, ty) = (it.next()?, it.next()?, it.next()?);
+            path.starts_with(mnt)
+                .then(|| (mnt.len(), format!("{ty} on {dev}")))
+        })
+        .max_by_key(|(n, _)| *n);
+    let fs = best.map_or_else(|| "unknown fs".to_string(), |(_, s)| s);
+    if fs.starts_with("tmpfs") || fs.starts_with("ramfs") {
+        format!("{fs}: WARNING not a disk, fsync is free")
+    } else {
+        fs
+    }
+}
+
+/// Lifts the soft RLIMIT_NOFILE to at least `want` (within the hard limit); the agent
+/// inherits it.
+fn raise_nofile_limit(want: u64) {
+    #[repr(C)]
+    struct RLimit {
+        cur: u64,
+        max: u64,
+    }
+    extern "C" {
+        fn getrlimit(resource: i32, rlim: *mut RLimit) -> i32;
+        fn setrlimit(resource: i32, rlim: *const RLimit) -> i32;
+    }
+    const RLIMIT_NOFILE: i32 = 7;
+    let mut l = RLimit { cur: 0, max: 0 };
+    // SAFETY: plain libc calls on a properly laid out rlimit struct (Linux, 64-bit).
+    unsafe {
+        if getrlimit(RLIMIT_NOFILE, &mut l) != 0 || l.cur >= want {
+            return;
+        }
+        let new = RLimit {
+            cur: want.min(l.max),
+            max: l.max,
+        };
+        if setrlimit(RLIMIT_NOFILE, &new) != 0 || new.cur < want {
+            eprintln!(
+                "ocpp_load: warning: RLIMIT_NOFILE is {} (hard {}); {want} wanted",
+                new.cur, l.max
+            );
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The outbox and command log, as the uplink reads and updates them: unsent events in
+//! `seq` order, PUBACKs and BPP acks, retention and the storage quota, and the commands
+//! received from the BPP with their results. Runs on the store thread only.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Value};
+
+use super::StoreError;
+use crate::time::fmt_ts;
+
+/// One stored event, as the uplink publishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// The contract's `seq`.
+    pub seq: i64,
+    /// `type`.
+    pub kind: String,
+    /// `at`, already formatted.
+    pub at: String,
+    /// The other fields, a JSON object.
+    pub body: String,
+}
+
+/// Where the outbox stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Oldest event not yet PUBACKed, if any.
+    pub oldest_unsent: Option<i64>,
+    /// Newest seq ever issued (0 before the first event).
+    pub last_seq: i64,
+    /// Events not yet PUBACKed.
+    pub backlog: i64,
+}
+
+/// What the store says about a command just received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intake {
+    /// First time this id is seen: stored, execute it.
+    New {
+        /// The key it is stored under (the id, or a synthetic key when the id is unreadable).
+        key: String,
+    },
+    /// Seen before: do not execute again; here is its result if it has one.
+    Repeat {
+        /// The stored key.
+        key: String,
+        /// The first result, JSON.
+        result: Option<String>,
+    },
+}
+
+/// A connector's retained state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectorRow {
+    /// Charger.
+    pub cp_id: String,
+    /// Connector.
+    pub connector_id: i64,
+    /// Status.
+    pub status: String,
+    /// Error code.
+    pub error_code: String,
+    /// Whether the charger is connected.
+    pub charger_online: bool,
+    /// When the status was received.
+    pub at: String,
+}
+
+/// The session a command refers to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRef {
+    /// Session id.
+    pub session_id: String,
+    /// Charger.
+    pub cp_id: String,
+    /// Connector.
+    pub connector_id: u32,
+    /// OCPP transaction id.
+    pub transaction_id: i32,
+    /// `active` or `stopped`.
+    pub state: String,
+    /// Order, if any.
+    pub order_id: Option<String>,
+}
+
+pub(super) fn fetch(
+    c: &Connection,
+    after: i64,
+    limit: usize,
+    unsent_only: bool,
+) -> Result<Vec<EventRow>, StoreError> {
+    let sql = if unsent_only {
+        "SELECT seq, type, at, body FROM events WHERE seq > ?1 AND sent_at IS NULL ORDER BY seq LIMIT ?2"
+    } else {
+        "SELECT seq, type, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    };
+    let rows = c
+        .prepare_cached(sql)?
+        .query_map(params![after, limit as i64], |r| {
+            Ok(EventRow {
+                seq: r.get(0)?,
+                kind: r.get(1)?,
+                at: r.get(2)?,
+                body: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub(super) fn mark_sent(
+    c: &Connection,
+    first: i64,
+    last: i64,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE events SET sent_at = ?3 WHERE seq BETWEEN ?1 AND ?2 AND sent_at IS NULL",
+    )?
+    .execute(params![first, last, fmt_ts(at)])?;
+    Ok(())
+}
+
+/// The BPP has stored everything up to `seq`: only events already PUBACKed can be
+/// released (a BPP cannot have stored what it was never sent).
+pub(super) fn ack(c: &Connection, seq: i64) -> Result<usize, StoreError> {
+    Ok(c.prepare_cached(
+        "UPDATE events SET acked = 1 WHERE seq <= ?1 AND sent_at IS NOT NULL AND acked = 0",
+    )?
+    .execute(params![seq])?)
+}
+
+pub(super) fn status(c: &Connection) -> Result<OutboxStatus, StoreError> {
+    let oldest_unsent: Option<i64> = c
+        .prepare_cached("SELECT min(seq) FROM events WHERE sent_at IS NULL")?
+        .query_row([], |r| r.get(0))?;
+    let backlog: i64 = c
+        .prepare_cached("SELECT count(*) FROM events WHERE sent_at IS NULL")?
+        .query_row([], |r| r.get(0))?;
+    Ok(OutboxStatus {
+        oldest_unsent,
+        last_seq: last_seq(c)?,
+        backlog,
+    })
+}
+
+/// The newest seq ever issued (AUTOINCREMENT's high-water mark survives deletions).
+pub(super) fn last_seq(c: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'events'")?
+            .query_row([], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0),
+    )
+}
+
+/// Drops what may go, in the contract's order: events the BPP acked, sent events past
+/// the retention window; then, while the file is over `quota_bytes`, the oldest sent
+/// events and meter readings of finished sessions, and finally every other unsent
+/// `session.meter` event of running sessions (recording the gap as an event). Never a
+/// `session.started`/`session.stopped`, never an unsent billable event other than
+/// intermediate meter samples.
+pub(super) fn prune(
+    c: &Connection,
+    now: DateTime<Utc>,
+    retain_secs: i64,
+    quota_bytes: Option<u64>,
+) -> Result<usize, StoreError> {
+    let cutoff = fmt_ts(now - chrono::Duration::seconds(retain_secs));
+    let mut dropped = c.execute(
+        "DELETE FROM events WHERE acked = 1 OR (sent_at IS NOT NULL AND sent_at < ?1)",
+        params![cutoff],
+    )?;
+    let Some(quota) = quota_bytes else {
+        return Ok(dropped);
+    };
+    let over = |c: &Connection| -> Result<bool, StoreError> { Ok(used_bytes(c)? > quota) };
+    // 1. sent events, oldest first
+    while over(c)? {
+        let n = c.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE sent_at IS NOT NULL ORDER BY seq LIMIT 1000)",
+            [],
+        )?;
+        dropped += n;
+        if n == 0 {
+            break;
+        }
+    }
+    // 2. raw readings of sessions that are stopped and fully reported
+    while over(c)? {
+        let n = c.execute(
+            "DELETE FROM meter_values WHERE id IN (
+                SELECT m.id FROM meter_values m JOIN sessions s ON s.transaction_id = m.transaction_id
+                WHERE s.state = 'stopped' ORDER BY m.id LIMIT 1000)",
+            [],
+        )?;
+        dropped += n;
+        if n == 0 {
+            break;
+        }
+    }
+    // 3. thin unsent intermediate samples: every other session.meter event, oldest first
+    while over(c)? {
+        let victims: Vec<i64> = c
+            .prepare(
+                "SELECT seq FROM events WHERE sent_at IS NULL AND type = 'session.meter'
+                 ORDER BY seq LIMIT 2000",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<i64>, _>>()?
+            .into_iter()
+            .step_by(2)
+            .collect();
+        if victims.is_empty() {
+            tracing::error!("storage quota reached and nothing more may be dropped");
+            break;
+        }
+        let (first, last) = (victims[0], victims[victims.len() - 1]);
+        for seq in &victims {
+            c.execute("DELETE FROM events WHERE seq = ?1", params![seq])?;
+        }
+        dropped += victims.len();
+        super::ops::insert_event(
+            c,
+            "events.gap",
+            now,
+            json!({"reason": "storage_quota", "from_seq": first, "to_seq": last,
+                   "dropped": victims.len(), "types": ["session.meter"]}),
+        )?;
+    }
+    Ok(dropped)
+}
+
+/// Bytes the database file uses (pages in use, not free pages).
+pub(super) fn used_bytes(c: &Connection) -> Result<u64, StoreError> {
+    let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+    let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    Ok(((pages - free).max(0) * size) as u64)
+}
+
+pub(super) fn command_received(
+    c: &Connection,
+    id: Option<&str>,
+    kind: Option<&str>,
+    body: &str,
+    at: DateTime<Utc>,
+) -> Result<Intake, StoreError> {
+    if let Some(id) = id {
+        if let Some(result) = c
+            .prepare_cached("SELECT result FROM commands WHERE id = ?1")?
+            .query_row(params![id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+        {
+            return Ok(Intake::Repeat {
+                key: id.to_string(),
+                result,
+            });
+        }
+    }
+    c.prepare_cached(
+        "INSERT INTO commands (id, type, body, received_at, state) VALUES (?1, ?2, ?3, ?4, 'received')",
+    )?
+    .execute(params![id.unwrap_or("~pending"), kind, body, fmt_ts(at)])?;
+    let key = match id {
+        Some(id) => id.to_string(),
+        None => {
+            // No readable id: a key of our own, so the answer is still stored and sent.
+            let key = format!("~no-id-{}", c.last_insert_rowid());
+            c.execute(
+                "UPDATE commands SET id = ?1 WHERE rowid = ?2",
+                params![key, c.last_insert_rowid()],
+            )?;
+            key
+        }
+    };
+    Ok(Intake::New { key })
+}
+
+pub(super) fn command_done(
+    c: &Connection,
+    key: &str,
+    result: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE commands SET state = 'done', result = ?2, done_at = ?3 WHERE id = ?1",
+    )?
+    .execute(params![key, result, fmt_ts(at)])?;
+    Ok(())
+}
+
+pub(super) fn result_published(
+    c: &Connection,
+    key: &str,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE commands SET published_at = ?2 WHERE id = ?1 AND published_at IS NULL",
+    )?
+    .execute(params![key, fmt_ts(at)])?;
+    Ok(())
+}
+
+pub(super) fn unpublished_results(c: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let rows = c
+        .prepare_cached(
+            "SELECT id, result FROM commands WHERE state = 'done' AND published_at IS NULL ORDER BY rowid",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Commands whose execution a crash interrupted are never run twice: they are closed
+/// with an `interrupted` error, which the BPP receives like any result.
+pub(super) fn close_interrupted_commands(
+    c: &Connection,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    let ids: Vec<String> = c
+        .prepare("SELECT id FROM commands WHERE state = 'received'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        let wire_id = if id.starts_with('~') {
+            Value::Null
+        } else {
+            Value::from(id.as_str())
+        };
+        let result = json!({"id": wire_id, "ok": false, "error": {"code": "interrupted",
+            "message": "the agent restarted while executing this command; it was not retried"}});
+        command_done(c, id, &result.to_string(), now)?;
+    }
+    Ok(ids.len())
+}
+
+pub(super) fn connectors(
+    c: &Connection,
+    cp_id: Option<&str>,
+) -> Result<Vec<ConnectorRow>, StoreError> {
+    let sql = "SELECT k.cp_id, k.connector_id, k.status, k.error_code, coalesce(ch.online, 0), k.received_at
+               FROM connectors k LEFT JOIN chargers ch ON ch.cp_id = k.cp_id
+               WHERE ?1 IS NULL OR k.cp_id = ?1 ORDER BY k.cp_id, k.connector_id";
+    let rows = c
+        .prepare_cached(sql)?
+        .query_map(params![cp_id], |r| {
+            Ok(ConnectorRow {
+                cp_id: r.get(0)?,
+                connector_id: r.get(1)?,
+                status: r.get(2)?,
+                error_code: r.get(3)?,
+                charger_online: r.get::<_, i64>(4)? != 0,
+                at: r.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub(super) fn find_session(
+    c: &Connection,
+    session_id: Option<&str>,
+    order_id: Option<&str>,
+) -> Result<Option<SessionRef>, StoreError> {
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok(SessionRef {
+            session_id: r.get(0)?,
+            cp_id: r.get(1)?,
+            connector_id: r.get(2)?,
+            transaction_id: r.get(3)?,
+            state: r.get(4)?,
+            order_id: r.get(5)?,
+        })
+    };
+    const COLS: &str = "session_id, cp_id, connector_id, transaction_id, state, order_id";
+    if let Some(sid) = session_id {
+        return Ok(c
+            .prepare_cached(&format!(
+                "SELECT {COLS} FROM sessions WHERE session_id = ?1"
+            ))?
+            .query_row(params![sid], map)
+            .optional()?);
+    }
+    if let Some(oid) = order_id {
+        // the running session of that order, else its latest
+        return Ok(c
+            .prepare_cached(&format!(
+                "SELECT {COLS} FROM sessions WHERE order_id = ?1
+                 ORDER BY state = 'active' DESC, transaction_id DESC LIMIT 1"
+            ))?
+            .query_row(params![oid], map)
+            .optional()?);
+    }
+    Ok(None)
+}

@@ -1,0 +1,401 @@
+//! Commands from the BPP (CONTRACT §4): parsing (pure) and execution.
+//!
+//! A command is parsed, stored (secrets redacted) and only then acknowledged to the broker;
+//! it runs at most once per `id`, and its result is stored before it is published. A
+//! malformed command gets `ok:false` with `bad_request` and changes nothing.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError};
+use crate::ocpp::registry::{CallFailure, Registry};
+use crate::store::{Op, Reply, Store};
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cmd {
+    /// `authorization.upsert`.
+    AuthorizationUpsert(Map<String, Value>),
+    /// `authorization.revoke`.
+    AuthorizationRevoke {
+        /// The order whose OTP is revoked.
+        order_id: String,
+    },
+    /// `session.start`.
+    SessionStart {
+        /// Order.
+        order_id: String,
+        /// The driver's OTP.
+        otp: String,
+        /// Charger.
+        cp_id: String,
+        /// Connector.
+        connector_id: u32,
+    },
+    /// `session.stop`.
+    SessionStop {
+        /// By session id.
+        session_id: Option<String>,
+        /// Or by order id.
+        order_id: Option<String>,
+    },
+    /// `events.replay`.
+    EventsReplay {
+        /// First seq to resend.
+        from_seq: i64,
+    },
+}
+
+/// A command error as `cmd/result` carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CmdError {
+    /// `error.code`.
+    pub code: &'static str,
+    /// `error.message`.
+    pub message: String,
+}
+
+impl CmdError {
+    /// A new error.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A command as received: its id (if readable), type (if readable), what is safe to store,
+/// and the parse outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// `id`.
+    pub id: Option<String>,
+    /// `type`.
+    pub kind: Option<String>,
+    /// The command with any OTP replaced, for storage.
+    pub stored: String,
+    /// The command, or why it is malformed.
+    pub cmd: Result<Cmd, CmdError>,
+}
+
+/// Parses a `cmd` payload.
+pub fn parse(payload: &[u8]) -> Parsed {
+    let value: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            return Parsed {
+                id: None,
+                kind: None,
+                stored: String::from_utf8_lossy(payload)
+                    .chars()
+                    .take(4096)
+                    .collect(),
+                cmd: Err(CmdError::new("bad_request", format!("not JSON: {e}"))),
+            }
+        }
+    };
+    let Value::Object(mut obj) = value else {
+        return Parsed {
+            id: None,
+            kind: None,
+            stored: value.to_string(),
+            cmd: Err(CmdError::new("bad_request", "a command is a JSON object")),
+        };
+    };
+    let id = match obj.get("id") {
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 128 => Some(s.clone()),
+        _ => None,
+    };
+    let kind = obj.get("type").and_then(Value::as_str).map(str::to_string);
+    // Never store an OTP in clear.
+    if let Some(otp) = obj.get_mut("otp") {
+        *otp = Value::from("<redacted>");
+    }
+    let stored = Value::Object(obj.clone()).to_string();
+    let cmd = if id.is_none() {
+        Err(CmdError::new(
+            "bad_request",
+            "`id` must be a non-empty string of at most 128 characters",
+        ))
+    } else {
+        parse_body(kind.as_deref(), &value_of(payload))
+    };
+    Parsed {
+        id,
+        kind,
+        stored,
+        cmd,
+    }
+}
+
+fn value_of(payload: &[u8]) -> Map<String, Value> {
+    match serde_json::from_slice(payload) {
+        Ok(Value::Object(o)) => o,
+        _ => Map::new(),
+    }
+}
+
+fn string(o: &Map<String, Value>, key: &str) -> Result<String, CmdError> {
+    match o.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(_) => Err(CmdError::new(
+            "bad_request",
+            format!("`{key}` must be a non-empty string"),
+        )),
+        None => Err(CmdError::new("bad_request", format!("`{key}` is required"))),
+    }
+}
+
+fn opt_string(o: &Map<String, Value>, key: &str) -> Result<Option<String>, CmdError> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => string(o, key).map(Some),
+    }
+}
+
+fn parse_body(kind: Option<&str>, o: &Map<String, Value>) -> Result<Cmd, CmdError> {
+    match kind {
+        Some("authorization.upsert") => Ok(Cmd::AuthorizationUpsert(o.clone())),
+        Some("authorization.revoke") => Ok(Cmd::AuthorizationRevoke {
+            order_id: string(o, "order_id")?,
+        }),
+        Some("session.start") => Ok(Cmd::SessionStart {
+            order_id: string(o, "order_id")?,
+            otp: string(o, "otp")?,
+            cp_id: string(o, "cp_id")?,
+            connector_id: o
+                .get("connector_id")
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| {
+                    CmdError::new("bad_request", "`connector_id` must be an integer >= 1")
+                })?,
+        }),
+        Some("session.stop") => {
+            let session_id = opt_string(o, "session_id")?;
+            let order_id = opt_string(o, "order_id")?;
+            if session_id.is_none() && order_id.is_none() {
+                return Err(CmdError::new(
+                    "bad_request",
+                    "`session_id` or `order_id` is required",
+                ));
+            }
+            Ok(Cmd::SessionStop {
+                session_id,
+                order_id,
+            })
+        }
+        Some("events.replay") => Ok(Cmd::EventsReplay {
+            from_seq: o
+                .get("from_seq")
+                .and_then(Value::as_i64)
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| {
+                    CmdError::new("bad_request", "`from_seq` must be an integer >= 1")
+                })?,
+        }),
+        Some(other) => Err(CmdError::new(
+            "bad_request",
+            format!("unknown command type `{other}`"),
+        )),
+        None => Err(CmdError::new("bad_request", "`type` is required")),
+    }
+}
+
+/// The `cmd/result` payload for a command.
+pub fn result_json(id: Option<&str>, outcome: Result<Value, CmdError>) -> Value {
+    let id = id.map_or(Value::Null, Value::from);
+    match outcome {
+        Ok(Value::Object(mut fields)) => {
+            let mut out = Map::new();
+            out.insert("id".into(), id);
+            out.insert("ok".into(), Value::from(true));
+            out.append(&mut fields);
+            Value::Object(out)
+        }
+        Ok(_) => json!({"id": id, "ok": true}),
+        Err(e) => json!({"id": id, "ok": false, "error": {"code": e.code, "message": e.message}}),
+    }
+}
+
+/// What executing a command needs.
+pub struct Executor {
+    /// The store.
+    pub store: Store,
+    /// Connected chargers.
+    pub registry: Registry,
+    /// How long a charger has to answer.
+    pub call_timeout: Duration,
+}
+
+/// Asks the driver to resend retained events from `from` to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    /// First seq.
+    pub from: i64,
+    /// Last seq.
+    pub to: i64,
+}
+
+impl Executor {
+    /// Runs a command; `replay` receives any events range to resend.
+    pub async fn execute(
+        &self,
+        cmd: Cmd,
+        replay: &tokio::sync::mpsc::Sender<Replay>,
+    ) -> Result<Value, CmdError> {
+        match cmd {
+            Cmd::AuthorizationUpsert(_)
+            | Cmd::AuthorizationRevoke { .. }
+            | Cmd::SessionStart { .. } => Err(CmdError::new(
+                "not_supported",
+                "OTP authorizations are not available in this build",
+            )),
+            Cmd::SessionStop {
+                session_id,
+                order_id,
+            } => self.session_stop(session_id, order_id).await,
+            Cmd::EventsReplay { from_seq } => {
+                let status = match self.store.exec(Op::OutboxStatus).await {
+                    Ok(Reply::Outbox(s)) => s,
+                    _ => return Err(CmdError::new("internal", "cannot read the outbox")),
+                };
+                let first = match self
+                    .store
+                    .exec(Op::FetchEvents {
+                        after: from_seq - 1,
+                        limit: 1,
+                        unsent_only: false,
+                    })
+                    .await
+                {
+                    Ok(Reply::Events(rows)) => rows.first().map(|r| r.seq),
+                    _ => return Err(CmdError::new("internal", "cannot read the outbox")),
+                };
+                let Some(first) = first else {
+                    return Ok(
+                        json!({"from_seq": from_seq, "count": 0, "last_seq": status.last_seq}),
+                    );
+                };
+                let to = status.last_seq;
+                if replay.send(Replay { from: first, to }).await.is_err() {
+                    return Err(CmdError::new("internal", "uplink stopped"));
+                }
+                Ok(
+                    json!({"from_seq": from_seq, "first_seq": first, "to_seq": to,
+                          "missing_before": first > from_seq}),
+                )
+            }
+        }
+    }
+
+    async fn session_stop(
+        &self,
+        session_id: Option<String>,
+        order_id: Option<String>,
+    ) -> Result<Value, CmdError> {
+        let found = match self
+            .store
+            .exec(Op::FindSession {
+                session_id,
+                order_id,
+            })
+            .await
+        {
+            Ok(Reply::Session(s)) => s,
+            _ => return Err(CmdError::new("internal", "cannot read sessions")),
+        };
+        let Some(session) = found else {
+            return Err(CmdError::new("not_found", "no such session"));
+        };
+        if session.state != "active" {
+            return Err(CmdError::new(
+                "not_active",
+                format!("session {} has already stopped", session.session_id),
+            ));
+        }
+        let answer = ocpp_cmd::send(
+            &self.registry,
+            &session.cp_id,
+            Command::RemoteStop {
+                transaction_id: session.transaction_id,
+            },
+            self.call_timeout,
+        )
+        .await
+        .map_err(charger_error)?;
+        let status = answer
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("Rejected");
+        if status != "Accepted" {
+            return Err(CmdError::new(
+                "charger_rejected",
+                format!("charger answered {status}"),
+            ));
+        }
+        Ok(json!({"session_id": session.session_id, "cp_id": session.cp_id, "status": status}))
+    }
+}
+
+/// Maps an outbound CALL failure to a `cmd/result` error.
+pub fn charger_error(e: CommandError) -> CmdError {
+    match e {
+        CommandError::BadRequest(m) => CmdError::new("bad_request", m),
+        CommandError::BadResponse(m) => CmdError::new("charger_error", m),
+        CommandError::Call(CallFailure::NotConnected) => {
+            CmdError::new("charger_offline", "charger is not connected")
+        }
+        CommandError::Call(CallFailure::Timeout) => {
+            CmdError::new("timeout", "charger did not answer in time")
+        }
+        CommandError::Call(f @ CallFailure::Rejected { .. }) => {
+            CmdError::new("charger_error", f.to_string())
+        }
+        CommandError::Call(f) => CmdError::new("charger_offline", f.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_json_is_a_bad_request_without_an_id() {
+        let p = parse(b"{nope");
+        assert_eq!(p.id, None);
+        assert_eq!(p.cmd.unwrap_err().code, "bad_request");
+    }
+
+    #[test]
+    fn a_missing_field_is_a_bad_request_with_the_id() {
+        let p = parse(br#"{"id":"c1","type":"session.stop"}"#);
+        assert_eq!(p.id.as_deref(), Some("c1"));
+        assert_eq!(p.cmd.unwrap_err().code, "bad_request");
+        let p = parse(br#"{"id":"c2","type":"events.replay","from_seq":"x"}"#);
+        assert_eq!(p.cmd.unwrap_err().code, "bad_request");
+        let p = parse(br#"{"id":"c3","type":"launch"}"#);
+        assert_eq!(p.cmd.unwrap_err().code, "bad_request");
+    }
+
+    #[test]
+    fn an_otp_is_never_stored_in_clear() {
+        let p = parse(br#"{"id":"c1","type":"session.start","order_id":"o","otp":"482913","cp_id":"CP1","connector_id":1}"#);
+        assert!(!p.stored.contains("482913"));
+        assert!(matches!(p.cmd, Ok(Cmd::SessionStart { ref otp, .. }) if otp == "482913"));
+    }
+
+    #[test]
+    fn results_carry_the_id_and_ok() {
+        let v = result_json(Some("c1"), Ok(json!({"count": 3})));
+        assert_eq!(v, json!({"id": "c1", "ok": true, "count": 3}));
+        let v = result_json(None, Err(CmdError::new("bad_request", "x")));
+        assert_eq!(
+            v,
+            json!({"id": null, "ok": false, "error": {"code": "bad_request", "message": "x"}})
+        );
+    }
+}
