@@ -48,6 +48,7 @@ async fn events_state_and_connectors_reach_the_bpp_in_order() {
     let broker = Broker::start();
     let bpp = Bpp::connect(&broker, ROOT).await;
     let agent = agent(&broker, "");
+    assert!(eventually(10, || bpp.topic("state").is_some_and(|s| s["online"] == true)).await);
     let mut cp = Charger::connect(&agent.url("CP001")).await;
     cp.boot().await;
     cp.ok(

@@ -153,6 +153,8 @@ impl Pki {
             "-subj",
             "/CN=site-001",
         ]);
+        // an X.509 v3 client certificate: webpki refuses v1 ones
+        std::fs::write(dir.join("client.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
         run(&[
             "x509",
             "-req",
@@ -167,6 +169,8 @@ impl Pki {
             "client.pem",
             "-days",
             "2",
+            "-extfile",
+            "client.cnf",
         ]);
         Pki {
             dir: dir.to_path_buf(),
@@ -241,7 +245,7 @@ impl Broker {
         let child = if use_mosquitto() {
             let conf = self.dir.path().join("mosquitto.conf");
             let mut text = format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n",
+                "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 100\nmax_queued_messages 100000\n",
                 self.port
             );
             if let Some(p) = &self.tls {
