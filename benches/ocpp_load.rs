@@ -70,7 +70,11 @@ fn main() {
         return;
     }
     raise_nofile_limit((CHARGERS as u64) * 2 + 512);
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_chargesite"));
+    // OCPP_LOAD_AGENT_BIN runs another build of the agent (e.g. one with symbols, for perf).
+    let bin = std::env::var_os("OCPP_LOAD_AGENT_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_chargesite")),
+        PathBuf::from,
+    );
     if !bin.is_file() {
         eprintln!(
             "ocpp_load: agent binary {} is missing; build it with `cargo build --release`",
@@ -107,6 +111,10 @@ impl Agent {
             .tempdir_in(&base)
             .expect("temp dir");
         let db = dir.path().join("cs.db");
+        // For experiments only (printed with the results): TOML appended to the config.
+        let extra = std::env::var("OCPP_LOAD_CONFIG_EXTRA")
+            .map(|e| format!("\n{}\n", e.replace("\\n", "\n")))
+            .unwrap_or_default();
         let config = dir.path().join("chargesite.toml");
         std::fs::write(
             &config,
@@ -114,7 +122,7 @@ impl Agent {
                 "[site]\nid = \"bench-site\"\n\n\
                  [ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n\n\
                  [auth]\nfree_vend = true\n\n\
-                 [store]\npath = \"{}\"\n",
+                 [store]\npath = \"{}\"\n{extra}",
                 db.display()
             ),
         )
@@ -172,19 +180,75 @@ impl Agent {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// `VmRSS` / `VmHWM` in kB.
+    /// `VmRSS` / `VmHWM` / `RssAnon` ... in kB.
     fn status_kb(&self, key: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        s.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        status_kb(self.pid, key)
+    }
+
+    /// "anon 15.2 MB, file 5.1 MB, shmem 0.1 MB": what the RSS is made of now.
+    fn rss_parts(&self) -> String {
+        format!(
+            "anon {:.1} MB, file {:.1} MB, shmem {:.1} MB",
+            mb(self.status_kb("RssAnon")),
+            mb(self.status_kb("RssFile")),
+            mb(self.status_kb("RssShmem"))
+        )
     }
 
     fn sigkill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+fn status_kb(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Samples the agent's VmRSS every 20 ms and keeps the highest value per phase, to show
+/// which phase sets the peak.
+struct RssSampler {
+    phase: Arc<AtomicU64>,
+    peaks: Arc<[AtomicU64; 4]>,
+}
+
+const PHASES: [&str; 4] = ["setup+idle", "saturation", "paced", "end"];
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let phase = Arc::new(AtomicU64::new(0));
+        let peaks: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+        let (p, k) = (phase.clone(), peaks.clone());
+        std::thread::spawn(move || loop {
+            let i = p.load(Ordering::Relaxed) as usize;
+            if i >= 3 {
+                break;
+            }
+            k[i].fetch_max(status_kb(pid, "VmRSS"), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+        });
+        RssSampler { phase, peaks }
+    }
+    fn enter(&self, i: u64) {
+        self.phase.store(i, Ordering::Relaxed);
+    }
+    fn line(&self) -> String {
+        (0..3)
+            .map(|i| {
+                format!(
+                    "{} {:.1} MB",
+                    PHASES[i],
+                    mb(self.peaks[i].load(Ordering::Relaxed))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -229,7 +293,28 @@ struct Cpu {
     agent: u64,
     store: u64,
     loadgen: u64,
+    /// Busy ticks of the whole box (all cores, all processes), from /proc/stat.
+    busy: u64,
+    /// Ticks stolen by the hypervisor, all cores.
+    steal: u64,
     at: Option<Instant>,
+}
+
+/// (busy, steal) ticks summed over all cores from /proc/stat: busy is user nice system
+/// irq softirq; steal is time the hypervisor gave our vCPUs to someone else.
+fn box_ticks() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = s.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = [0usize, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
+    (busy, f.get(7).copied().unwrap_or(0))
 }
 
 fn cpu_now(pid: u32) -> Cpu {
@@ -247,11 +332,14 @@ fn cpu_now(pid: u32) -> Cpu {
         agent: stat_ticks(&format!("/proc/{pid}/stat")),
         store,
         loadgen: stat_ticks("/proc/self/stat"),
+        busy: box_ticks().0,
+        steal: box_ticks().1,
         at: Some(Instant::now()),
     }
 }
 
-/// "agent 172% (store thread 61%), load generator 25%" of one core, between two samples.
+/// "cpu: agent 120% (store thread 41%), load generator 60%, other processes 3%, hypervisor
+/// steal 0% of one core; 2 cores" between two samples: the last two show a noisy box.
 fn cpu_line(a: Cpu, b: Cpu) -> String {
     let secs = match (a.at, b.at) {
         (Some(x), Some(y)) => (y - x).as_secs_f64(),
@@ -259,11 +347,14 @@ fn cpu_line(a: Cpu, b: Cpu) -> String {
     };
     let tck = clk_tck();
     let pct = |x: u64, y: u64| (y.saturating_sub(x)) as f64 / tck / secs * 100.0;
+    let others = pct(a.busy, b.busy) - pct(a.agent, b.agent) - pct(a.loadgen, b.loadgen);
     format!(
-        "agent {:.0}% (store thread {:.0}%), load generator {:.0}% of one core; {} cores",
+        "cpu: agent {:.0}% (store thread {:.0}%), load generator {:.0}%, other processes {:.0}%, hypervisor steal {:.0}% of one core; {} cores",
         pct(a.agent, b.agent),
         pct(a.store, b.store),
         pct(a.loadgen, b.loadgen),
+        others.max(0.0),
+        pct(a.steal, b.steal),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     )
 }
@@ -447,7 +538,7 @@ impl Charger {
                     "connectorId": 1,
                     "idTag": format!("TAG{}", &self.cp_id[6..]),
                     "meterStart": self.meter_start_wh,
-                    "timestamp": chargesite::time::fmt_ts(chargesite::time::now()),
+                    "timestamp": rfc3339_now(),
                 }),
             )
             .await?;
@@ -468,7 +559,7 @@ impl Charger {
         let wh = self.meter_start_wh + (self.power_w * secs / 3600.0) as i64;
         let soc = (self.soc_start + self.power_w * secs / 3600.0 / 77_000.0 * 100.0).min(100.0);
         let amps = self.power_w / 3.0 / 230.0;
-        let ts = chargesite::time::fmt_ts(chargesite::time::now());
+        let ts = rfc3339_now();
         format!(
             concat!(
                 r#"[2,"{id}","MeterValues",{{"connectorId":1,"transactionId":{tx},"meterValue":[{{"timestamp":"{ts}","sampledValue":["#,
@@ -703,6 +794,12 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
 }
 
+/// The charger's clock: now, RFC 3339 UTC with milliseconds, as chargers send it.
+fn rfc3339_now() -> String {
+    chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 fn mb(kb: u64) -> f64 {
     (kb * 1024) as f64 / 1e6
 }
@@ -735,6 +832,9 @@ async fn run(bin: PathBuf) -> i32 {
         }
         std::process::exit(3);
     });
+    if let Ok(extra) = std::env::var("OCPP_LOAD_CONFIG_EXTRA") {
+        println!("ocpp_load: NOT the standard setup: config extra {extra:?}");
+    }
     println!(
         "ocpp_load: agent {} (pid {pid}) on {}, database {} ({})",
         bin.display(),
@@ -743,6 +843,7 @@ async fn run(bin: PathBuf) -> i32 {
         fs_type(agent.dir.path())
     );
 
+    let rss = RssSampler::start(pid);
     // Setup: 1,000 chargers connect, boot and start a transaction.
     let t = Instant::now();
     let chargers = match setup(agent.addr).await {
@@ -761,10 +862,14 @@ async fn run(bin: PathBuf) -> i32 {
     );
 
     // Idle RSS with everyone connected.
+    let cpu0 = cpu_now(pid);
     tokio::time::sleep(IDLE_SETTLE).await;
     let idle_rss_kb = agent.status_kb("VmRSS");
+    println!("idle diagnostics: {}", cpu_line(cpu0, cpu_now(pid)));
+    println!("idle RSS: {}", agent.rss_parts());
 
     // 1. Saturation.
+    rss.enter(1);
     let (chargers, sat) = saturation(chargers, pid).await;
     let sat_rate = sat.acked_in_window as f64 / sat.window.as_secs_f64();
     println!("saturation diagnostics: {}", sat.cpu);
@@ -773,6 +878,7 @@ async fn run(bin: PathBuf) -> i32 {
     }
 
     // 2. Paced 10,000/s.
+    rss.enter(2);
     let (chargers, pc) = paced(chargers, pid).await;
     let window = PACED_WINDOW.as_secs_f64();
     let offered = pc.sent_in_window as f64 / window;
@@ -793,6 +899,12 @@ async fn run(bin: PathBuf) -> i32 {
 
     // 3. Peak RSS after both phases.
     let peak_rss_kb = agent.status_kb("VmHWM");
+    rss.enter(3);
+    println!(
+        "RSS: peak VmRSS sampled per phase: {}; now {}",
+        rss.line(),
+        agent.rss_parts()
+    );
 
     // Durability: kill the agent without any chance to flush, then count rows.
     agent.sigkill();

@@ -10,6 +10,7 @@ use chargesite_hal::{self as hal, Indicator, IndicatorState, LinkState, Watchdog
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Secret;
 use crate::config::Config;
 use crate::ocpp::handler::Context;
 use crate::ocpp::registry::Registry;
@@ -76,6 +77,7 @@ pub async fn run(
             max_batch: config.store.max_batch,
             max_charger_power_w: config.ocpp.max_charger_power_w,
             clock_tolerance_secs: config.ocpp.clock_tolerance_secs,
+            lockout: config.auth.lockout,
         },
     )
     .map_err(|source| AgentError::Store {
@@ -92,6 +94,17 @@ pub async fn run(
         addr: config.ocpp.listen,
         source,
     })?;
+    let state_dir = config
+        .store
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let secret = Secret::load_or_create(&state_dir).map_err(|source| AgentError::Hardware {
+        what: "otp-secret in the state directory",
+        source,
+    })?;
     let gateway = Gateway::open(&config)?;
     let registry = Registry::default();
     let uplink_online = Arc::new(AtomicBool::new(false));
@@ -101,6 +114,8 @@ pub async fn run(
         store: store.clone(),
         uplink_online: uplink_online.clone(),
         notices,
+        secret: secret.clone(),
+        registry: registry.clone(),
     });
     // The uplink gets its own token: it must outlive the OCPP side on shutdown so that the
     // last events and the offline state still go out.
@@ -112,6 +127,7 @@ pub async fn run(
             registry: registry.clone(),
             online: uplink_online.clone(),
             notices: notices_rx,
+            secret,
         },
         uplink_token.clone(),
     ));
@@ -163,11 +179,16 @@ pub async fn run(
     Ok(())
 }
 
+/// Longest retention the arithmetic takes: a hundred years.
+const MAX_RETAIN_SECS: i64 = 100 * 365 * 86_400;
+
 /// Every minute: drop what retention and the storage quota allow (see `store::outbox`).
 /// Runs with or without an uplink: the quota protects the gateway's flash either way.
 async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationToken) {
-    let retain_secs = config.uplink.as_ref().map_or(i64::MAX / 4, |u| {
-        i64::try_from(u.retain_sent.as_secs()).unwrap_or(i64::MAX / 4)
+    // Without an uplink nothing is ever sent, so retention never applies; the bound only
+    // keeps the arithmetic in range.
+    let retain_secs = config.uplink.as_ref().map_or(MAX_RETAIN_SECS, |u| {
+        i64::try_from(u.retain_sent.as_secs()).map_or(MAX_RETAIN_SECS, |s| s.min(MAX_RETAIN_SECS))
     });
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {

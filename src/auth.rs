@@ -1,17 +1,349 @@
-//! Id-tag decisions, pure: given the site's rules and the presented tag, accept or refuse.
+//! OTP and id-tag decisions, pure: given the stored records, the presented tag's keyed hash
+//! and `now`, accept or refuse (CONTRACT §4, OTP rules).
 //!
-//! Until OTP authorizations exist, a tag is accepted only on a free-vend site
-//! (`[auth] free_vend = true`); every other tag is refused as `invalid`.
+//! An OTP is never stored or compared in clear: the agent keeps only
+//! HMAC-SHA256(site secret, digits), where the secret is generated on first start in the
+//! state directory (mode 0600) and never enters the database; presented codes are hashed
+//! the same way and compared against every candidate in constant time.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 
 use crate::store::AuthDecision;
 
-/// Judges an id tag presented at a charger (Authorize or StartTransaction).
-pub fn check_tag(id_tag: &str, free_vend: bool) -> AuthDecision {
+/// A keyed hash of an OTP.
+pub type OtpHash = [u8; 32];
+
+/// The per-site key for OTP hashes.
+#[derive(Clone)]
+pub struct Secret([u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// A secret from raw bytes (tests).
+    pub fn from_bytes(b: [u8; 32]) -> Secret {
+        Secret(b)
+    }
+
+    /// HMAC-SHA256 of the digits.
+    pub fn hash(&self, otp: &str) -> OtpHash {
+        // HMAC accepts keys of any length; 32 bytes cannot fail.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+            unreachable!("HMAC takes a key of any length")
+        };
+        mac.update(otp.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Loads `<dir>/otp-secret`, creating it (32 random bytes, mode 0600) on first start.
+    ///
+    /// # Errors
+    /// The I/O error, or a malformed file.
+    pub fn load_or_create(dir: &Path) -> std::io::Result<Secret> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("otp-secret");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let bytes = hex_decode(text.trim())
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("{} is not 64 hex characters", path.display()),
+                        )
+                    })?;
+                let mut out = [0u8; 32];
+                out.copy_from_slice(&bytes);
+                Ok(Secret(out))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir)?;
+                let mut out = [0u8; 32];
+                getrandom::fill(&mut out).map_err(|e| std::io::Error::other(e.to_string()))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                f.write_all(hex(&out).as_bytes())?;
+                f.sync_all()?;
+                Ok(Secret(out))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Whether a presented id tag has the shape of an OTP (4 to 8 digits).
+pub fn looks_like_otp(tag: &str) -> bool {
+    (4..=8).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Constant-time equality of two hashes.
+pub fn ct_eq(a: &OtpHash, b: &OtpHash) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A stored OTP authorization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtpRecord {
+    /// The Beckn order.
+    pub order_id: String,
+    /// Keyed hash of the digits.
+    pub otp_hash: OtpHash,
+    /// Not valid before.
+    pub valid_from: Option<DateTime<Utc>>,
+    /// Not valid after.
+    pub valid_until: DateTime<Utc>,
+    /// Only at this charger, if set.
+    pub cp_id: Option<String>,
+    /// Only at this connector, if set.
+    pub connector_id: Option<u32>,
+    /// How many sessions it may start.
+    pub max_uses: u32,
+    /// How many it has started.
+    pub uses: u32,
+    /// Revoked by the BPP.
+    pub revoked: bool,
+}
+
+impl OtpRecord {
+    fn in_scope(&self, cp_id: &str, connector_id: Option<u32>) -> bool {
+        self.cp_id.as_deref().is_none_or(|c| c == cp_id)
+            && match (self.connector_id, connector_id) {
+                (Some(want), Some(got)) => want == got,
+                _ => true,
+            }
+    }
+
+    fn window_overlaps(&self, other: &OtpRecord) -> bool {
+        let start = |r: &OtpRecord| r.valid_from.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        start(self) <= other.valid_until && start(other) <= self.valid_until
+    }
+
+    fn scope_overlaps(&self, other: &OtpRecord) -> bool {
+        let cp = match (&self.cp_id, &other.cp_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let conn = match (self.connector_id, other.connector_id) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        cp && conn
+    }
+
+    fn live(&self, now: DateTime<Utc>) -> bool {
+        !self.revoked && self.uses < self.max_uses && self.valid_until >= now
+    }
+}
+
+/// Brute-force protection: failures on one charger within a window lock OTP entry there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockout {
+    /// Wrong codes that trigger the lock.
+    pub max_failures: usize,
+    /// Within this window.
+    pub window: Duration,
+    /// For this long.
+    pub duration: Duration,
+}
+
+impl Default for Lockout {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window: Duration::minutes(5),
+            duration: Duration::minutes(5),
+        }
+    }
+}
+
+impl Lockout {
+    /// Until when OTP entry is locked, given the charger's recent failures (any order).
+    pub fn locked_until(
+        &self,
+        failures: &[DateTime<Utc>],
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let mut f: Vec<_> = failures.iter().copied().filter(|t| *t <= now).collect();
+        f.sort();
+        // the latest run of max_failures within the window locks from its last failure
+        f.windows(self.max_failures.max(1))
+            .filter(|w| w[w.len() - 1] - w[0] <= self.window)
+            .map(|w| w[w.len() - 1] + self.duration)
+            .filter(|until| *until > now)
+            .max()
+    }
+}
+
+/// The outcome of an OTP check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtpOutcome {
+    /// Valid: it may start (or authorize) a session.
+    Accepted {
+        /// Its order.
+        order_id: String,
+    },
+    /// Known, but its validity window has passed.
+    Expired {
+        /// Its order.
+        order_id: String,
+    },
+    /// Known, but it has no uses left.
+    Used {
+        /// Its order.
+        order_id: String,
+    },
+    /// Unknown, revoked, out of scope, or not yet valid.
+    Invalid,
+    /// OTP entry on this charger is locked after repeated wrong codes.
+    Blocked,
+}
+
+impl OtpOutcome {
+    /// The contract's `result`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            OtpOutcome::Accepted { .. } => "accepted",
+            OtpOutcome::Expired { .. } => "expired",
+            OtpOutcome::Used { .. } => "used",
+            OtpOutcome::Invalid => "invalid",
+            OtpOutcome::Blocked => "blocked",
+        }
+    }
+
+    /// The order, when the code matched one.
+    pub fn order_id(&self) -> Option<&str> {
+        match self {
+            OtpOutcome::Accepted { order_id }
+            | OtpOutcome::Expired { order_id }
+            | OtpOutcome::Used { order_id } => Some(order_id),
+            _ => None,
+        }
+    }
+
+    /// A wrong code, counted toward the lockout (a real but stale code is not a guess).
+    pub fn is_failure(&self) -> bool {
+        matches!(self, OtpOutcome::Invalid)
+    }
+}
+
+/// Checks a presented OTP at `cp_id` (and `connector_id` when known) against every
+/// record, comparing hashes in constant time. `locked` is the charger's lockout state.
+pub fn check_otp(
+    presented: &OtpHash,
+    records: &[OtpRecord],
+    cp_id: &str,
+    connector_id: Option<u32>,
+    now: DateTime<Utc>,
+    locked: bool,
+) -> OtpOutcome {
+    if locked {
+        return OtpOutcome::Blocked;
+    }
+    // compare against all of them, whatever matches first
+    let matching: Vec<&OtpRecord> = records
+        .iter()
+        .filter(|r| ct_eq(&r.otp_hash, presented))
+        .filter(|r| !r.revoked && r.in_scope(cp_id, connector_id))
+        .collect();
+    let started = |r: &OtpRecord| r.valid_from.is_none_or(|f| f <= now);
+    if let Some(r) = matching
+        .iter()
+        .filter(|r| started(r) && now <= r.valid_until && r.uses < r.max_uses)
+        .min_by_key(|r| r.valid_until)
+    {
+        return OtpOutcome::Accepted {
+            order_id: r.order_id.clone(),
+        };
+    }
+    if let Some(r) = matching.iter().find(|r| started(r) && now <= r.valid_until) {
+        return OtpOutcome::Used {
+            order_id: r.order_id.clone(),
+        };
+    }
+    if let Some(r) = matching.iter().find(|r| now > r.valid_until) {
+        return OtpOutcome::Expired {
+            order_id: r.order_id.clone(),
+        };
+    }
+    OtpOutcome::Invalid
+}
+
+/// The order of a live OTP that `new` would clash with: same digits, overlapping scope and
+/// validity, another order.
+pub fn conflict<'a>(
+    new: &OtpRecord,
+    existing: &'a [OtpRecord],
+    now: DateTime<Utc>,
+) -> Option<&'a str> {
+    existing
+        .iter()
+        .filter(|e| e.order_id != new.order_id && e.live(now))
+        .find(|e| {
+            ct_eq(&e.otp_hash, &new.otp_hash) && e.scope_overlaps(new) && e.window_overlaps(new)
+        })
+        .map(|e| e.order_id.as_str())
+}
+
+/// A presented tag as the store needs it: its OTP hash when it looks like an OTP, and what
+/// may be stored for it (an OTP only as `otp:<hash>`, never the digits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Presented {
+    /// Keyed hash, when the tag has an OTP's shape.
+    pub otp_hash: Option<OtpHash>,
+    /// What is stored and compared for replays.
+    pub tag_key: String,
+}
+
+/// Prepares a presented id tag.
+pub fn present(secret: &Secret, id_tag: &str) -> Presented {
+    if looks_like_otp(id_tag) {
+        let h = secret.hash(id_tag);
+        Presented {
+            otp_hash: Some(h),
+            tag_key: format!("otp:{}", hex(&h)),
+        }
+    } else {
+        Presented {
+            otp_hash: None,
+            tag_key: id_tag.to_string(),
+        }
+    }
+}
+
+/// Judges a tag that is not a known OTP: accepted only on a free-vend site.
+pub fn check_tag(tag_key: &str, free_vend: bool) -> AuthDecision {
     AuthDecision {
         method: "rfid",
         result: if free_vend { "accepted" } else { "invalid" },
         order_id: None,
-        tag_key: id_tag.to_string(),
+        tag_key: tag_key.to_string(),
     }
 }
 
@@ -28,6 +360,223 @@ pub fn ocpp_status(result: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
+
+    fn t(mins: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_795_000_000, 0).unwrap() + Duration::minutes(mins)
+    }
+
+    fn secret() -> Secret {
+        Secret::from_bytes([7; 32])
+    }
+
+    fn record(order: &str, otp: &str) -> OtpRecord {
+        OtpRecord {
+            order_id: order.into(),
+            otp_hash: secret().hash(otp),
+            valid_from: Some(t(0)),
+            valid_until: t(60),
+            cp_id: Some("CP1".into()),
+            connector_id: Some(1),
+            max_uses: 1,
+            uses: 0,
+            revoked: false,
+        }
+    }
+
+    fn check(
+        r: &[OtpRecord],
+        otp: &str,
+        cp: &str,
+        conn: Option<u32>,
+        at: DateTime<Utc>,
+    ) -> OtpOutcome {
+        check_otp(&secret().hash(otp), r, cp, conn, at, false)
+    }
+
+    #[test]
+    fn a_valid_otp_in_scope_and_window_is_accepted() {
+        let r = [record("o1", "482913")];
+        assert_eq!(
+            check(&r, "482913", "CP1", Some(1), t(10)),
+            OtpOutcome::Accepted {
+                order_id: "o1".into()
+            }
+        );
+        assert_eq!(
+            check(&r, "482913", "CP1", None, t(10)).result(),
+            "accepted",
+            "Authorize has no connector"
+        );
+    }
+
+    #[test]
+    fn the_window_is_inclusive_at_both_ends() {
+        let r = [record("o1", "482913")];
+        assert_eq!(
+            check(&r, "482913", "CP1", Some(1), t(0)).result(),
+            "accepted"
+        );
+        assert_eq!(
+            check(&r, "482913", "CP1", Some(1), t(60)).result(),
+            "accepted"
+        );
+        let just_after = t(60) + Duration::milliseconds(1);
+        assert_eq!(
+            check(&r, "482913", "CP1", Some(1), just_after).result(),
+            "expired"
+        );
+        let just_before = t(0) - Duration::milliseconds(1);
+        assert_eq!(
+            check(&r, "482913", "CP1", Some(1), just_before).result(),
+            "invalid"
+        );
+    }
+
+    #[test]
+    fn scope_uses_and_revocation_are_enforced() {
+        let mut r = record("o1", "482913");
+        assert_eq!(
+            check(&[r.clone()], "482913", "CP2", Some(1), t(5)).result(),
+            "invalid"
+        );
+        assert_eq!(
+            check(&[r.clone()], "482913", "CP1", Some(2), t(5)).result(),
+            "invalid"
+        );
+        r.uses = 1;
+        assert_eq!(
+            check(&[r.clone()], "482913", "CP1", Some(1), t(5)).result(),
+            "used"
+        );
+        r.uses = 0;
+        r.revoked = true;
+        assert_eq!(
+            check(&[r.clone()], "482913", "CP1", Some(1), t(5)).result(),
+            "invalid"
+        );
+        r.revoked = false;
+        r.cp_id = None;
+        r.connector_id = None;
+        assert_eq!(
+            check(&[r], "482913", "CP9", Some(4), t(5)).result(),
+            "accepted",
+            "unscoped works anywhere"
+        );
+    }
+
+    #[test]
+    fn a_wrong_code_is_invalid_and_counts_as_a_failure() {
+        let r = [record("o1", "482913")];
+        let o = check(&r, "482914", "CP1", Some(1), t(5));
+        assert_eq!(o, OtpOutcome::Invalid);
+        assert!(o.is_failure());
+        assert!(
+            !check(&r, "482913", "CP1", Some(1), t(61)).is_failure(),
+            "a stale real code is not a guess"
+        );
+    }
+
+    #[test]
+    fn five_wrong_codes_within_five_minutes_lock_for_five_minutes() {
+        let l = Lockout::default();
+        let f: Vec<_> = (0..5).map(|i| t(0) + Duration::seconds(i * 60)).collect();
+        let until = l.locked_until(&f, t(4)).unwrap();
+        assert_eq!(until, t(9));
+        assert!(
+            l.locked_until(&f, t(9)).is_none(),
+            "unlocked at the boundary"
+        );
+        assert!(
+            l.locked_until(&f[..4], t(4)).is_none(),
+            "four are not enough"
+        );
+        let spread: Vec<_> = (0..5).map(|i| t(0) + Duration::seconds(i * 76)).collect();
+        assert!(
+            l.locked_until(&spread, t(6)).is_none(),
+            "not within five minutes"
+        );
+        assert_eq!(
+            check_otp(
+                &secret().hash("482913"),
+                &[record("o1", "482913")],
+                "CP1",
+                Some(1),
+                t(5),
+                true
+            ),
+            OtpOutcome::Blocked
+        );
+    }
+
+    #[test]
+    fn same_digits_with_overlapping_scope_and_window_conflict() {
+        let a = record("o1", "482913");
+        let mut b = record("o2", "482913");
+        assert_eq!(conflict(&b, std::slice::from_ref(&a), t(1)), Some("o1"));
+        b.connector_id = Some(2);
+        assert_eq!(
+            conflict(&b, std::slice::from_ref(&a), t(1)),
+            None,
+            "another connector"
+        );
+        b.connector_id = None;
+        assert_eq!(
+            conflict(&b, std::slice::from_ref(&a), t(1)),
+            Some("o1"),
+            "any connector overlaps"
+        );
+        b.valid_from = Some(t(61));
+        b.valid_until = t(120);
+        assert_eq!(
+            conflict(&b, std::slice::from_ref(&a), t(1)),
+            None,
+            "later window"
+        );
+        let same_order = record("o1", "482913");
+        assert_eq!(
+            conflict(&same_order, std::slice::from_ref(&a), t(1)),
+            None,
+            "an update of the same order"
+        );
+        let mut used = a.clone();
+        used.uses = 1;
+        assert_eq!(
+            conflict(&record("o3", "482913"), &[used], t(1)),
+            None,
+            "a used-up OTP is not live"
+        );
+    }
+
+    #[test]
+    fn otps_are_hashed_with_the_site_key_and_never_kept_in_clear() {
+        let p = present(&secret(), "482913");
+        assert!(p.otp_hash.is_some());
+        assert!(!p.tag_key.contains("482913"));
+        assert_ne!(
+            Secret::from_bytes([8; 32]).hash("482913"),
+            secret().hash("482913")
+        );
+        let p = present(&secret(), "RFID-ABC");
+        assert_eq!((p.otp_hash, p.tag_key.as_str()), (None, "RFID-ABC"));
+        assert!(!looks_like_otp("123"));
+        assert!(!looks_like_otp("123456789"));
+        assert!(!looks_like_otp("12a4"));
+    }
+
+    #[test]
+    fn the_site_secret_is_created_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Secret::load_or_create(dir.path()).unwrap();
+        let b = Secret::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.hash("1234"), b.hash("1234"));
+        let mode = std::fs::metadata(dir.path().join("otp-secret"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     #[test]
     fn a_tag_is_accepted_only_on_a_free_vend_site() {

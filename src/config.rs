@@ -152,11 +152,35 @@ struct RawCharger {
     password_hash: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
     #[serde(default)]
     free_vend: bool,
+    #[serde(default = "default_failures")]
+    otp_max_failures: u32,
+    #[serde(default = "default_five_minutes")]
+    otp_failure_window_secs: u64,
+    #[serde(default = "default_five_minutes")]
+    otp_lockout_secs: u64,
+}
+
+fn default_failures() -> u32 {
+    5
+}
+fn default_five_minutes() -> u64 {
+    300
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            free_vend: false,
+            otp_max_failures: default_failures(),
+            otp_failure_window_secs: default_five_minutes(),
+            otp_lockout_secs: default_five_minutes(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -285,6 +309,8 @@ pub struct OcppConfig {
 pub struct AuthConfig {
     /// Every id tag is accepted.
     pub free_vend: bool,
+    /// Wrong OTPs on one charger within the window that lock OTP entry there.
+    pub lockout: crate::auth::Lockout,
 }
 
 /// `[store]`.
@@ -462,6 +488,25 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ocpp,
         auth: AuthConfig {
             free_vend: raw.auth.free_vend,
+            lockout: crate::auth::Lockout {
+                max_failures: usize::try_from(raw.auth.otp_max_failures.max(1)).unwrap_or(5),
+                window: chrono::Duration::seconds(
+                    i64::try_from(
+                        positive(
+                            "auth.otp_failure_window_secs",
+                            raw.auth.otp_failure_window_secs,
+                        )?
+                        .as_secs(),
+                    )
+                    .unwrap_or(300),
+                ),
+                duration: chrono::Duration::seconds(
+                    i64::try_from(
+                        positive("auth.otp_lockout_secs", raw.auth.otp_lockout_secs)?.as_secs(),
+                    )
+                    .unwrap_or(300),
+                ),
+            },
         },
         store: StoreConfig {
             path: raw.store.path,

@@ -10,7 +10,8 @@
 //!   the ops that write each fact together with its upstream outbox events.
 //! - [`uplink`]: store-and-forward to the BPP over MQTT: the outbox driver, commands,
 //!   retained state and connectors, live snapshots.
-//! - [`auth`]: id-tag decisions (pure).
+//! - [`auth`]: OTP and id-tag decisions (pure).
+//! - [`billing`]: tariffs, running cost, budgets and settlement (pure, integer money).
 //! - [`password`]: argon2 hashes of charger passwords.
 //! - [`time`]: the contract's timestamp format and charger clock checks (pure).
 //!
@@ -19,6 +20,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod billing;
 pub mod config;
 pub mod ocpp;
 pub mod password;

@@ -48,7 +48,12 @@ async fn events_state_and_connectors_reach_the_bpp_in_order() {
     let broker = Broker::start();
     let bpp = Bpp::connect(&broker, ROOT).await;
     let agent = agent(&broker, "");
-    assert!(eventually(10, || bpp.topic("state").is_some_and(|s| s["online"] == true)).await);
+    assert!(
+        eventually(10, || bpp
+            .topic("state")
+            .is_some_and(|s| s["online"] == true))
+        .await
+    );
     let mut cp = Charger::connect(&agent.url("CP001")).await;
     cp.boot().await;
     cp.ok(
@@ -412,7 +417,7 @@ async fn live_snapshots_are_published_while_online() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authorization_commands_answer_not_supported_until_otps_exist() {
+async fn revoking_an_unknown_order_is_not_found() {
     let broker = Broker::start();
     let bpp = Bpp::connect(&broker, ROOT).await;
     let _agent = agent(&broker, "");
@@ -421,5 +426,5 @@ async fn authorization_commands_answer_not_supported_until_otps_exist() {
         .await;
     let r = bpp.wait_result("a-1", 10).await;
     assert_eq!(r["ok"], false);
-    assert_eq!(r["error"]["code"], "not_supported");
+    assert_eq!(r["error"]["code"], "not_found");
 }

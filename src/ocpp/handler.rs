@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::commands::{self as ocpp_cmd, Command};
 use super::frame::{self, ErrorCode};
 use super::messages::{self, Request};
+use super::registry::Registry;
 use crate::auth;
 use crate::config::Config;
 use crate::store::{MeterIn, Op, Reply, StartTx, StopOutcome, StopTx, Store};
@@ -28,6 +30,10 @@ pub struct Context {
     pub uplink_online: Arc<AtomicBool>,
     /// Snapshots for the uplink's retained and live topics.
     pub notices: Notices,
+    /// The per-site key OTPs are hashed with.
+    pub secret: auth::Secret,
+    /// Connected chargers (the budget stop goes through it).
+    pub registry: Registry,
 }
 
 /// Answers one CALL from charger `cp_id`; returns the frame to send back.
@@ -118,17 +124,19 @@ async fn answer(
             json!({})
         }
         Request::Authorize { id_tag } => {
-            let decision = auth::check_tag(&id_tag, free_vend);
-            let status = auth::ocpp_status(decision.result);
-            ctx.store
-                .exec(Op::AuthChecked {
+            let reply = ctx
+                .store
+                .exec(Op::Authorize {
                     cp_id: cp,
-                    connector_id: None,
-                    auth: decision,
+                    presented: auth::present(&ctx.secret, &id_tag),
+                    free_vend,
                     at: received,
                 })
                 .await?;
-            json!({"idTagInfo": {"status": status}})
+            let Reply::Auth(decision) = reply else {
+                return Err(unexpected(reply));
+            };
+            json!({"idTagInfo": {"status": auth::ocpp_status(decision.result)}})
         }
         Request::StartTransaction {
             connector_id,
@@ -137,14 +145,13 @@ async fn answer(
             timestamp,
             reservation_id,
         } => {
-            let decision = auth::check_tag(&id_tag, free_vend);
-            let status = auth::ocpp_status(decision.result);
             let reply = ctx
                 .store
                 .exec(Op::StartTransaction(StartTx {
                     cp_id: cp,
                     connector_id,
-                    auth: decision,
+                    presented: auth::present(&ctx.secret, &id_tag),
+                    free_vend,
                     meter_start_wh,
                     timestamp,
                     reservation_id,
@@ -152,10 +159,16 @@ async fn answer(
                     received,
                 }))
                 .await?;
-            let Reply::Started { transaction_id, .. } = reply else {
+            let Reply::Started {
+                transaction_id,
+                result,
+                ..
+            } = reply
+            else {
                 return Err(unexpected(reply));
             };
-            json!({"transactionId": transaction_id, "idTagInfo": {"status": status}})
+            // A refused start still gets its transaction id (OCPP): the charger then ends it.
+            json!({"transactionId": transaction_id, "idTagInfo": {"status": auth::ocpp_status(result)}})
         }
         Request::StopTransaction {
             transaction_id,
@@ -181,10 +194,9 @@ async fn answer(
                 ctx.notices.send(Notice::SessionEnded { session_id });
             }
             match id_tag {
-                Some(tag) => {
-                    let status = auth::ocpp_status(auth::check_tag(&tag, free_vend).result);
-                    json!({"idTagInfo": {"status": status}})
-                }
+                // The transaction is over whatever we say; the status only tells the
+                // charger whether to keep the tag in its cache.
+                Some(_) => json!({"idTagInfo": {"status": "Accepted"}}),
                 None => json!({}),
             }
         }
@@ -204,14 +216,29 @@ async fn answer(
                     received,
                 }))
                 .await?;
+            if let Reply::Metered {
+                budget_stop: Some(transaction_id),
+                ..
+            } = &reply
+            {
+                budget_stop(ctx, &cp, *transaction_id);
+            }
             if let (
                 Reply::Metered {
                     session_id: Some(session_id),
                     energy_wh: Some(energy_wh),
+                    cost,
+                    ..
                 },
                 Some(Value::Object(mut snapshot)),
             ) = (reply, last)
             {
+                if let Some((currency, total)) = cost {
+                    snapshot.insert(
+                        "cost".into(),
+                        json!({"currency": currency, "total_minor": total}),
+                    );
+                }
                 snapshot.insert("session_id".into(), Value::from(session_id.as_str()));
                 snapshot.insert("cp_id".into(), Value::from(cp));
                 snapshot.insert("connector_id".into(), Value::from(connector_id));
@@ -265,6 +292,34 @@ async fn answer(
             json!({})
         }
     })
+}
+
+/// The running cost reached the order's budget: stop the charger. Sent from a task of its
+/// own, because the CALL goes out through this very connection's loop.
+fn budget_stop(ctx: &Context, cp_id: &str, transaction_id: i32) {
+    tracing::info!(
+        cp_id,
+        transaction_id,
+        "budget reached; stopping the charger"
+    );
+    let registry = ctx.registry.clone();
+    let cp = cp_id.to_string();
+    let timeout = ctx.config.ocpp.call_timeout;
+    tokio::spawn(async move {
+        match ocpp_cmd::send(
+            &registry,
+            &cp,
+            Command::RemoteStop { transaction_id },
+            timeout,
+        )
+        .await
+        {
+            Ok(answer) => {
+                tracing::info!(cp_id = %cp, transaction_id, %answer, "budget stop answered")
+            }
+            Err(e) => tracing::error!(cp_id = %cp, transaction_id, "budget stop failed: {e}"),
+        }
+    });
 }
 
 fn unexpected(reply: Reply) -> crate::store::StoreError {

@@ -239,8 +239,11 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
                 strict(r, "reason", |r| matches!(r, enums::Reason::Unknown(_)))?;
             }
             let raw = payload.get("transactionData");
-            let transaction_data =
-                samples(p.transaction_data.as_deref().unwrap_or(&[]), raw, false)?;
+            let transaction_data = samples(
+                p.transaction_data.as_deref().unwrap_or(&[]),
+                raw,
+                "transactionData",
+            )?;
             Ok(Request::StopTransaction {
                 transaction_id: p.transaction_id,
                 meter_stop_wh: register(p.meter_stop, "meterStop")?,
@@ -255,7 +258,7 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
             Ok(Request::MeterValues {
                 connector_id: p.connector_id,
                 transaction_id: p.transaction_id,
-                samples: samples(&p.meter_value, payload.get("meterValue"), true)?,
+                samples: samples(&p.meter_value, payload.get("meterValue"), "meterValue")?,
             })
         }
         "DataTransfer" => {
@@ -375,13 +378,19 @@ fn charger_time(raw: Option<&Value>, at: DateTime<Utc>) -> ChargerTime {
 }
 
 /// Turns `meterValue` elements into samples, rejecting enum values outside the schema.
+///
+/// `field` names the array in errors. For `meterValue` (MeterValues) the specification's
+/// cardinality 1..* is enforced; `transactionData` (StopTransaction) is lenient: its schema
+/// allows empty `sampledValue` lists, and refusing a StopTransaction would leave a session
+/// that never stops, so such elements are skipped.
 fn samples(
     values: &[data_types::MeterValue],
     raw: Option<&Value>,
-    at_least_one: bool,
+    field: &str,
 ) -> Result<Vec<Sample>, DecodeError> {
+    let strict = field == "meterValue";
     let raw = raw.and_then(Value::as_array);
-    if values.is_empty() && at_least_one {
+    if values.is_empty() && strict {
         return Err(DecodeError::new(
             ErrorCode::OccurenceConstraintViolation,
             "meterValue: at least one element is required (cardinality 1..*)",
@@ -390,9 +399,12 @@ fn samples(
     let mut out = Vec::with_capacity(values.len());
     for (i, mv) in values.iter().enumerate() {
         if mv.sampled_value.is_empty() {
+            if !strict {
+                continue;
+            }
             return Err(DecodeError::new(
                 ErrorCode::OccurenceConstraintViolation,
-                format!("meterValue[{i}].sampledValue: at least one element is required"),
+                format!("{field}[{i}].sampledValue: at least one element is required"),
             ));
         }
         for sv in &mv.sampled_value {
@@ -405,9 +417,7 @@ fn samples(
             if bad {
                 return Err(DecodeError::new(
                     ErrorCode::PropertyConstraintViolation,
-                    format!(
-                        "meterValue[{i}].sampledValue: value is not in the OCPP 1.6 enumeration"
-                    ),
+                    format!("{field}[{i}].sampledValue: value is not in the OCPP 1.6 enumeration"),
                 ));
             }
         }
@@ -535,6 +545,30 @@ mod tests {
         };
         assert_eq!(samples[0].energy_wh, Some(1500));
         assert_eq!(samples[0].power_w, Some(7200));
+    }
+
+    #[test]
+    fn an_empty_sampled_value_in_transaction_data_is_skipped_not_refused() {
+        let r = decode(
+            "StopTransaction",
+            &json!({"transactionId":2,"meterStop":100,"timestamp":"2026-11-21T23:30:00Z",
+                    "transactionData":[{"timestamp":"2026-11-21T23:30:00Z","sampledValue":[]}]}),
+        )
+        .unwrap();
+        let Request::StopTransaction {
+            transaction_data, ..
+        } = r
+        else {
+            panic!("wrong variant")
+        };
+        assert!(transaction_data.is_empty());
+        assert_eq!(
+            code(
+                "MeterValues",
+                json!({"connectorId":1,"meterValue":[{"timestamp":"2026-11-21T10:00:00Z","sampledValue":[]}]})
+            ),
+            ErrorCode::OccurenceConstraintViolation
+        );
     }
 
     #[test]

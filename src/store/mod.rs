@@ -9,6 +9,7 @@
 //! an fsync; grouping is what lets a gateway keep up with a thousand chargers.
 
 mod ops;
+mod orders;
 mod outbox;
 pub mod schema;
 
@@ -19,6 +20,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use ops::{AuthDecision, MeterIn, Op, Reply, StartTx, StopOutcome, StopTx, SAMPLES_PER_EVENT};
+pub use orders::NewAuthorization;
 pub use outbox::{ConnectorRow, EventRow, Intake, OutboxStatus, SessionRef};
 
 /// Store failures.
@@ -65,6 +67,8 @@ pub struct StoreSettings {
     pub max_charger_power_w: i64,
     /// How far ahead a charger clock may run before it is flagged.
     pub clock_tolerance_secs: i64,
+    /// OTP lockout policy.
+    pub lockout: crate::auth::Lockout,
 }
 
 struct Job {
@@ -183,6 +187,7 @@ fn run(
         instance,
         max_charger_power_w: settings.max_charger_power_w,
         clock_tolerance_secs: settings.clock_tolerance_secs,
+        lockout: settings.lockout,
     };
     let mut batch: Vec<Job> = Vec::with_capacity(settings.max_batch);
     let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(settings.max_batch);
@@ -239,7 +244,10 @@ fn commit_batch(
     for job in batch.iter_mut() {
         let op = std::mem::replace(&mut job.op, Op::Noop);
         let mut sp = tx.savepoint()?;
-        let r = ops::apply(&sp, ctx, op);
+        // A bug in one op must not take the store thread (and every charger) down with it:
+        // the op fails, its savepoint is rolled back, the others commit.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ops::apply(&sp, ctx, op)))
+            .unwrap_or_else(|_| Err(StoreError::Unexpected("store op panicked".into())));
         if r.is_ok() {
             sp.commit()?;
         } else {

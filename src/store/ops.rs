@@ -5,8 +5,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Map, Value};
 
+use super::orders::{self, NewAuthorization};
 use super::outbox::{self, ConnectorRow, EventRow, Intake, OutboxStatus, SessionRef};
 use super::StoreError;
+use crate::auth::{Lockout, OtpHash, Presented};
+use crate::billing::{self, Accrual, Budget, Tariff};
 use crate::ocpp::messages::ChargerTime;
 use crate::ocpp::meter::{Register, Sample};
 use crate::time::{clock_flag, fmt_ts};
@@ -17,6 +20,7 @@ pub(super) struct Ctx {
     pub instance: String,
     pub max_charger_power_w: i64,
     pub clock_tolerance_secs: i64,
+    pub lockout: Lockout,
 }
 
 /// How an id tag was judged, for `auth.checked` and the session record.
@@ -39,8 +43,10 @@ pub struct StartTx {
     pub cp_id: String,
     /// Connector.
     pub connector_id: u32,
-    /// The authorization decision for the presented tag.
-    pub auth: AuthDecision,
+    /// The presented id tag.
+    pub presented: Presented,
+    /// `[auth] free_vend`.
+    pub free_vend: bool,
     /// `meterStart`, Wh.
     pub meter_start_wh: i64,
     /// `timestamp`.
@@ -146,16 +152,48 @@ pub enum Op {
         /// Site clock.
         at: DateTime<Utc>,
     },
-    /// An Authorize decision, recorded as `auth.checked`.
-    AuthChecked {
+    /// Authorize: decide on a presented tag (nothing is used up), recorded as `auth.checked`.
+    Authorize {
         /// Charger.
         cp_id: String,
-        /// Connector, when known.
-        connector_id: Option<u32>,
-        /// The decision.
-        auth: AuthDecision,
+        /// The presented tag.
+        presented: Presented,
+        /// `[auth] free_vend`.
+        free_vend: bool,
         /// Site clock.
         at: DateTime<Utc>,
+    },
+    /// `authorization.upsert`.
+    AuthorizationUpsert {
+        /// The authorization.
+        new: NewAuthorization,
+        /// Site clock.
+        at: DateTime<Utc>,
+    },
+    /// `authorization.revoke`.
+    AuthorizationRevoke {
+        /// Order.
+        order_id: String,
+    },
+    /// `session.start`: validate the OTP, spend a use, register the remote tag.
+    RemoteStart {
+        /// Order.
+        order_id: String,
+        /// Keyed hash of the OTP.
+        otp_hash: OtpHash,
+        /// Charger.
+        cp_id: String,
+        /// Connector.
+        connector_id: u32,
+        /// The agent-controlled id tag the charger will present.
+        tag: String,
+        /// Site clock.
+        at: DateTime<Utc>,
+    },
+    /// The charger did not accept a remote start: give the use back.
+    RemoteStartFailed {
+        /// The tag registered for it.
+        tag: String,
     },
     /// StartTransaction.
     StartTransaction(StartTx),
@@ -262,13 +300,24 @@ pub enum Reply {
         session_id: String,
         /// True when this was a replay of an already recorded start.
         replayed: bool,
+        /// The OCPP `idTagInfo.status` result for the tag.
+        result: &'static str,
     },
+    /// An authorization decision.
+    Auth(AuthDecision),
+    /// `Err(other order)` when the OTP clashes with another live order.
+    Upsert(Result<(), String>),
     /// MeterValues recorded; the session they were linked to.
     Metered {
         /// Linked session, if any.
         session_id: Option<String>,
         /// The session's energy so far, Wh (running sessions only).
         energy_wh: Option<i64>,
+        /// Running cost (currency, total minor units) when a tariff applies.
+        cost: Option<(String, i64)>,
+        /// Set once, when the running cost first reaches the budget: the transaction the
+        /// agent must now stop.
+        budget_stop: Option<i32>,
     },
     /// StopTransaction recorded.
     Stopped(StopOutcome),
@@ -526,13 +575,48 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
             )?;
             Ok(Reply::Done)
         }
-        Op::AuthChecked {
+        Op::Authorize {
             cp_id,
-            connector_id,
-            auth,
+            presented,
+            free_vend,
             at,
         } => {
-            auth_event(c, &cp_id, connector_id, &auth, at)?;
+            let attempt = orders::Attempt {
+                cp_id: &cp_id,
+                connector_id: None,
+                presented: &presented,
+                free_vend,
+                consume: false,
+                now: at,
+            };
+            let d = orders::decide(c, &ctx.lockout, attempt)?;
+            auth_event(c, &cp_id, None, &d, at)?;
+            Ok(Reply::Auth(d))
+        }
+        Op::AuthorizationUpsert { new, at } => Ok(Reply::Upsert(orders::upsert(c, &new, at)?)),
+        Op::AuthorizationRevoke { order_id } => Ok(Reply::Count(orders::revoke(c, &order_id)?)),
+        Op::RemoteStart {
+            order_id,
+            otp_hash,
+            cp_id,
+            connector_id,
+            tag,
+            at,
+        } => {
+            let request = orders::RemoteRequest {
+                order_id: &order_id,
+                otp_hash: &otp_hash,
+                cp_id: &cp_id,
+                connector_id,
+                tag: &tag,
+                now: at,
+            };
+            let d = orders::remote_start(c, &ctx.lockout, request)?;
+            auth_event(c, &cp_id, Some(connector_id), &d, at)?;
+            Ok(Reply::Auth(d))
+        }
+        Op::RemoteStartFailed { tag } => {
+            orders::remote_start_failed(c, &tag)?;
             Ok(Reply::Done)
         }
         Op::FetchEvents {
@@ -643,9 +727,9 @@ fn note_clock(
 fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
     // A replay (the charger did not get our answer and sent the same start again) gets
     // the same transaction id, and nothing new is written.
-    if let Some((tx_id, sid)) = c
+    if let Some(replay) = c
         .prepare_cached(
-            "SELECT transaction_id, session_id FROM sessions
+            "SELECT transaction_id, session_id, auth_result FROM sessions
              WHERE cp_id = ?1 AND connector_id = ?2 AND id_tag = ?3 AND started_raw = ?4
                AND meter_start_wh = ?5",
         )?
@@ -653,21 +737,42 @@ fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
             params![
                 s.cp_id,
                 s.connector_id,
-                s.auth.tag_key,
+                s.presented.tag_key,
                 s.timestamp.raw,
                 s.meter_start_wh
             ],
-            |r| Ok((r.get::<_, i32>(0)?, r.get::<_, String>(1)?)),
+            |r| {
+                Ok((
+                    r.get::<_, i32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
         )
         .optional()?
     {
+        let (tx_id, sid, result) = replay;
         return Ok(Reply::Started {
             transaction_id: tx_id,
             session_id: sid,
             replayed: true,
+            result: static_result(&result),
         });
     }
-    auth_event(c, &s.cp_id, Some(s.connector_id), &s.auth, s.received)?;
+    let attempt = orders::Attempt {
+        cp_id: &s.cp_id,
+        connector_id: Some(s.connector_id),
+        presented: &s.presented,
+        free_vend: s.free_vend,
+        consume: true,
+        now: s.received,
+    };
+    let auth = orders::decide(c, &ctx.lockout, attempt)?;
+    auth_event(c, &s.cp_id, Some(s.connector_id), &auth, s.received)?;
+    let terms = match (&auth.order_id, auth.result) {
+        (Some(order), "accepted") => orders::terms(c, order)?,
+        _ => orders::Terms::default(),
+    };
     let mut flags = String::new();
     if let Some(f) = note_clock(c, ctx, &s.cp_id, &s.timestamp, s.received)? {
         add_flag(&mut flags, f);
@@ -700,17 +805,17 @@ fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
         "INSERT INTO sessions (session_id, cp_id, connector_id, id_tag, auth_method, auth_result,
             order_id, reservation_id, meter_start_wh, started_raw, started_at, start_received_at,
             uplink_online, state, last_register_wh, last_reading_ms, last_received_ms, flags,
-            clock_skew_secs)
+            clock_skew_secs, tariff, budget_currency, budget_minor, prepaid, accrual)
          VALUES ('pending-' || ?9 || '-' || ?10, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
-            'active', ?8, ?13, ?14, ?15, ?16)",
+            'active', ?8, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
     )?
     .execute(params![
         s.cp_id,
         s.connector_id,
-        s.auth.tag_key,
-        s.auth.method,
-        s.auth.result,
-        s.auth.order_id,
+        auth.tag_key,
+        auth.method,
+        auth.result,
+        auth.order_id,
         s.reservation_id,
         s.meter_start_wh,
         s.timestamp.raw,
@@ -720,7 +825,12 @@ fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
         ms(s.timestamp.at),
         ms(s.received),
         flags,
-        skew
+        skew,
+        terms.tariff,
+        terms.budget.as_ref().map(|b| b.currency.clone()),
+        terms.budget.as_ref().map(|b| b.amount_minor),
+        terms.budget.as_ref().map(|b| b.prepaid),
+        terms.tariff.as_ref().map(|_| "{}")
     ])?;
     let tx_id = c.last_insert_rowid();
     let transaction_id = i32::try_from(tx_id)
@@ -733,11 +843,11 @@ fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
     body.insert("cp_id".into(), Value::from(s.cp_id.as_str()));
     body.insert("connector_id".into(), Value::from(s.connector_id));
     body.insert("transaction_id".into(), Value::from(transaction_id));
-    if let Some(o) = &s.auth.order_id {
+    if let Some(o) = &auth.order_id {
         body.insert("order_id".into(), Value::from(o.as_str()));
     }
-    body.insert("auth_method".into(), Value::from(s.auth.method));
-    body.insert("auth_result".into(), Value::from(s.auth.result));
+    body.insert("auth_method".into(), Value::from(auth.method));
+    body.insert("auth_result".into(), Value::from(auth.result));
     body.insert("meter_start_wh".into(), Value::from(s.meter_start_wh));
     body.insert("started_at".into(), Value::from(started_at));
     body.insert("uplink_online".into(), Value::from(s.uplink_online));
@@ -747,7 +857,18 @@ fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
         transaction_id,
         session_id,
         replayed: false,
+        result: auth.result,
     })
+}
+
+fn static_result(r: &str) -> &'static str {
+    match r {
+        "accepted" => "accepted",
+        "expired" => "expired",
+        "used" => "used",
+        "blocked" => "blocked",
+        _ => "invalid",
+    }
 }
 
 /// A session row as the meter and stop paths need it.
@@ -757,6 +878,44 @@ struct SessionRow {
     state: String,
     register: Register,
     flags: String,
+    billing: Option<SessionBilling>,
+    /// The last counted register step in this op: (Wh, from, to), for the budget's look-ahead.
+    last_step: Option<(i64, DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// A session priced by an order's tariff.
+struct SessionBilling {
+    tariff: Tariff,
+    accrual: Accrual,
+    budget: Option<Budget>,
+    budget_stop: bool,
+}
+
+impl SessionBilling {
+    fn load(
+        tariff: Option<String>,
+        accrual: Option<String>,
+        budget: Option<Budget>,
+        budget_stop: bool,
+    ) -> Option<SessionBilling> {
+        let tariff: Value = serde_json::from_str(&tariff?).ok()?;
+        let tariff = match Tariff::from_json(&tariff) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("stored tariff unusable: {e}");
+                return None;
+            }
+        };
+        let accrual = accrual
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default();
+        Some(SessionBilling {
+            tariff,
+            accrual,
+            budget,
+            budget_stop,
+        })
+    }
 }
 
 fn load_session(
@@ -777,10 +936,28 @@ fn load_session(
                 energy_wh: r.get(6)?,
             },
             flags: r.get(7)?,
+            billing: SessionBilling::load(
+                r.get(8)?,
+                r.get(9)?,
+                match (
+                    r.get::<_, Option<String>>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
+                ) {
+                    (Some(currency), Some(amount_minor)) => Some(Budget {
+                        currency,
+                        amount_minor,
+                        prepaid: r.get::<_, Option<bool>>(12)?.unwrap_or(true),
+                    }),
+                    _ => None,
+                },
+                r.get::<_, i64>(13)? != 0,
+            ),
+            last_step: None,
         })
     };
     const COLS: &str = "transaction_id, session_id, state, last_register_wh, last_reading_ms,
-                        last_received_ms, energy_wh, flags";
+                        last_received_ms, energy_wh, flags, tariff, accrual, budget_currency,
+                        budget_minor, prepaid, budget_stop";
     let row = match (transaction_id, connector_id) {
         (Some(tx), _) => c
             .prepare_cached(&format!(
@@ -837,10 +1014,18 @@ fn record_samples(
             if let (Some(wh), true) = (sample.energy_wh, s.state == "active") {
                 let fresh = !only_newer || sample.at.at > s.register.last_at;
                 if fresh {
+                    let before = s.register;
                     let (reg, anomaly) =
                         s.register
                             .advance(wh, sample.at.at, received, ctx.max_charger_power_w);
                     s.register = reg;
+                    let delta = reg.energy_wh - before.energy_wh;
+                    if delta > 0 {
+                        s.last_step = Some((delta, before.last_at, reg.last_at));
+                    }
+                    if let Some(b) = s.billing.as_mut() {
+                        b.accrual.add(&b.tariff, delta, before.last_at, reg.last_at);
+                    }
                     if let Some(a) = anomaly {
                         add_flag(&mut s.flags, a.flag());
                         add_flag(&mut row_flags, a.flag());
@@ -897,9 +1082,13 @@ fn meter_events(
 }
 
 fn save_register(c: &Connection, s: &SessionRow) -> Result<(), StoreError> {
+    let accrual = match &s.billing {
+        Some(b) => Some(serde_json::to_string(&b.accrual)?),
+        None => None,
+    };
     c.prepare_cached(
         "UPDATE sessions SET last_register_wh = ?2, last_reading_ms = ?3, last_received_ms = ?4,
-            energy_wh = ?5, flags = ?6 WHERE transaction_id = ?1",
+            energy_wh = ?5, flags = ?6, accrual = ?7, budget_stop = ?8 WHERE transaction_id = ?1",
     )?
     .execute(params![
         s.transaction_id,
@@ -907,7 +1096,9 @@ fn save_register(c: &Connection, s: &SessionRow) -> Result<(), StoreError> {
         ms(s.register.last_at),
         ms(s.register.last_received),
         s.register.energy_wh,
-        s.flags
+        s.flags,
+        accrual,
+        s.billing.as_ref().is_some_and(|b| b.budget_stop)
     ])?;
     Ok(())
 }
@@ -927,13 +1118,38 @@ fn meter(c: &Connection, ctx: &Ctx, m: MeterIn) -> Result<Reply, StoreError> {
             only_newer: false,
         },
     )?;
-    let Some(s) = session else {
+    let Some(mut s) = session else {
         return Ok(Reply::Metered {
             session_id: None,
             energy_wh: None,
+            cost: None,
+            budget_stop: None,
         });
     };
     let active = s.state == "active";
+    let mut cost = None;
+    let mut budget_stop = None;
+    if let (Some(b), true) = (s.billing.as_mut(), active) {
+        let running = billing::cost(&b.tariff, &b.accrual, s.register.last_at);
+        // Look one reading ahead at the current pace: stop before the budget is crossed,
+        // not one meter interval after.
+        let mut ahead = b.accrual.clone();
+        if let Some((wh, from, to)) = s.last_step {
+            ahead.add(&b.tariff, wh, to, to + (to - from));
+        }
+        let next = billing::cost(&b.tariff, &ahead, s.register.last_at);
+        if let Some(budget) = &b.budget {
+            let reached =
+                billing::budget_reached(budget, &running) || billing::budget_reached(budget, &next);
+            if !b.budget_stop && reached {
+                // once: the agent stops the charger, online or not
+                b.budget_stop = true;
+                budget_stop = i32::try_from(s.transaction_id).ok();
+                add_flag(&mut s.flags, "budget_reached");
+            }
+        }
+        cost = Some((running.currency, running.total_minor));
+    }
     if active {
         save_register(c, &s)?;
     }
@@ -941,13 +1157,15 @@ fn meter(c: &Connection, ctx: &Ctx, m: MeterIn) -> Result<Reply, StoreError> {
     Ok(Reply::Metered {
         session_id: Some(s.session_id),
         energy_wh: active.then_some(s.register.energy_wh),
+        cost,
+        budget_stop,
     })
 }
 
 fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
     let session = load_session(c, &s.cp_id, None, Some(s.transaction_id))?;
     let stopped_at = fmt_ts(s.timestamp.at);
-    let reason = s.reason.clone().unwrap_or_else(|| "Local".to_string());
+    let mut reason = s.reason.clone().unwrap_or_else(|| "Local".to_string());
     let Some(mut session) = session.filter(|x| x.state == "active") else {
         // Unknown or already stopped: record it, answer normally, never make the charger
         // retry forever. A duplicate changes no bill; an unknown one is reported upstream.
@@ -1008,12 +1226,12 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
             }
         }));
     };
-    let (connector_id, meter_start_wh, started_at): (u32, i64, String) = c
+    let (connector_id, meter_start_wh, started_at, order_id): (u32, i64, String, Option<String>) = c
         .prepare_cached(
-            "SELECT connector_id, meter_start_wh, started_at FROM sessions WHERE transaction_id = ?1",
+            "SELECT connector_id, meter_start_wh, started_at, order_id FROM sessions WHERE transaction_id = ?1",
         )?
         .query_row(params![session.transaction_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
     let samples = record_samples(
         c,
@@ -1029,6 +1247,7 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
         },
     )?;
     meter_events(c, &session.session_id, s.received, samples)?;
+    let before = session.register;
     let (reg, anomaly) = session.register.advance(
         s.meter_stop_wh,
         s.timestamp.at,
@@ -1036,6 +1255,14 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
         ctx.max_charger_power_w,
     );
     session.register = reg;
+    if let Some(b) = session.billing.as_mut() {
+        b.accrual.add(
+            &b.tariff,
+            reg.energy_wh - before.energy_wh,
+            before.last_at,
+            reg.last_at,
+        );
+    }
     if let Some(a) = anomaly {
         add_flag(&mut session.flags, a.flag());
         tracing::warn!(session = %session.session_id, ?a, "energy register anomaly at stop");
@@ -1045,9 +1272,23 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
     }
     save_register(c, &session)?;
     let energy_wh = session.register.energy_wh;
+    let mut cost_json = None;
+    let mut settlement = None;
+    if let Some(b) = &session.billing {
+        // the stop the agent asked for because the budget was reached
+        if b.budget_stop {
+            reason = "BudgetReached".to_string();
+        }
+        let until = s.timestamp.at.max(session.register.last_at);
+        let cost = billing::cost(&b.tariff, &b.accrual, until);
+        if let Some(budget) = b.budget.as_ref().filter(|b| b.prepaid) {
+            settlement = Some(billing::settlement(budget, &cost));
+        }
+        cost_json = Some(cost.to_json());
+    }
     c.prepare_cached(
         "UPDATE sessions SET state = 'stopped', interrupted = 0, meter_stop_wh = ?2, stopped_raw = ?3,
-            stopped_at = ?4, stop_received_at = ?5, stop_reason = ?6 WHERE transaction_id = ?1",
+            stopped_at = ?4, stop_received_at = ?5, stop_reason = ?6, cost = ?7 WHERE transaction_id = ?1",
     )?
     .execute(params![
         session.transaction_id,
@@ -1055,18 +1296,24 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
         s.timestamp.raw,
         stopped_at,
         fmt_ts(s.received),
-        reason
+        reason,
+        cost_json.as_ref().map(Value::to_string)
     ])?;
-    insert_event(
-        c,
-        "session.stopped",
-        s.received,
-        json!({"session_id": session.session_id, "cp_id": s.cp_id, "connector_id": connector_id,
-               "transaction_id": s.transaction_id, "started_at": started_at,
-               "stopped_at": stopped_at, "meter_start_wh": meter_start_wh,
-               "meter_stop_wh": s.meter_stop_wh, "energy_wh": energy_wh, "reason": reason,
-               "flags": flags_json(&session.flags)}),
-    )?;
+    let mut body = json!({"session_id": session.session_id, "cp_id": s.cp_id, "connector_id": connector_id,
+           "transaction_id": s.transaction_id, "started_at": started_at,
+           "stopped_at": stopped_at, "meter_start_wh": meter_start_wh,
+           "meter_stop_wh": s.meter_stop_wh, "energy_wh": energy_wh, "reason": reason,
+           "flags": flags_json(&session.flags)});
+    if let Some(order) = order_id {
+        body["order_id"] = Value::from(order);
+    }
+    if let Some(cost) = cost_json {
+        body["cost"] = cost;
+    }
+    if let Some(st) = settlement {
+        body["settlement"] = st;
+    }
+    insert_event(c, "session.stopped", s.received, body)?;
     Ok(Reply::Stopped(StopOutcome::Ended {
         session_id: session.session_id,
         energy_wh,

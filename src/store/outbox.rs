@@ -167,7 +167,11 @@ pub(super) fn prune(
     retain_secs: i64,
     quota_bytes: Option<u64>,
 ) -> Result<usize, StoreError> {
-    let cutoff = fmt_ts(now - chrono::Duration::seconds(retain_secs));
+    let retain = chrono::Duration::try_seconds(retain_secs).unwrap_or(chrono::Duration::MAX);
+    let cutoff = fmt_ts(
+        now.checked_sub_signed(retain)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    );
     let mut dropped = c.execute(
         "DELETE FROM events WHERE acked = 1 OR (sent_at IS NOT NULL AND sent_at < ?1)",
         params![cutoff],

@@ -141,6 +141,46 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX commands_unpublished ON commands (state) WHERE published_at IS NULL;
     CREATE INDEX sessions_by_order ON sessions (order_id) WHERE order_id IS NOT NULL;
     "#,
+    // 3: OTP authorizations (keyed hashes only), lockouts, remote starts; session billing.
+    r#"
+    CREATE TABLE authorizations (
+        order_id         TEXT PRIMARY KEY,
+        otp_hash         BLOB NOT NULL,
+        valid_from_ms    INTEGER,
+        valid_until_ms   INTEGER NOT NULL,
+        cp_id            TEXT,
+        connector_id     INTEGER,
+        max_uses         INTEGER NOT NULL,
+        uses             INTEGER NOT NULL DEFAULT 0,
+        revoked          INTEGER NOT NULL DEFAULT 0,
+        budget_currency  TEXT,
+        budget_minor     INTEGER,
+        prepaid          INTEGER,
+        tariff           TEXT,
+        updated_at       TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX authorizations_by_until ON authorizations (valid_until_ms);
+    CREATE TABLE otp_failures (
+        cp_id   TEXT NOT NULL,
+        at_ms   INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX otp_failures_by_cp ON otp_failures (cp_id, at_ms);
+    CREATE TABLE remote_starts (
+        tag           TEXT PRIMARY KEY,
+        order_id      TEXT NOT NULL,
+        cp_id         TEXT NOT NULL,
+        connector_id  INTEGER NOT NULL,
+        created_ms    INTEGER NOT NULL,
+        used          INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    ALTER TABLE sessions ADD COLUMN tariff TEXT;
+    ALTER TABLE sessions ADD COLUMN budget_currency TEXT;
+    ALTER TABLE sessions ADD COLUMN budget_minor INTEGER;
+    ALTER TABLE sessions ADD COLUMN prepaid INTEGER;
+    ALTER TABLE sessions ADD COLUMN accrual TEXT;
+    ALTER TABLE sessions ADD COLUMN budget_stop INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN cost TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -8,15 +8,20 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use chrono::{DateTime, Utc};
+
+use crate::auth::{self, OtpRecord, Secret};
+use crate::billing::{self, Budget, Tariff};
 use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError};
 use crate::ocpp::registry::{CallFailure, Registry};
-use crate::store::{Op, Reply, Store};
+use crate::store::{NewAuthorization, Op, Reply, Store};
+use crate::time::now;
 
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cmd {
     /// `authorization.upsert`.
-    AuthorizationUpsert(Map<String, Value>),
+    AuthorizationUpsert(Box<NewAuthorization>),
     /// `authorization.revoke`.
     AuthorizationRevoke {
         /// The order whose OTP is revoked.
@@ -80,8 +85,8 @@ pub struct Parsed {
     pub cmd: Result<Cmd, CmdError>,
 }
 
-/// Parses a `cmd` payload.
-pub fn parse(payload: &[u8]) -> Parsed {
+/// Parses a `cmd` payload; an OTP in it is kept only as its keyed hash.
+pub fn parse(payload: &[u8], secret: &Secret) -> Parsed {
     let value: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
         Err(e) => {
@@ -109,19 +114,23 @@ pub fn parse(payload: &[u8]) -> Parsed {
         _ => None,
     };
     let kind = obj.get("type").and_then(Value::as_str).map(str::to_string);
-    // Never store an OTP in clear.
-    if let Some(otp) = obj.get_mut("otp") {
-        *otp = Value::from("<redacted>");
-    }
-    let stored = Value::Object(obj.clone()).to_string();
     let cmd = if id.is_none() {
         Err(CmdError::new(
             "bad_request",
             "`id` must be a non-empty string of at most 128 characters",
         ))
     } else {
-        parse_body(kind.as_deref(), &value_of(payload))
+        parse_body(kind.as_deref(), &obj, secret)
     };
+    // Never store an OTP in clear: only its keyed hash.
+    if let Some(otp) = obj.get_mut("otp") {
+        let hashed = match otp.as_str() {
+            Some(digits) => format!("hmac-sha256:{}", auth::hex(&secret.hash(digits))),
+            None => "<invalid>".into(),
+        };
+        *otp = Value::from(hashed);
+    }
+    let stored = Value::Object(obj).to_string();
     Parsed {
         id,
         kind,
@@ -130,11 +139,134 @@ pub fn parse(payload: &[u8]) -> Parsed {
     }
 }
 
-fn value_of(payload: &[u8]) -> Map<String, Value> {
-    match serde_json::from_slice(payload) {
-        Ok(Value::Object(o)) => o,
-        _ => Map::new(),
+fn otp(o: &Map<String, Value>) -> Result<String, CmdError> {
+    let otp = string(o, "otp")?;
+    if !auth::looks_like_otp(&otp) {
+        return Err(CmdError::new("bad_request", "`otp` must be 4 to 8 digits"));
     }
+    Ok(otp)
+}
+
+fn time(o: &Map<String, Value>, key: &str) -> Result<Option<DateTime<Utc>>, CmdError> {
+    match opt_string(o, key)? {
+        None => Ok(None),
+        Some(s) => DateTime::parse_from_rfc3339(&s)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|_| {
+                CmdError::new(
+                    "bad_request",
+                    format!("`{key}` must be an RFC 3339 timestamp"),
+                )
+            }),
+    }
+}
+
+fn connector(o: &Map<String, Value>) -> Result<Option<u32>, CmdError> {
+    match o.get("connector_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v >= 1)
+            .map(Some)
+            .ok_or_else(|| CmdError::new("bad_request", "`connector_id` must be an integer >= 1")),
+    }
+}
+
+fn upsert(o: &Map<String, Value>, secret: &Secret) -> Result<NewAuthorization, CmdError> {
+    let order_id = string(o, "order_id")?;
+    let digits = otp(o)?;
+    let valid_until = time(o, "valid_until")?
+        .ok_or_else(|| CmdError::new("bad_request", "`valid_until` is required"))?;
+    let valid_from = time(o, "valid_from")?;
+    if valid_from.is_some_and(|f| f > valid_until) {
+        return Err(CmdError::new(
+            "bad_request",
+            "`valid_from` is after `valid_until`",
+        ));
+    }
+    let max_uses = match o.get("max_uses") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| CmdError::new("bad_request", "`max_uses` must be an integer >= 1"))?,
+    };
+    let budget = match o.get("budget") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(b)) => {
+            let currency = string(b, "currency")
+                .map_err(|e| CmdError::new("bad_request", format!("budget: {}", e.message)))?;
+            if !billing::valid_currency(&currency) {
+                return Err(CmdError::new(
+                    "bad_request",
+                    "budget.currency must be an ISO 4217 code",
+                ));
+            }
+            let amount_minor = b
+                .get("amount_minor")
+                .and_then(Value::as_i64)
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| {
+                    CmdError::new("bad_request", "budget.amount_minor must be an integer >= 0")
+                })?;
+            let prepaid = match b.get("prepaid") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(p)) => *p,
+                Some(_) => {
+                    return Err(CmdError::new(
+                        "bad_request",
+                        "budget.prepaid must be a boolean",
+                    ))
+                }
+            };
+            Some(Budget {
+                currency,
+                amount_minor,
+                prepaid,
+            })
+        }
+        Some(_) => return Err(CmdError::new("bad_request", "`budget` must be an object")),
+    };
+    let tariff = match o.get("tariff") {
+        None | Some(Value::Null) => None,
+        Some(t) => {
+            let parsed =
+                Tariff::from_json(t).map_err(|e| CmdError::new("bad_request", e.to_string()))?;
+            if budget
+                .as_ref()
+                .is_some_and(|b| b.currency != parsed.currency)
+            {
+                return Err(CmdError::new(
+                    "bad_request",
+                    "budget and tariff currencies differ",
+                ));
+            }
+            Some(t.to_string())
+        }
+    };
+    if budget.is_some() && tariff.is_none() {
+        return Err(CmdError::new(
+            "bad_request",
+            "a budget needs a tariff to price the session",
+        ));
+    }
+    Ok(NewAuthorization {
+        record: OtpRecord {
+            order_id,
+            otp_hash: secret.hash(&digits),
+            valid_from,
+            valid_until,
+            cp_id: opt_string(o, "cp_id")?,
+            connector_id: connector(o)?,
+            max_uses,
+            uses: 0,
+            revoked: false,
+        },
+        budget,
+        tariff,
+    })
 }
 
 fn string(o: &Map<String, Value>, key: &str) -> Result<String, CmdError> {
@@ -155,9 +287,13 @@ fn opt_string(o: &Map<String, Value>, key: &str) -> Result<Option<String>, CmdEr
     }
 }
 
-fn parse_body(kind: Option<&str>, o: &Map<String, Value>) -> Result<Cmd, CmdError> {
+fn parse_body(
+    kind: Option<&str>,
+    o: &Map<String, Value>,
+    secret: &Secret,
+) -> Result<Cmd, CmdError> {
     match kind {
-        Some("authorization.upsert") => Ok(Cmd::AuthorizationUpsert(o.clone())),
+        Some("authorization.upsert") => Ok(Cmd::AuthorizationUpsert(Box::new(upsert(o, secret)?))),
         Some("authorization.revoke") => Ok(Cmd::AuthorizationRevoke {
             order_id: string(o, "order_id")?,
         }),
@@ -225,6 +361,8 @@ pub fn result_json(id: Option<&str>, outcome: Result<Value, CmdError>) -> Value 
 pub struct Executor {
     /// The store.
     pub store: Store,
+    /// The per-site OTP key.
+    pub secret: Secret,
     /// Connected chargers.
     pub registry: Registry,
     /// How long a charger has to answer.
@@ -248,12 +386,43 @@ impl Executor {
         replay: &tokio::sync::mpsc::Sender<Replay>,
     ) -> Result<Value, CmdError> {
         match cmd {
-            Cmd::AuthorizationUpsert(_)
-            | Cmd::AuthorizationRevoke { .. }
-            | Cmd::SessionStart { .. } => Err(CmdError::new(
-                "not_supported",
-                "OTP authorizations are not available in this build",
-            )),
+            Cmd::AuthorizationUpsert(new) => {
+                let order_id = new.record.order_id.clone();
+                match self
+                    .store
+                    .exec(Op::AuthorizationUpsert { new: *new, at: now() })
+                    .await
+                {
+                    Ok(Reply::Upsert(Ok(()))) => Ok(json!({"order_id": order_id})),
+                    Ok(Reply::Upsert(Err(other))) => Err(CmdError::new(
+                        "otp_conflict",
+                        format!("order {other} has a live OTP with these digits at an overlapping charger and time"),
+                    )),
+                    _ => Err(CmdError::new("internal", "cannot store the authorization")),
+                }
+            }
+            Cmd::AuthorizationRevoke { order_id } => {
+                match self
+                    .store
+                    .exec(Op::AuthorizationRevoke {
+                        order_id: order_id.clone(),
+                    })
+                    .await
+                {
+                    Ok(Reply::Count(0)) => Err(CmdError::new(
+                        "not_found",
+                        format!("no authorization for order {order_id}"),
+                    )),
+                    Ok(Reply::Count(_)) => Ok(json!({"order_id": order_id})),
+                    _ => Err(CmdError::new("internal", "cannot revoke")),
+                }
+            }
+            Cmd::SessionStart {
+                order_id,
+                otp,
+                cp_id,
+                connector_id,
+            } => self.session_start(order_id, otp, cp_id, connector_id).await,
             Cmd::SessionStop {
                 session_id,
                 order_id,
@@ -289,6 +458,75 @@ impl Executor {
                           "missing_before": first > from_seq}),
                 )
             }
+        }
+    }
+
+    async fn session_start(
+        &self,
+        order_id: String,
+        otp: String,
+        cp_id: String,
+        connector_id: u32,
+    ) -> Result<Value, CmdError> {
+        let tag = remote_tag()?;
+        let decision = match self
+            .store
+            .exec(Op::RemoteStart {
+                order_id: order_id.clone(),
+                otp_hash: self.secret.hash(&otp),
+                cp_id: cp_id.clone(),
+                connector_id,
+                tag: tag.clone(),
+                at: now(),
+            })
+            .await
+        {
+            Ok(Reply::Auth(d)) => d,
+            _ => return Err(CmdError::new("internal", "cannot check the OTP")),
+        };
+        if decision.result != "accepted" {
+            let code = match decision.result {
+                "expired" => "otp_expired",
+                "used" => "otp_used",
+                "blocked" => "otp_blocked",
+                _ => "otp_invalid",
+            };
+            return Err(CmdError::new(
+                code,
+                format!("the OTP for order {order_id} was not accepted here"),
+            ));
+        }
+        let answer = ocpp_cmd::send(
+            &self.registry,
+            &cp_id,
+            Command::RemoteStart {
+                id_tag: tag.clone(),
+                connector_id: Some(connector_id),
+            },
+            self.call_timeout,
+        )
+        .await;
+        let status = answer
+            .as_ref()
+            .ok()
+            .and_then(|a| a.get("status"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if status == "Accepted" {
+            return Ok(
+                json!({"order_id": order_id, "cp_id": cp_id, "connector_id": connector_id, "status": status}),
+            );
+        }
+        // not started: the driver keeps their use
+        if let Err(e) = self.store.exec(Op::RemoteStartFailed { tag }).await {
+            tracing::error!("giving an OTP use back: {e}");
+        }
+        match answer {
+            Ok(_) => Err(CmdError::new(
+                "charger_rejected",
+                format!("charger answered {status}"),
+            )),
+            Err(e) => Err(charger_error(e)),
         }
     }
 
@@ -341,6 +579,13 @@ impl Executor {
     }
 }
 
+/// An id tag the agent controls, for a remote start (CiString20: "CS" and 16 hex digits).
+fn remote_tag() -> Result<String, CmdError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| CmdError::new("internal", e.to_string()))?;
+    Ok(format!("CS{}", auth::hex(&b).to_uppercase()))
+}
+
 /// Maps an outbound CALL failure to a `cmd/result` error.
 pub fn charger_error(e: CommandError) -> CmdError {
     match e {
@@ -362,6 +607,44 @@ pub fn charger_error(e: CommandError) -> CmdError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key() -> Secret {
+        Secret::from_bytes([3; 32])
+    }
+
+    fn parse(p: &[u8]) -> Parsed {
+        super::parse(p, &key())
+    }
+
+    #[test]
+    fn an_upsert_is_validated_field_by_field() {
+        let ok = br#"{"id":"u1","type":"authorization.upsert","order_id":"o-1","otp":"482913",
+            "valid_until":"2026-11-21T12:00:00Z","budget":{"currency":"INR","amount_minor":10000},
+            "tariff":{"currency":"INR","energy_minor_per_kwh":1600}}"#;
+        let p = parse(ok);
+        assert!(
+            matches!(p.cmd, Ok(Cmd::AuthorizationUpsert(_))),
+            "{:?}",
+            p.cmd
+        );
+        assert!(!p.stored.contains("482913"));
+        assert!(p.stored.contains("hmac-sha256:"));
+        for bad in [
+            r#"{"id":"u","type":"authorization.upsert","order_id":"o","otp":"12","valid_until":"2026-11-21T12:00:00Z"}"#,
+            r#"{"id":"u","type":"authorization.upsert","order_id":"o","otp":"1234","valid_until":"tomorrow"}"#,
+            r#"{"id":"u","type":"authorization.upsert","order_id":"o","otp":"1234"}"#,
+            r#"{"id":"u","type":"authorization.upsert","order_id":"o","otp":"1234","valid_until":"2026-11-21T12:00:00Z","max_uses":0}"#,
+            r#"{"id":"u","type":"authorization.upsert","order_id":"o","otp":"1234","valid_until":"2026-11-21T12:00:00Z","budget":{"currency":"INR","amount_minor":5}}"#,
+            r#"{"id":"u","type":"authorization.upsert","order_id":"o","otp":"1234","valid_until":"2026-11-21T12:00:00Z","tariff":{"currency":"INR"}}"#,
+            r#"{"id":"u","type":"authorization.upsert","order_id":"o","otp":"1234","valid_until":"2026-11-21T12:00:00Z","budget":{"currency":"USD","amount_minor":5},"tariff":{"currency":"INR","energy_minor_per_kwh":1}}"#,
+        ] {
+            assert_eq!(
+                parse(bad.as_bytes()).cmd.unwrap_err().code,
+                "bad_request",
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn malformed_json_is_a_bad_request_without_an_id() {
@@ -386,6 +669,7 @@ mod tests {
         let p = parse(br#"{"id":"c1","type":"session.start","order_id":"o","otp":"482913","cp_id":"CP1","connector_id":1}"#);
         assert!(!p.stored.contains("482913"));
         assert!(matches!(p.cmd, Ok(Cmd::SessionStart { ref otp, .. }) if otp == "482913"));
+        assert!(remote_tag().unwrap().len() <= 20);
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct Parts {
     pub online: Arc<AtomicBool>,
     /// Notices from the OCPP side.
     pub notices: mpsc::Receiver<Notice>,
+    /// The per-site OTP key.
+    pub secret: crate::auth::Secret,
 }
 
 /// Runs the uplink until `shutdown`; on shutdown publishes `{"online":false}` as retained
@@ -184,6 +186,7 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
         published_state: None,
         executor: Arc::new(Executor {
             store: parts.store,
+            secret: parts.secret,
             registry: parts.registry,
             call_timeout: parts.config.ocpp.call_timeout,
         }),
@@ -531,7 +534,7 @@ impl Driver {
             let _ = self.client.try_ack(&p);
             return;
         }
-        let parsed = commands::parse(&p.payload);
+        let parsed = commands::parse(&p.payload, &self.executor.secret);
         let intake = self
             .store
             .exec(Op::CommandReceived {

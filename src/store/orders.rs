@@ -1,0 +1,342 @@
+//! OTP authorizations, remote starts and lockouts as stored, and the tag decision that
+//! uses them (the rules themselves are pure, in `crate::auth`). Runs on the store thread
+//! only, so a decision and the use it consumes are one transaction.
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::ops::AuthDecision;
+use super::StoreError;
+use crate::auth::{self, Lockout, OtpHash, OtpOutcome, OtpRecord, Presented};
+use crate::billing::Budget;
+use crate::time::fmt_ts;
+
+/// How long an agent-issued remote-start tag waits for the charger's StartTransaction.
+const REMOTE_TAG_TTL_MINUTES: i64 = 10;
+
+/// What an order brings to its session.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Terms {
+    /// Tariff JSON, if any.
+    pub tariff: Option<String>,
+    /// Budget, if any.
+    pub budget: Option<Budget>,
+}
+
+/// An authorization to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuthorization {
+    /// The OTP record (hash only).
+    pub record: OtpRecord,
+    /// Budget.
+    pub budget: Option<Budget>,
+    /// Tariff, validated JSON.
+    pub tariff: Option<String>,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
+}
+
+fn to_hash(v: Vec<u8>) -> OtpHash {
+    let mut h = [0u8; 32];
+    if v.len() == 32 {
+        h.copy_from_slice(&v);
+    }
+    h
+}
+
+/// Records that may still matter for a decision (recently valid or valid now).
+fn candidates(c: &Connection, now: DateTime<Utc>) -> Result<Vec<OtpRecord>, StoreError> {
+    let horizon = ms(now - Duration::days(30));
+    let rows = c
+        .prepare_cached(
+            "SELECT order_id, otp_hash, valid_from_ms, valid_until_ms, cp_id, connector_id, max_uses,
+                    uses, revoked
+             FROM authorizations WHERE valid_until_ms >= ?1",
+        )?
+        .query_map(params![horizon], |r| {
+            Ok(OtpRecord {
+                order_id: r.get(0)?,
+                otp_hash: to_hash(r.get(1)?),
+                valid_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
+                valid_until: from_ms(r.get(3)?),
+                cp_id: r.get(4)?,
+                connector_id: r.get(5)?,
+                max_uses: r.get(6)?,
+                uses: r.get(7)?,
+                revoked: r.get::<_, i64>(8)? != 0,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Stores (or replaces, for the same order) an authorization; `Err(order)` when its
+/// digits clash with another live order's.
+pub(super) fn upsert(
+    c: &Connection,
+    a: &NewAuthorization,
+    now: DateTime<Utc>,
+) -> Result<Result<(), String>, StoreError> {
+    let existing = candidates(c, now)?;
+    if let Some(other) = auth::conflict(&a.record, &existing, now) {
+        return Ok(Err(other.to_string()));
+    }
+    let r = &a.record;
+    c.execute(
+        "INSERT INTO authorizations (order_id, otp_hash, valid_from_ms, valid_until_ms, cp_id, connector_id,
+             max_uses, uses, revoked, budget_currency, budget_minor, prepaid, tariff, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (order_id) DO UPDATE SET otp_hash = ?2, valid_from_ms = ?3, valid_until_ms = ?4,
+             cp_id = ?5, connector_id = ?6, max_uses = ?7, revoked = 0, budget_currency = ?8,
+             budget_minor = ?9, prepaid = ?10, tariff = ?11, updated_at = ?12",
+        params![
+            r.order_id,
+            r.otp_hash.to_vec(),
+            r.valid_from.map(ms),
+            ms(r.valid_until),
+            r.cp_id,
+            r.connector_id,
+            r.max_uses,
+            a.budget.as_ref().map(|b| b.currency.clone()),
+            a.budget.as_ref().map(|b| b.amount_minor),
+            a.budget.as_ref().map(|b| b.prepaid),
+            a.tariff,
+            fmt_ts(now)
+        ],
+    )?;
+    Ok(Ok(()))
+}
+
+pub(super) fn revoke(c: &Connection, order_id: &str) -> Result<usize, StoreError> {
+    Ok(c.execute(
+        "UPDATE authorizations SET revoked = 1 WHERE order_id = ?1",
+        params![order_id],
+    )?)
+}
+
+pub(super) fn terms(c: &Connection, order_id: &str) -> Result<Terms, StoreError> {
+    let row = c
+        .prepare_cached(
+            "SELECT budget_currency, budget_minor, prepaid, tariff FROM authorizations WHERE order_id = ?1",
+        )?
+        .query_row(params![order_id], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<bool>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?;
+    Ok(match row {
+        Some((currency, amount, prepaid, tariff)) => Terms {
+            tariff,
+            budget: match (currency, amount) {
+                (Some(currency), Some(amount_minor)) => Some(Budget {
+                    currency,
+                    amount_minor,
+                    prepaid: prepaid.unwrap_or(true),
+                }),
+                _ => None,
+            },
+        },
+        None => Terms::default(),
+    })
+}
+
+fn locked(
+    c: &Connection,
+    cp_id: &str,
+    lockout: &Lockout,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let since = ms(now - lockout.window - lockout.duration);
+    let failures: Vec<DateTime<Utc>> = c
+        .prepare_cached("SELECT at_ms FROM otp_failures WHERE cp_id = ?1 AND at_ms >= ?2")?
+        .query_map(params![cp_id, since], |r| r.get::<_, i64>(0))?
+        .map(|r| r.map(from_ms))
+        .collect::<Result<_, _>>()?;
+    Ok(lockout.locked_until(&failures, now).is_some())
+}
+
+/// A tag presented at a charger.
+pub(super) struct Attempt<'a> {
+    pub cp_id: &'a str,
+    /// Known at StartTransaction, not at Authorize.
+    pub connector_id: Option<u32>,
+    pub presented: &'a Presented,
+    pub free_vend: bool,
+    /// StartTransaction (uses are spent) rather than Authorize.
+    pub consume: bool,
+    pub now: DateTime<Utc>,
+}
+
+/// A `session.start` request.
+pub(super) struct RemoteRequest<'a> {
+    pub order_id: &'a str,
+    pub otp_hash: &'a OtpHash,
+    pub cp_id: &'a str,
+    pub connector_id: u32,
+    /// The agent-controlled tag the charger will present.
+    pub tag: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// Judges a presented tag at a charger. With `consume`, an accepted OTP uses one of its
+/// uses and an agent-issued remote tag is spent (StartTransaction); without, nothing is
+/// used (Authorize). Wrong OTP-shaped codes are counted for the lockout.
+pub(super) fn decide(
+    c: &Connection,
+    lockout: &Lockout,
+    a: Attempt<'_>,
+) -> Result<AuthDecision, StoreError> {
+    let Attempt {
+        cp_id,
+        connector_id,
+        presented,
+        free_vend,
+        consume,
+        now,
+    } = a;
+    // an agent-issued tag from session.start
+    let remote: Option<(String, i64)> = c
+        .prepare_cached(
+            "SELECT order_id, connector_id FROM remote_starts
+             WHERE tag = ?1 AND cp_id = ?2 AND created_ms >= ?3 AND used = 0",
+        )?
+        .query_row(
+            params![
+                presented.tag_key,
+                cp_id,
+                ms(now - Duration::minutes(REMOTE_TAG_TTL_MINUTES))
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((order_id, _)) = remote {
+        if consume {
+            c.execute(
+                "UPDATE remote_starts SET used = 1 WHERE tag = ?1",
+                params![presented.tag_key],
+            )?;
+        }
+        return Ok(AuthDecision {
+            method: "remote",
+            result: "accepted",
+            order_id: Some(order_id),
+            tag_key: presented.tag_key.clone(),
+        });
+    }
+    let Some(hash) = presented.otp_hash else {
+        return Ok(auth::check_tag(&presented.tag_key, free_vend));
+    };
+    let is_locked = locked(c, cp_id, lockout, now)?;
+    let outcome = auth::check_otp(
+        &hash,
+        &candidates(c, now)?,
+        cp_id,
+        connector_id,
+        now,
+        is_locked,
+    );
+    if outcome == OtpOutcome::Invalid && free_vend {
+        // digits that are no OTP: on a free-vend site every tag is accepted
+        return Ok(auth::check_tag(&presented.tag_key, true));
+    }
+    if outcome.is_failure() {
+        c.execute(
+            "INSERT INTO otp_failures (cp_id, at_ms) VALUES (?1, ?2)",
+            params![cp_id, ms(now)],
+        )?;
+    }
+    if let (OtpOutcome::Accepted { order_id }, true) = (&outcome, consume) {
+        c.execute(
+            "UPDATE authorizations SET uses = uses + 1 WHERE order_id = ?1",
+            params![order_id],
+        )?;
+    }
+    Ok(AuthDecision {
+        method: "otp",
+        result: outcome.result(),
+        order_id: outcome.order_id().map(str::to_string),
+        tag_key: presented.tag_key.clone(),
+    })
+}
+
+/// `session.start`: validates the OTP for the charger and connector, spends a use, and
+/// registers the agent-controlled tag the charger will present.
+pub(super) fn remote_start(
+    c: &Connection,
+    lockout: &Lockout,
+    r: RemoteRequest<'_>,
+) -> Result<AuthDecision, StoreError> {
+    let RemoteRequest {
+        order_id,
+        otp_hash,
+        cp_id,
+        connector_id,
+        tag,
+        now,
+    } = r;
+    let is_locked = locked(c, cp_id, lockout, now)?;
+    let records: Vec<OtpRecord> = candidates(c, now)?
+        .into_iter()
+        .filter(|r| r.order_id == order_id)
+        .collect();
+    let outcome = auth::check_otp(
+        otp_hash,
+        &records,
+        cp_id,
+        Some(connector_id),
+        now,
+        is_locked,
+    );
+    if outcome.is_failure() {
+        c.execute(
+            "INSERT INTO otp_failures (cp_id, at_ms) VALUES (?1, ?2)",
+            params![cp_id, ms(now)],
+        )?;
+    }
+    if let OtpOutcome::Accepted { order_id } = &outcome {
+        c.execute(
+            "UPDATE authorizations SET uses = uses + 1 WHERE order_id = ?1",
+            params![order_id],
+        )?;
+        c.execute(
+            "INSERT INTO remote_starts (tag, order_id, cp_id, connector_id, created_ms, used)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+            params![tag, order_id, cp_id, connector_id, ms(now)],
+        )?;
+    }
+    Ok(AuthDecision {
+        method: "remote",
+        result: outcome.result(),
+        order_id: Some(order_id.to_string()),
+        tag_key: tag.to_string(),
+    })
+}
+
+/// The charger refused the remote start: the use is given back and the tag withdrawn.
+pub(super) fn remote_start_failed(c: &Connection, tag: &str) -> Result<(), StoreError> {
+    let order: Option<String> = c
+        .query_row(
+            "SELECT order_id FROM remote_starts WHERE tag = ?1 AND used = 0",
+            params![tag],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(order_id) = order {
+        c.execute(
+            "UPDATE authorizations SET uses = max(uses - 1, 0) WHERE order_id = ?1",
+            params![order_id],
+        )?;
+        c.execute("DELETE FROM remote_starts WHERE tag = ?1", params![tag])?;
+    }
+    Ok(())
+}
