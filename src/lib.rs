@@ -13,6 +13,7 @@
 //! - [`auth`]: OTP and id-tag decisions (pure).
 //! - [`billing`]: tariffs, running cost, budgets and settlement (pure, integer money).
 //! - [`password`]: argon2 hashes of charger passwords.
+//! - [`sim`]: simulated OCPP 1.6 chargers (`chargesite simulate`) and their charging model.
 //! - [`time`]: the contract's timestamp format and charger clock checks (pure).
 //!
 //! Hardware traits (status LED, watchdog, link state, sd_notify) live in the
@@ -24,6 +25,7 @@ pub mod billing;
 pub mod config;
 pub mod ocpp;
 pub mod password;
+pub mod sim;
 pub mod store;
 pub mod time;
 pub mod uplink;

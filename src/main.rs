@@ -37,6 +37,54 @@ enum Command {
     },
     /// Read a password on stdin and print the `password_hash` for it.
     HashPassword,
+    /// Simulated OCPP 1.6 chargers against any central system (test rigs, field checks).
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Central system URL; each charger connects to URL/<id>, e.g. ws://gateway:9000/ocpp
+    #[arg(long)]
+    url: String,
+    /// Number of chargers (1 to 10000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    chargers: u32,
+    /// Charger ids are PREFIX0001, PREFIX0002, ...
+    #[arg(long, default_value = "SIM")]
+    id_prefix: String,
+    /// Sessions per charger.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    sessions: u32,
+    /// Seconds (wall clock) each session charges.
+    #[arg(long, default_value_t = 30)]
+    session_secs: u64,
+    /// Milliseconds (wall clock) between MeterValues.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    meter_interval_ms: u64,
+    /// Charger clock speed: 60 makes each real second a minute of charging.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Id tag (or OTP) to present; repeat for several, used round-robin by charger.
+    #[arg(long)]
+    tag: Vec<String>,
+    /// A file of id tags or OTPs, one per line (added to --tag).
+    #[arg(long)]
+    tags_file: Option<PathBuf>,
+    /// HTTP Basic auth password for every charger (user = charger id).
+    #[arg(long)]
+    password: Option<String>,
+    /// Fault to inject: drop, clock or reboot, optionally =CHARGER_INDEX (0-based); repeatable.
+    #[arg(long)]
+    fault: Vec<chargesite::sim::Fault>,
+    /// Seconds a dropped charger stays away.
+    #[arg(long, default_value_t = 5)]
+    offline_secs: u64,
+    /// Maximum charger power, kW.
+    #[arg(long, default_value_t = 22.0)]
+    max_power_kw: f64,
+    /// Hard bound on the whole run, seconds.
+    #[arg(long, default_value_t = 600)]
+    duration_secs: u64,
 }
 
 /// Exit status for bad usage or bad config (CONTRACT §1).
@@ -74,6 +122,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::HashPassword => hash_password(),
+        Command::Simulate(args) => simulate(args),
         Command::Run { config } => {
             let config = match load_config(config) {
                 Ok(c) => c,
@@ -114,6 +163,74 @@ fn hash_password() -> ExitCode {
             eprintln!("chargesite: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn simulate(a: SimulateArgs) -> ExitCode {
+    let mut tags = a.tag;
+    if let Some(f) = &a.tags_file {
+        match std::fs::read_to_string(f) {
+            Ok(text) => tags.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            ),
+            Err(e) => {
+                eprintln!("chargesite: --tags-file {}: {e}", f.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    if tags.is_empty() {
+        tags.push("SIMTAG".into());
+    }
+    if !(a.time_scale > 0.0 && a.time_scale <= 3600.0) {
+        eprintln!("chargesite: --time-scale must be > 0 and <= 3600");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Some(f) = a.fault.iter().find(|f| f.charger >= a.chargers as usize) {
+        eprintln!(
+            "chargesite: --fault index {} is beyond --chargers {}",
+            f.charger, a.chargers
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if !(a.url.starts_with("ws://") || a.url.starts_with("wss://")) {
+        eprintln!("chargesite: --url must start with ws://");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let cfg = chargesite::sim::SimConfig {
+        url: a.url,
+        chargers: a.chargers as usize,
+        id_prefix: a.id_prefix,
+        sessions: a.sessions,
+        session: std::time::Duration::from_secs(a.session_secs),
+        meter_interval: std::time::Duration::from_millis(a.meter_interval_ms),
+        time_scale: a.time_scale,
+        tags,
+        password: a.password,
+        faults: a.fault,
+        offline: std::time::Duration::from_secs(a.offline_secs),
+        max_power_w: a.max_power_kw * 1000.0,
+        deadline: std::time::Duration::from_secs(a.duration_secs),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chargesite: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let summary = runtime.block_on(chargesite::sim::run(cfg));
+    println!("{}", summary.render());
+    if summary.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
