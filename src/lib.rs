@@ -10,6 +10,8 @@
 //!   the ops that write each fact together with its upstream outbox events.
 //! - [`uplink`]: store-and-forward to the BPP over MQTT: the outbox driver, commands,
 //!   retained state and connectors, live snapshots.
+//! - `broker`, `demo` (feature `embedded-broker`, off in the gateway build): an embedded
+//!   MQTT broker and the one-command demo.
 //! - [`auth`]: OTP and id-tag decisions (pure).
 //! - [`billing`]: tariffs, running cost, budgets and settlement (pure, integer money).
 //! - [`password`]: argon2 hashes of charger passwords.
@@ -22,7 +24,11 @@
 pub mod agent;
 pub mod auth;
 pub mod billing;
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
 pub mod config;
+#[cfg(feature = "embedded-broker")]
+pub mod demo;
 pub mod ocpp;
 pub mod password;
 pub mod sim;

@@ -39,6 +39,10 @@ enum Command {
     HashPassword,
     /// Simulated OCPP 1.6 chargers against any central system (test rigs, field checks).
     Simulate(SimulateArgs),
+    /// The whole story on this machine, no configuration: an embedded broker, the agent,
+    /// simulated chargers with OTP orders, a link outage and its recovery.
+    #[cfg(feature = "embedded-broker")]
+    Demo,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +127,8 @@ fn main() -> ExitCode {
         },
         Command::HashPassword => hash_password(),
         Command::Simulate(args) => simulate(args),
+        #[cfg(feature = "embedded-broker")]
+        Command::Demo => demo(),
         Command::Run { config } => {
             let config = match load_config(config) {
                 Ok(c) => c,
@@ -161,6 +167,28 @@ fn hash_password() -> ExitCode {
         }
         Err(e) => {
             eprintln!("chargesite: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(feature = "embedded-broker")]
+fn demo() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chargesite: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(chargesite::demo::run()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("chargesite: demo: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1131,11 +1131,12 @@ fn meter(c: &Connection, ctx: &Ctx, m: MeterIn) -> Result<Reply, StoreError> {
     let mut budget_stop = None;
     if let (Some(b), true) = (s.billing.as_mut(), active) {
         let running = billing::cost(&b.tariff, &b.accrual, s.register.last_at);
-        // Look one reading ahead at the current pace: stop before the budget is crossed,
-        // not one meter interval after.
+        // Look two readings ahead at the current pace: the charger keeps delivering for
+        // about one more interval after it is told to stop, so the stop must go out before
+        // the budget is crossed, not one interval after.
         let mut ahead = b.accrual.clone();
         if let Some((wh, from, to)) = s.last_step {
-            ahead.add(&b.tariff, wh, to, to + (to - from));
+            ahead.add(&b.tariff, 2 * wh, to, to + (to - from) * 2);
         }
         let next = billing::cost(&b.tariff, &ahead, s.register.last_at);
         if let Some(budget) = &b.budget {

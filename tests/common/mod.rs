@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "embedded-broker")]
 pub mod mqtt;
 
 use std::io::{BufRead, BufReader};

@@ -26,44 +26,7 @@ pub fn broker_process() {
         return;
     };
     let listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 5000,
-        max_payload_size: 1 << 20,
-        max_inflight_count: 200,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let server = rumqttd::ServerSettings {
-        name: "v4".into(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections,
-    };
-    let router = rumqttd::RouterConfig {
-        max_connections: 100,
-        max_outgoing_packet_count: 200,
-        max_segment_size: 100 * 1024 * 1024,
-        max_segment_count: 10,
-        custom_segment: None,
-        initialized_filters: None,
-        shared_subscriptions_strategy: Default::default(),
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router,
-        v4: Some(HashMap::from([("v4".to_string(), server)])),
-        v5: None,
-        ws: None,
-        cluster: None,
-        console: None,
-        bridge: None,
-        prometheus: None,
-        metrics: None,
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    broker.start().unwrap();
+    chargesite::broker::run(listen).unwrap();
 }
 
 /// Paths of a throwaway CA and certificates.

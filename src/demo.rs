@@ -1,0 +1,525 @@
+//! `chargesite demo`: the whole story on a fresh machine, with no configuration.
+//!
+//! An embedded MQTT broker stands in for the operator's; a BPP-side subscriber provisions
+//! OTP orders and watches the events; the agent runs on a temporary database; simulated
+//! chargers charge with the OTPs. Mid-session the uplink is cut (a relay between agent and
+//! broker drops its connections and refuses new ones): chargers keep being answered, the
+//! backlog grows; the link is restored and every event arrives, ending with the bills.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{Op, Reply};
+
+const SITE: &str = "demo-site";
+const ROOT: &str = "chargesite/v1/demo-site";
+
+/// What the demo needs from the outside: nothing. Returns whether every event arrived.
+///
+/// # Errors
+/// A description of what failed to start.
+pub async fn run() -> Result<bool, String> {
+    let t0 = Instant::now();
+    let say = move |who: &str, what: &str| {
+        println!("{:>6.1}s  {who:<7} {what}", t0.elapsed().as_secs_f64())
+    };
+    println!("chargesite demo: a site agent, three simulated chargers, a BPP, and a link outage\n");
+
+    let dir = tempfile_dir()?;
+    let broker_addr = free_addr()?;
+    std::thread::Builder::new()
+        .name("demo-broker".into())
+        .spawn(move || {
+            if let Err(e) = crate::broker::run(broker_addr) {
+                eprintln!("broker: {e}");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    wait_listening(broker_addr).await?;
+    say(
+        "broker",
+        &format!("embedded MQTT broker on {broker_addr} (stands in for the operator's)"),
+    );
+
+    let relay = Relay::start(broker_addr).await?;
+    say(
+        "uplink",
+        &format!(
+            "the site's uplink: a relay on {} that the demo can cut",
+            relay.addr
+        ),
+    );
+
+    let bpp = Bpp::connect(broker_addr).await?;
+    let config = crate::config::parse(&format!(
+        "[site]\nid = \"{SITE}\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n\
+         [store]\npath = \"{}\"\n[uplink]\nurl = \"mqtt://{}\"\nkeepalive_secs = 2\nlive_interval_secs = 2\n",
+        dir.join("chargesite.db").display(),
+        relay.addr
+    ))
+    .map_err(|e| e.to_string())?;
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let token = shutdown.clone();
+    let agent_task = tokio::spawn(async move {
+        crate::agent::run(config, token, move |a| {
+            let _ = tx.send((a.local_addr, a.store.clone()));
+        })
+        .await
+    });
+    let (ocpp_addr, store) = rx
+        .await
+        .map_err(|_| "the agent did not start".to_string())?;
+    say(
+        "agent",
+        &format!(
+            "listening for chargers on ws://{ocpp_addr}/ocpp/<id>, database in {}",
+            dir.display()
+        ),
+    );
+    bpp.wait_online(Duration::from_secs(10)).await?;
+    say("bpp", "sees the agent online (retained state)");
+
+    // three orders, as a BPP would provision them after Beckn confirm
+    let tariff = json!({"currency": "INR", "energy_minor_per_kwh": 1800, "service_fee_minor": 1000,
+        "timezone": "Asia/Kolkata",
+        "surcharges": [{"name": "Congestion fee", "from": "18:00", "to": "21:00", "minor_per_kwh": 100}],
+        "idle": {"grace_minutes": 10, "minor_per_minute": 200}});
+    let orders = [
+        ("order-A", "482913", 40_000),
+        ("order-B", "551207", 12_000),
+        ("order-C", "730468", 40_000),
+    ];
+    let valid_until = (crate::time::now() + chrono::Duration::hours(2)).to_rfc3339();
+    for (i, (order, otp, budget)) in orders.iter().enumerate() {
+        let id = format!("upsert-{order}");
+        bpp.command(
+            json!({"id": id, "type": "authorization.upsert", "order_id": order, "otp": otp,
+            "valid_until": valid_until, "cp_id": format!("DEMO{:04}", i + 1),
+            "budget": {"currency": "INR", "amount_minor": budget}, "tariff": tariff}),
+        )
+        .await;
+        let r = bpp.result(&id, Duration::from_secs(10)).await?;
+        say(
+            "bpp",
+            &format!(
+                "authorization.upsert {order}: OTP **{}, budget INR {:.2} -> ok:{}",
+                &otp[4..],
+                *budget as f64 / 100.0,
+                r["ok"]
+            ),
+        );
+    }
+
+    // the chargers: each driver types their OTP
+    let sim = crate::sim::SimConfig {
+        url: format!("ws://{ocpp_addr}/ocpp"),
+        chargers: 3,
+        id_prefix: "DEMO".into(),
+        sessions: 1,
+        session: Duration::from_secs(16),
+        meter_interval: Duration::from_millis(1000),
+        time_scale: 120.0,
+        tags: orders.iter().map(|o| o.1.to_string()).collect(),
+        password: None,
+        faults: vec![],
+        offline: Duration::from_secs(1),
+        max_power_w: 22_000.0,
+        deadline: Duration::from_secs(90),
+    };
+    say(
+        "chargers",
+        "3 simulated chargers connect; drivers type their OTPs (22 kW, 1 s = 2 min)",
+    );
+    let sim_task = tokio::spawn(crate::sim::run(sim));
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    relay.cut();
+    say(
+        "uplink",
+        "CUT: the agent loses its broker; chargers keep being answered locally",
+    );
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Ok(Reply::Outbox(s)) = store.exec(Op::OutboxStatus).await {
+            say(
+                "agent",
+                &format!(
+                    "offline, {} events buffered in SQLite (last seq {})",
+                    s.backlog, s.last_seq
+                ),
+            );
+        }
+    }
+    relay.restore();
+    say(
+        "uplink",
+        "RESTORED: the agent reconnects and drains its backlog in seq order",
+    );
+
+    let summary = sim_task.await.map_err(|e| e.to_string())?;
+    say(
+        "chargers",
+        &format!(
+            "done: {} sessions, {:.2} kWh, {} protocol errors",
+            summary.sessions_stopped,
+            summary.energy_wh as f64 / 1000.0,
+            summary.errors.len()
+        ),
+    );
+    for e in &summary.errors {
+        say("chargers", &format!("error: {e}"));
+    }
+
+    // every event must reach the BPP
+    let last = match store.exec(Op::OutboxStatus).await {
+        Ok(Reply::Outbox(s)) => s.last_seq,
+        _ => return Err("cannot read the outbox".into()),
+    };
+    let complete = bpp.wait_complete(last, Duration::from_secs(30)).await;
+    let (dupes, received) = bpp.counts();
+    say(
+        "bpp",
+        &format!(
+            "received seq 1..{} {} ({} deliveries, {} duplicates)",
+            bpp.contiguous(),
+            if complete { "with no gap" } else { "WITH GAPS" },
+            received,
+            dupes
+        ),
+    );
+
+    println!("\nTimeline as the BPP received it:");
+    for line in bpp.timeline() {
+        println!("  {line}");
+    }
+    println!("\nFinal bills:");
+    for stopped in bpp.events_of("session.stopped") {
+        println!("  {}", bill_line(&stopped));
+    }
+    shutdown.cancel();
+    let _ = agent_task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let ok = complete && summary.errors.is_empty() && bpp.events_of("session.stopped").len() == 3;
+    println!(
+        "\n{}",
+        if ok {
+            "demo: every event arrived; exit 0"
+        } else {
+            "demo: FAILED"
+        }
+    );
+    Ok(ok)
+}
+
+fn money(v: &Value) -> String {
+    format!("{:.2}", v.as_i64().unwrap_or(0) as f64 / 100.0)
+}
+
+fn bill_line(e: &Value) -> String {
+    let mut parts = vec![format!(
+        "{} {} {:.2} kWh reason {}",
+        e["order_id"].as_str().unwrap_or("-"),
+        e["cp_id"].as_str().unwrap_or("-"),
+        e["energy_wh"].as_i64().unwrap_or(0) as f64 / 1000.0,
+        e["reason"].as_str().unwrap_or("-")
+    )];
+    if let Some(c) = e["cost"]["components"].as_array() {
+        for comp in c {
+            parts.push(format!(
+                "{} {}",
+                comp["name"].as_str().unwrap_or("-"),
+                money(&comp["amount_minor"])
+            ));
+        }
+        parts.push(format!(
+            "total {} {}",
+            e["cost"]["currency"].as_str().unwrap_or(""),
+            money(&e["cost"]["total_minor"])
+        ));
+    }
+    if e["settlement"].is_object() {
+        let s = &e["settlement"];
+        parts.push(format!(
+            "prepaid {} refund {} top-up {}",
+            money(&s["prepaid_minor"]),
+            money(&s["refund_minor"]),
+            money(&s["topup_minor"])
+        ));
+    }
+    parts.join(" | ")
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("chargesite-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+fn free_addr() -> Result<SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())
+}
+
+async fn wait_listening(addr: SocketAddr) -> Result<(), String> {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("nothing listens on {addr}"))
+}
+
+/// The site's uplink: relays TCP to the broker until cut.
+struct Relay {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Result<Relay, String> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (u, c) = (up.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    continue; // dropped: the link is down
+                }
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = c.notified() => {}
+                    }
+                });
+            }
+        });
+        Ok(Relay { addr, up, cut })
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The BPP side: subscribes to the site's topics, sends commands, keeps what arrived.
+struct Bpp {
+    client: AsyncClient,
+    events: Arc<Mutex<(BTreeMap<i64, Value>, usize)>>,
+    results: Arc<Mutex<Vec<Value>>>,
+    online: Arc<AtomicBool>,
+}
+
+impl Bpp {
+    async fn connect(broker: SocketAddr) -> Result<Bpp, String> {
+        let mut o = MqttOptions::new("demo-bpp", broker.ip().to_string(), broker.port());
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(o, 100);
+        let events: Arc<Mutex<(BTreeMap<i64, Value>, usize)>> = Arc::default();
+        let results: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let online = Arc::new(AtomicBool::new(false));
+        let (e, r, on, c) = (
+            events.clone(),
+            results.clone(),
+            online.clone(),
+            client.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        let _ = c.subscribe(format!("{ROOT}/#"), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let Ok(v) = serde_json::from_slice::<Value>(&p.payload) else {
+                            continue;
+                        };
+                        if p.topic.ends_with("/events") {
+                            let mut g = e.lock().unwrap_or_else(|p| p.into_inner());
+                            for ev in v["events"].as_array().cloned().unwrap_or_default() {
+                                g.1 += 1;
+                                if let Some(seq) = ev["seq"].as_i64() {
+                                    g.0.insert(seq, ev);
+                                }
+                            }
+                        } else if p.topic.ends_with("/cmd/result") {
+                            r.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+                        } else if p.topic.ends_with("/state") {
+                            on.store(v["online"] == true, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        Ok(Bpp {
+            client,
+            events,
+            results,
+            online,
+        })
+    }
+
+    async fn wait_online(&self, d: Duration) -> Result<(), String> {
+        let until = Instant::now() + d;
+        while !self.online.load(Ordering::SeqCst) {
+            if Instant::now() > until {
+                return Err("the agent never came online at the broker".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn command(&self, cmd: Value) {
+        let _ = self
+            .client
+            .publish(
+                format!("{ROOT}/cmd"),
+                QoS::AtLeastOnce,
+                false,
+                cmd.to_string(),
+            )
+            .await;
+    }
+
+    async fn result(&self, id: &str, d: Duration) -> Result<Value, String> {
+        let until = Instant::now() + d;
+        loop {
+            if let Some(r) = self
+                .results
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|r| r["id"] == id)
+            {
+                return Ok(r.clone());
+            }
+            if Instant::now() > until {
+                return Err(format!("no result for {id}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn contiguous(&self) -> i64 {
+        let g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        while g.0.contains_key(&(n + 1)) {
+            n += 1;
+        }
+        n
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        let g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        (g.1 - g.0.len(), g.1)
+    }
+
+    /// Waits for seqs 1..=last, asking for a replay of the first gap now and then.
+    async fn wait_complete(&self, last: i64, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        let mut asked = Instant::now();
+        let mut k = 0;
+        while Instant::now() < until {
+            let have = self.contiguous();
+            if have >= last {
+                return true;
+            }
+            if asked.elapsed() > Duration::from_secs(3) {
+                k += 1;
+                self.command(json!({"id": format!("demo-replay-{k}"), "type": "events.replay", "from_seq": have + 1})).await;
+                asked = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.contiguous() >= last
+    }
+
+    fn events_of(&self, kind: &str) -> Vec<Value> {
+        let g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.values()
+            .filter(|e| e["type"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// The story in a few lines: everything but meter samples and statuses, which are
+    /// counted.
+    fn timeline(&self) -> Vec<String> {
+        let g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        let mut meters = 0;
+        for e in g.0.values() {
+            let t = e["type"].as_str().unwrap_or("");
+            let line = match t {
+                "session.meter" | "connector.status" | "charger.booted" => {
+                    meters += usize::from(t == "session.meter");
+                    continue;
+                }
+                "auth.checked" => format!(
+                    "{} {} {} {}",
+                    e["cp_id"].as_str().unwrap_or(""),
+                    e["method"].as_str().unwrap_or(""),
+                    e["result"].as_str().unwrap_or(""),
+                    e["order_id"].as_str().unwrap_or("")
+                ),
+                "session.started" => format!(
+                    "{} {} meter {} Wh, uplink {}",
+                    e["cp_id"].as_str().unwrap_or(""),
+                    e["order_id"].as_str().unwrap_or(""),
+                    e["meter_start_wh"],
+                    if e["uplink_online"] == true {
+                        "online"
+                    } else {
+                        "OFFLINE"
+                    }
+                ),
+                "session.stopped" => format!(
+                    "{} {} {} Wh, {}",
+                    e["cp_id"].as_str().unwrap_or(""),
+                    e["order_id"].as_str().unwrap_or(""),
+                    e["energy_wh"],
+                    e["reason"].as_str().unwrap_or("")
+                ),
+                _ => e
+                    .get("cp_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            out.push(format!("seq {:>4}  {:<22} {line}", e["seq"], t));
+        }
+        out.push(format!(
+            "(and {meters} session.meter events, plus connector statuses and boots)"
+        ));
+        out
+    }
+}
