@@ -515,7 +515,11 @@ impl Bpp {
                     .unwrap_or("")
                     .to_string(),
             };
-            out.push(format!("seq {:>4}  {:<22} {line}", e["seq"].as_i64().unwrap_or(0), t));
+            out.push(format!(
+                "seq {:>4}  {:<22} {line}",
+                e["seq"].as_i64().unwrap_or(0),
+                t
+            ));
         }
         out.push(format!(
             "(and {meters} session.meter events, plus connector statuses and boots)"

@@ -399,3 +399,96 @@ pub(super) fn find_session(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{connect, schema};
+
+    fn db() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = connect(&dir.path().join("t.db")).unwrap();
+        schema::migrate(&mut c).unwrap();
+        (dir, c)
+    }
+
+    fn add(c: &Connection, kind: &str, sent: bool, pad: usize) {
+        c.execute(
+            "INSERT INTO events (type, at, body, billable, sent_at) VALUES (?1, 'x', ?2, 1, ?3)",
+            params![
+                kind,
+                json!({"pad": "p".repeat(pad)}).to_string(),
+                sent.then_some("2026-01-01T00:00:00.000Z")
+            ],
+        )
+        .unwrap();
+    }
+
+    fn count(c: &Connection, sql: &str) -> i64 {
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn acked_and_expired_events_go_but_unsent_ones_stay() {
+        let (_d, c) = db();
+        for _ in 0..3 {
+            add(&c, "session.meter", true, 10);
+        }
+        add(&c, "session.meter", false, 10);
+        ack(&c, 1).unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        // retention of an hour: only the acked one goes
+        assert_eq!(prune(&c, now, 3600, None).unwrap(), 1);
+        // retention of a minute: the sent ones go, the unsent one stays
+        assert_eq!(prune(&c, now, 60, None).unwrap(), 2);
+        assert_eq!(count(&c, "SELECT count(*) FROM events"), 1);
+        assert_eq!(last_seq(&c).unwrap(), 4, "seqs are never reused");
+    }
+
+    #[test]
+    fn the_quota_drops_sent_first_then_thins_meter_samples_and_never_billing_events() {
+        let (_d, c) = db();
+        for _ in 0..200 {
+            add(&c, "session.meter", true, 2000);
+        }
+        add(&c, "session.started", false, 2000);
+        for _ in 0..400 {
+            add(&c, "session.meter", false, 2000);
+        }
+        add(&c, "session.stopped", false, 2000);
+        let now = crate::time::now();
+        let before = used_bytes(&c).unwrap();
+        let quota = before / 3;
+        let dropped = prune(&c, now, i64::MAX / 4, Some(quota)).unwrap();
+        assert!(dropped > 200, "{dropped}");
+        assert_eq!(
+            count(&c, "SELECT count(*) FROM events WHERE sent_at IS NOT NULL"),
+            0,
+            "sent ones went first"
+        );
+        assert_eq!(
+            count(
+                &c,
+                "SELECT count(*) FROM events WHERE type IN ('session.started','session.stopped')"
+            ),
+            2
+        );
+        let left = count(
+            &c,
+            "SELECT count(*) FROM events WHERE type = 'session.meter'",
+        );
+        assert!(left > 0 && left < 400, "thinned, not emptied: {left}");
+        let gaps = count(&c, "SELECT count(*) FROM events WHERE type = 'events.gap'");
+        assert!(gaps >= 1, "the thinning is reported");
+        let gap: String = c
+            .query_row(
+                "SELECT body FROM events WHERE type = 'events.gap' LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(gap.contains("storage_quota"));
+    }
+}
