@@ -21,6 +21,8 @@
 //! Hardware traits (status LED, watchdog, link state, sd_notify) live in the
 //! `chargesite-hal` crate beside this one.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod agent;
 pub mod auth;
 pub mod billing;

@@ -1,5 +1,7 @@
 //! The `chargesite` command line (CONTRACT §1): parsing and process wiring only.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;

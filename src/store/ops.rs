@@ -210,12 +210,10 @@ pub enum Op {
         /// Skip events already PUBACKed.
         unsent_only: bool,
     },
-    /// A batch got its PUBACK.
+    /// Batches got their PUBACKs: inclusive seq ranges.
     MarkSent {
-        /// First seq of the batch.
-        first: i64,
-        /// Last seq of the batch.
-        last: i64,
+        /// `(first, last)` of each batch.
+        ranges: Vec<(i64, i64)>,
         /// Site clock.
         at: DateTime<Utc>,
     },
@@ -624,8 +622,10 @@ pub(super) fn apply(c: &Connection, ctx: &Ctx, op: Op) -> Result<Reply, StoreErr
             limit,
             unsent_only,
         } => Ok(Reply::Events(outbox::fetch(c, after, limit, unsent_only)?)),
-        Op::MarkSent { first, last, at } => {
-            outbox::mark_sent(c, first, last, at)?;
+        Op::MarkSent { ranges, at } => {
+            for (first, last) in merge_ranges(ranges) {
+                outbox::mark_sent(c, first, last, at)?;
+            }
             Ok(Reply::Done)
         }
         Op::Ack { seq } => Ok(Reply::Count(outbox::ack(c, seq)?)),
@@ -859,6 +859,19 @@ fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Reply, StoreError> {
         replayed: false,
         result: auth.result,
     })
+}
+
+/// Sorts and merges adjacent or overlapping inclusive ranges.
+fn merge_ranges(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }
 
 fn static_result(r: &str) -> &'static str {
@@ -1319,4 +1332,19 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
         session_id: session.session_id,
         energy_wh,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_ranges;
+
+    #[test]
+    fn pubacked_ranges_merge_into_few_updates() {
+        assert_eq!(
+            merge_ranges(vec![(5, 9), (1, 4), (12, 20), (10, 11)]),
+            vec![(1, 20)]
+        );
+        assert_eq!(merge_ranges(vec![(1, 3), (7, 8)]), vec![(1, 3), (7, 8)]);
+        assert_eq!(merge_ranges(vec![]), vec![]);
+    }
 }

@@ -37,6 +37,11 @@ use link::LinkEvent;
 const WINDOW: usize = 8;
 /// Rows read from the store per fetch.
 const FETCH: usize = 4096;
+/// PUBACKed batches are marked sent in one commit every this often (or every
+/// `MARK_EVERY` batches), not one commit per batch: on a gateway's flash a commit is
+/// dear, and a million-event backlog is thousands of batches.
+const MARK_INTERVAL: Duration = Duration::from_millis(100);
+const MARK_EVERY: usize = 64;
 
 /// Something the OCPP side tells the uplink; best effort (a snapshot, not a fact: the facts
 /// are in the outbox).
@@ -180,6 +185,7 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
         fifo: VecDeque::new(),
         inflight: HashMap::new(),
         batches: 0,
+        acked: Vec::new(),
         replay: None,
         live: HashMap::new(),
         started_at: fmt_ts(now()),
@@ -220,6 +226,8 @@ struct Driver {
     inflight: HashMap<u16, Tag>,
     /// Event batches in flight (including replays).
     batches: usize,
+    /// PUBACKed batches not yet marked sent.
+    acked: Vec<(i64, i64)>,
     /// An events.replay in progress: (last seq sent, last seq to send).
     replay: Option<(i64, i64)>,
     /// Latest live snapshots not yet published.
@@ -243,12 +251,14 @@ impl Driver {
         let mut seq_rx = self.store.last_seq();
         let mut live_tick = tokio::time::interval(self.cfg.live_interval);
         let mut state_tick = tokio::time::interval(Duration::from_secs(5));
+        let mut mark_tick = tokio::time::interval(MARK_INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 ev = link_rx.recv() => match ev {
                     Some(LinkEvent::Mqtt(e)) => self.on_mqtt(e).await,
                     Some(LinkEvent::Down { reason, resume }) => {
+                        self.mark_sent().await;
                         if self.connected {
                             tracing::warn!("uplink down: {reason}");
                         } else {
@@ -270,9 +280,11 @@ impl Driver {
                     self.fill().await;
                 }
                 _ = live_tick.tick() => self.publish_live(),
+                _ = mark_tick.tick() => self.mark_sent().await,
                 _ = state_tick.tick() => self.publish_state(false).await,
             }
         }
+        self.mark_sent().await;
         self.shutdown(&mut link_rx).await;
     }
 
@@ -328,6 +340,19 @@ impl Driver {
         }
         self.online.store(false, Ordering::Relaxed);
         tracing::info!("uplink closed; retained state is offline");
+    }
+
+    /// Records PUBACKed batches as sent, in one commit. Marking lags a PUBACK by at most
+    /// `MARK_INTERVAL`: a crash in that window re-sends those batches (the BPP de-duplicates
+    /// by seq); never the reverse, nothing is marked sent before its PUBACK.
+    async fn mark_sent(&mut self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        let ranges = std::mem::take(&mut self.acked);
+        if let Err(e) = self.store.exec(Op::MarkSent { ranges, at: now() }).await {
+            tracing::error!("marking batches sent: {e}");
+        }
     }
 
     fn on_down(&mut self) {
@@ -390,16 +415,9 @@ impl Driver {
         match tag {
             Tag::Events { first, last } => {
                 self.batches = self.batches.saturating_sub(1);
-                if let Err(e) = self
-                    .store
-                    .exec(Op::MarkSent {
-                        first,
-                        last,
-                        at: now(),
-                    })
-                    .await
-                {
-                    tracing::error!("marking {first}..={last} sent: {e}");
+                self.acked.push((first, last));
+                if self.acked.len() >= MARK_EVERY {
+                    self.mark_sent().await;
                 }
                 self.fill().await;
             }
