@@ -1,7 +1,7 @@
 //! Benchmark (not a test): how long 1,000,000 buffered meter samples take to drain to
 //! Debian's mosquitto on loopback, in events/s, and the delay of live snapshots during the
 //! drain. Run: `cargo bench --bench uplink_drain` (needs `mosquitto` on PATH or in /usr/sbin,
-//! and builds the release binary first).
+//! and runs the optimized binary cargo builds for benches).
 //!
 //! The backlog is written straight into a real chargesite database (1,000,000
 //! `session.meter` events of one sample each, unsent), the release agent is started on it
@@ -37,13 +37,8 @@ fn main() {
         );
         std::process::exit(1);
     };
-    let status = Command::new("cargo")
-        .args(["build", "--release", "--bin", "chargesite"])
-        .current_dir(root)
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
-    let bin = root.join("target/release/chargesite");
+    // the agent binary cargo built for this bench (bench profile: optimized like release)
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_chargesite"));
     // on disk (not tmpfs), like a gateway's flash
     let dir = tempfile::Builder::new()
         .prefix("drain-")
@@ -130,7 +125,7 @@ fn main() {
                         }
                     } else if let Some(at) = v["at"].as_str() {
                         if let Ok(t) = chrono::DateTime::parse_from_rfc3339(at) {
-                            let delay = chrono::Utc::now().signed_duration_since(t).num_microseconds().unwrap_or(0);
+                            let delay = chargesite::time::now().signed_duration_since(t).num_microseconds().unwrap_or(0);
                             g.2.push(delay as f64 / 1000.0);
                         }
                     }
@@ -174,7 +169,7 @@ fn main() {
                 n += 1;
                 json!([2, n.to_string(), action, payload]).to_string()
             };
-            let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let now = || chargesite::time::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             ws.send(call("StartTransaction", json!({"connectorId":1,"idTag":"LIVE","meterStart":0,"timestamp": now()})).into()).await.unwrap();
             let start = ws.next().await.unwrap().unwrap();
             let start: Value = serde_json::from_str(start.to_text().unwrap()).unwrap();
