@@ -174,17 +174,24 @@ fn hash_password() -> ExitCode {
     }
 }
 
-#[cfg(feature = "embedded-broker")]
-fn demo() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+/// A multi-threaded runtime for the client commands; `None` (reported) if it cannot start.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(r) => r,
+        Ok(r) => Some(r),
         Err(e) => {
             eprintln!("chargesite: runtime: {e}");
-            return ExitCode::FAILURE;
+            None
         }
+    }
+}
+
+#[cfg(feature = "embedded-broker")]
+fn demo() -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(chargesite::demo::run()) {
         Ok(true) => ExitCode::SUCCESS,
@@ -245,15 +252,8 @@ fn simulate(a: SimulateArgs) -> ExitCode {
         max_power_w: a.max_power_kw * 1000.0,
         deadline: std::time::Duration::from_secs(a.duration_secs),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("chargesite: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let summary = runtime.block_on(chargesite::sim::run(cfg));
     println!("{}", summary.render());

@@ -188,6 +188,30 @@ pub(super) struct RemoteRequest<'a> {
     pub now: DateTime<Utc>,
 }
 
+/// Counts a wrong code toward the charger's lockout, and spends a use of an accepted OTP
+/// when the decision starts a session.
+fn record(
+    c: &Connection,
+    cp_id: &str,
+    outcome: &OtpOutcome,
+    spend: bool,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if outcome.is_failure() {
+        c.execute(
+            "INSERT INTO otp_failures (cp_id, at_ms) VALUES (?1, ?2)",
+            params![cp_id, ms(now)],
+        )?;
+    }
+    if let (OtpOutcome::Accepted { order_id }, true) = (outcome, spend) {
+        c.execute(
+            "UPDATE authorizations SET uses = uses + 1 WHERE order_id = ?1",
+            params![order_id],
+        )?;
+    }
+    Ok(())
+}
+
 /// Judges a presented tag at a charger. With `consume`, an accepted OTP uses one of its
 /// uses and an agent-issued remote tag is spent (StartTransaction); without, nothing is
 /// used (Authorize). Wrong OTP-shaped codes are counted for the lockout.
@@ -249,18 +273,7 @@ pub(super) fn decide(
         // digits that are no OTP: on a free-vend site every tag is accepted
         return Ok(auth::check_tag(&presented.tag_key, true));
     }
-    if outcome.is_failure() {
-        c.execute(
-            "INSERT INTO otp_failures (cp_id, at_ms) VALUES (?1, ?2)",
-            params![cp_id, ms(now)],
-        )?;
-    }
-    if let (OtpOutcome::Accepted { order_id }, true) = (&outcome, consume) {
-        c.execute(
-            "UPDATE authorizations SET uses = uses + 1 WHERE order_id = ?1",
-            params![order_id],
-        )?;
-    }
+    record(c, cp_id, &outcome, consume, now)?;
     Ok(AuthDecision {
         method: "otp",
         result: outcome.result(),
@@ -297,17 +310,8 @@ pub(super) fn remote_start(
         now,
         is_locked,
     );
-    if outcome.is_failure() {
-        c.execute(
-            "INSERT INTO otp_failures (cp_id, at_ms) VALUES (?1, ?2)",
-            params![cp_id, ms(now)],
-        )?;
-    }
+    record(c, cp_id, &outcome, true, now)?;
     if let OtpOutcome::Accepted { order_id } = &outcome {
-        c.execute(
-            "UPDATE authorizations SET uses = uses + 1 WHERE order_id = ?1",
-            params![order_id],
-        )?;
         c.execute(
             "INSERT INTO remote_starts (tag, order_id, cp_id, connector_id, created_ms, used)
              VALUES (?1, ?2, ?3, ?4, ?5, 0)",

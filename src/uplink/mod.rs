@@ -294,18 +294,13 @@ impl Driver {
         }
         let payload = json!({"online": false, "version": env!("CARGO_PKG_VERSION"),
             "started_at": self.started_at, "stopped_at": fmt_ts(now())});
-        if self
-            .client
-            .try_publish(
-                self.topics.state(),
-                QoS::AtLeastOnce,
-                true,
-                payload.to_string(),
-            )
-            .is_ok()
-        {
-            self.fifo.push_back(Tag::Farewell);
-        }
+        if self.publish(
+            self.topics.state(),
+            QoS::AtLeastOnce,
+            true,
+            payload.to_string(),
+            Tag::Farewell,
+        ) {}
         // Wait (bounded) for that PUBACK, then disconnect cleanly.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, link_rx.recv()).await {
@@ -340,6 +335,25 @@ impl Driver {
         }
         self.online.store(false, Ordering::Relaxed);
         tracing::info!("uplink closed; retained state is offline");
+    }
+
+    /// Publishes, remembering what it was so that its PUBACK can be acted on; false when
+    /// rumqttc's request channel is full (nothing was queued).
+    fn publish(
+        &mut self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: String,
+        tag: Tag,
+    ) -> bool {
+        match self.client.try_publish(topic, qos, retain, payload) {
+            Ok(()) => {
+                self.fifo.push_back(tag);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Records PUBACKed batches as sent, in one commit. Marking lags a PUBACK by at most
@@ -455,24 +469,16 @@ impl Driver {
                     last: batch.last,
                 }
             };
-            match self.client.try_publish(
-                self.topics.events(),
-                QoS::AtLeastOnce,
-                false,
-                batch.payload.clone(),
-            ) {
-                Ok(()) => {
-                    self.fifo.push_back(tag);
-                    self.batches += 1;
+            let topic = self.topics.events();
+            if self.publish(topic, QoS::AtLeastOnce, false, batch.payload.clone(), tag) {
+                self.batches += 1;
+            } else {
+                // rumqttc's channel is full: keep the batch and try again on the next
+                // PUBACK (never for a replay: that can simply be asked for again).
+                if !replay {
+                    self.pending = Some(batch);
                 }
-                Err(_) => {
-                    // rumqttc's channel is full: keep the batch and try again on the next
-                    // PUBACK (never for a replay: that can simply be asked for again).
-                    if !replay {
-                        self.pending = Some(batch);
-                    }
-                    break;
-                }
+                break;
             }
         }
     }
@@ -608,13 +614,13 @@ impl Driver {
         if !self.connected {
             return; // stored; published after the next ConnAck
         }
-        if self
-            .client
-            .try_publish(self.topics.result(), QoS::AtLeastOnce, false, result)
-            .is_ok()
-        {
-            self.fifo.push_back(Tag::Result { key });
-        }
+        if self.publish(
+            self.topics.result(),
+            QoS::AtLeastOnce,
+            false,
+            result,
+            Tag::Result { key },
+        ) {}
     }
 
     async fn publish_state(&mut self, force: bool) {
@@ -629,17 +635,13 @@ impl Driver {
         }
         let payload = json!({"online": true, "version": env!("CARGO_PKG_VERSION"),
             "started_at": self.started_at, "last_seq": s.last_seq, "backlog": s.backlog});
-        if self
-            .client
-            .try_publish(
-                self.topics.state(),
-                QoS::AtLeastOnce,
-                true,
-                payload.to_string(),
-            )
-            .is_ok()
-        {
-            self.fifo.push_back(Tag::Other);
+        if self.publish(
+            self.topics.state(),
+            QoS::AtLeastOnce,
+            true,
+            payload.to_string(),
+            Tag::Other,
+        ) {
             self.published_state = Some((s.last_seq, s.backlog));
         }
     }
@@ -654,18 +656,13 @@ impl Driver {
         for r in rows {
             let payload = json!({"status": r.status, "error_code": r.error_code,
                 "charger_online": r.charger_online, "at": r.at});
-            if self
-                .client
-                .try_publish(
-                    self.topics.connector(&r.cp_id, r.connector_id),
-                    QoS::AtLeastOnce,
-                    true,
-                    payload.to_string(),
-                )
-                .is_ok()
-            {
-                self.fifo.push_back(Tag::Other);
-            }
+            if self.publish(
+                self.topics.connector(&r.cp_id, r.connector_id),
+                QoS::AtLeastOnce,
+                true,
+                payload.to_string(),
+                Tag::Other,
+            ) {}
         }
     }
 
@@ -692,15 +689,16 @@ impl Driver {
             self.live.clear();
             return;
         }
-        for (session, snapshot) in self.live.drain() {
+        for (session, snapshot) in std::mem::take(&mut self.live) {
+            // QoS 0 and never buffered: a snapshot that finds the channel full is dropped
             let topic = self.topics.live(&session);
-            if self
-                .client
-                .try_publish(topic, QoS::AtMostOnce, false, snapshot.to_string())
-                .is_ok()
-            {
-                self.fifo.push_back(Tag::Other);
-            }
+            self.publish(
+                topic,
+                QoS::AtMostOnce,
+                false,
+                snapshot.to_string(),
+                Tag::Other,
+            );
         }
     }
 }
