@@ -341,6 +341,26 @@ fn cpu_now(pid: u32) -> Cpu {
 /// "cpu: agent 120% (store thread 41%), load generator 60%, other processes 3%, hypervisor
 /// steal 0% of one core; 2 cores" between two samples: the last two show a noisy box.
 fn cpu_line(a: Cpu, b: Cpu) -> String {
+    cpu_line_per(a, b, 0)
+}
+
+/// [`cpu_line`] plus CPU time per acknowledged MeterValues when `acked` > 0: a figure that
+/// stays comparable when the box is noisy (time stolen by the hypervisor is not counted).
+fn cpu_line_per(a: Cpu, b: Cpu, acked: u64) -> String {
+    let mut line = cpu_line_total(a, b);
+    if acked > 0 {
+        let us = |x: u64, y: u64| y.saturating_sub(x) as f64 / clk_tck() * 1e6 / acked as f64;
+        line.push_str(&format!(
+            "; per acknowledged MeterValues: agent {:.0} us (store thread {:.0} us), load generator {:.0} us",
+            us(a.agent, b.agent),
+            us(a.store, b.store),
+            us(a.loadgen, b.loadgen)
+        ));
+    }
+    line
+}
+
+fn cpu_line_total(a: Cpu, b: Cpu) -> String {
     let secs = match (a.at, b.at) {
         (Some(x), Some(y)) => (y - x).as_secs_f64(),
         _ => return String::new(),
@@ -508,7 +528,7 @@ impl Charger {
                 Some(Ok(_)) => continue,
             };
             let v: Value = serde_json::from_str(t.as_str()).map_err(|e| e.to_string())?;
-            if v[0] == 3 && v[1] == Value::from(id.as_str()) {
+            if v[0] == 3 && v[1] == id.as_str() {
                 return Ok(v[2].clone());
             }
             return Err(format!("{}: {action}: answer {t}", self.cp_id));
@@ -676,7 +696,7 @@ async fn saturation(chargers: Vec<Charger>, pid: u32) -> (Vec<Charger>, Saturati
             window: t1 - t0,
             errors,
             first_error,
-            cpu: cpu_line(cpu0, cpu1),
+            cpu: cpu_line_per(cpu0, cpu1, c1 - c0),
         },
     )
 }
@@ -717,9 +737,14 @@ async fn paced(chargers: Vec<Charger>, pid: u32) -> (Vec<Charger>, Paced) {
             let mut due = base + phase;
             while due < end {
                 // A fixed schedule: a charger that fell behind sends at once (it still has
-                // only one CALL outstanding), so the offered rate stays the schedule's.
+                // only one CALL outstanding), so the offered rate stays the schedule's as
+                // long as the agent keeps up. The phase ends at `end` by the wall clock,
+                // whatever is still due.
                 tokio::time::sleep_until(due).await;
                 let sent = tokio::time::Instant::now();
+                if sent >= end {
+                    break;
+                }
                 match c.meter_values().await {
                     Answer::Result => {
                         let answered = tokio::time::Instant::now();
@@ -781,7 +806,7 @@ async fn paced(chargers: Vec<Charger>, pid: u32) -> (Vec<Charger>, Paced) {
             from_schedule,
             errors,
             first_error,
-            cpu: cpu_line(cpu0, cpu1),
+            cpu: cpu_line_per(cpu0, cpu1, answered_in_window as u64),
         },
     )
 }
@@ -885,11 +910,14 @@ async fn run(bin: PathBuf) -> i32 {
     let achieved = pc.answered_in_window as f64 / window;
     let p50 = percentile_ms(&pc.latencies, 50.0);
     let p99 = percentile_ms(&pc.latencies, 99.0);
+    let due = CHARGERS as f64 * window / PACED_PERIOD.as_secs_f64();
+    println!("paced diagnostics: {}", pc.cpu);
     println!(
-        "paced diagnostics: {}; p99.9 {:.2} ms, max {:.2} ms; from schedule p50 {:.2} ms, p99 {:.2} ms",
-        pc.cpu,
+        "paced latency: p99.9 {:.2} ms, max {:.2} ms; {} of {due:.0} CALLs due in the window were sent in it; \
+         due-time->CALLRESULT (includes waiting behind a late answer) p50 {:.2} ms, p99 {:.2} ms",
         percentile_ms(&pc.latencies, 99.9),
         percentile_ms(&pc.latencies, 100.0),
+        pc.from_schedule.len(),
         percentile_ms(&pc.from_schedule, 50.0),
         percentile_ms(&pc.from_schedule, 99.0),
     );

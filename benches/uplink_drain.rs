@@ -21,6 +21,9 @@ use serde_json::{json, Value};
 
 const EVENTS: i64 = 1_000_000;
 
+/// What the BPP has: distinct seqs, deliveries, live snapshot delays (ms).
+type Seen = (HashSet<i64>, u64, Vec<f64>);
+
 fn main() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mosquitto = ["mosquitto", "/usr/sbin/mosquitto"].into_iter().find(|m| {
@@ -105,7 +108,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         // 3. the BPP subscriber, connected before the agent
-        let seen: Arc<Mutex<(HashSet<i64>, u64, Vec<f64>)>> = Arc::default();
+        let seen: Arc<Mutex<Seen>> = Arc::default();
         let mut o = MqttOptions::new("bench-bpp", "127.0.0.1", port);
         o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_keep_alive(Duration::from_secs(30));

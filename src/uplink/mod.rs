@@ -294,13 +294,16 @@ impl Driver {
         }
         let payload = json!({"online": false, "version": env!("CARGO_PKG_VERSION"),
             "started_at": self.started_at, "stopped_at": fmt_ts(now())});
-        if self.publish(
-            self.topics.state(),
+        let topic = self.topics.state();
+        if !self.publish(
+            topic,
             QoS::AtLeastOnce,
             true,
             payload.to_string(),
             Tag::Farewell,
-        ) {}
+        ) {
+            tracing::warn!("could not queue the offline state; the Will covers it");
+        }
         // Wait (bounded) for that PUBACK, then disconnect cleanly.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, link_rx.recv()).await {
@@ -614,13 +617,9 @@ impl Driver {
         if !self.connected {
             return; // stored; published after the next ConnAck
         }
-        if self.publish(
-            self.topics.result(),
-            QoS::AtLeastOnce,
-            false,
-            result,
-            Tag::Result { key },
-        ) {}
+        // Stored already: if rumqttc's channel is full it goes out after the next ConnAck.
+        let topic = self.topics.result();
+        self.publish(topic, QoS::AtLeastOnce, false, result, Tag::Result { key });
     }
 
     async fn publish_state(&mut self, force: bool) {
@@ -635,8 +634,9 @@ impl Driver {
         }
         let payload = json!({"online": true, "version": env!("CARGO_PKG_VERSION"),
             "started_at": self.started_at, "last_seq": s.last_seq, "backlog": s.backlog});
+        let topic = self.topics.state();
         if self.publish(
-            self.topics.state(),
+            topic,
             QoS::AtLeastOnce,
             true,
             payload.to_string(),
@@ -656,13 +656,15 @@ impl Driver {
         for r in rows {
             let payload = json!({"status": r.status, "error_code": r.error_code,
                 "charger_online": r.charger_online, "at": r.at});
-            if self.publish(
-                self.topics.connector(&r.cp_id, r.connector_id),
+            // A snapshot: the next change or reconnect republishes it if this one is dropped.
+            let topic = self.topics.connector(&r.cp_id, r.connector_id);
+            self.publish(
+                topic,
                 QoS::AtLeastOnce,
                 true,
                 payload.to_string(),
                 Tag::Other,
-            ) {}
+            );
         }
     }
 
