@@ -344,8 +344,8 @@ fn cpu_line(a: Cpu, b: Cpu) -> String {
     cpu_line_per(a, b, 0)
 }
 
-/// [`cpu_line`] plus CPU time per acknowledged MeterValues when `acked` > 0: a figure that
-/// stays comparable when the box is noisy (time stolen by the hypervisor is not counted).
+/// [`cpu_line`] plus CPU time per acknowledged MeterValues when `acked` > 0: less sensitive
+/// to a busy box than the rates are, though heavy hypervisor steal still inflates it.
 fn cpu_line_per(a: Cpu, b: Cpu, acked: u64) -> String {
     let mut line = cpu_line_total(a, b);
     if acked > 0 {
