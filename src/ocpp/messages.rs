@@ -317,7 +317,8 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
 
 /// Deserializes into an `ocpp_rs` type, then checks the schema's bounds.
 fn typed<T: DeserializeOwned>(action: &str, payload: &Value) -> Result<T, DecodeError> {
-    let value = serde_json::from_value::<T>(payload.clone()).map_err(|e| classify(&e))?;
+    // Deserialize from the borrowed tree: no clone of the payload per frame.
+    let value = T::deserialize(payload).map_err(|e| classify(&e))?;
     validate_gen::validate_action_payload(action, payload).map_err(|v| {
         use ocpp_rs::validate::ConstraintKind as K;
         let code = match v.kind {
