@@ -240,21 +240,118 @@ fn commit_batch(
     batch: &mut [Job],
     results: &mut Vec<Result<Reply, StoreError>>,
 ) -> Result<(), rusqlite::Error> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in batch.iter_mut() {
         let op = std::mem::replace(&mut job.op, Op::Noop);
-        let mut sp = tx.savepoint()?;
+        // Each op in its own savepoint, through cached statements: rusqlite's `savepoint()`
+        // parses its SQL afresh every time, which cost ~8 % of the agent's CPU at load.
+        tx.prepare_cached("SAVEPOINT op")?.execute([])?;
         // A bug in one op must not take the store thread (and every charger) down with it:
         // the op fails, its savepoint is rolled back, the others commit.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ops::apply(&sp, ctx, op)))
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ops::apply(&tx, ctx, op)))
             .unwrap_or_else(|_| Err(StoreError::Unexpected("store op panicked".into())));
-        if r.is_ok() {
-            sp.commit()?;
-        } else {
-            sp.rollback()?;
-            sp.commit()?;
+        if r.is_err() {
+            tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
         }
+        tx.prepare_cached("RELEASE op")?.execute([])?;
         results.push(r);
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ocpp::messages::{self, Request};
+
+    /// A MeterValues op from charger `cp_id` with one reading per register value.
+    fn meter_op(cp_id: &str, registers: &[i64]) -> Op {
+        let meter_value: Vec<serde_json::Value> = registers
+            .iter()
+            .enumerate()
+            .map(|(i, wh)| {
+                serde_json::json!({
+                    "timestamp": format!("2026-11-22T10:00:0{i}Z"),
+                    "sampledValue": [{"value": wh.to_string()}],
+                })
+            })
+            .collect();
+        let payload = serde_json::json!({"connectorId": 1, "meterValue": meter_value});
+        let Ok(Request::MeterValues { samples, .. }) = messages::decode("MeterValues", &payload)
+        else {
+            panic!("test payload does not decode");
+        };
+        Op::MeterValues(MeterIn {
+            cp_id: cp_id.into(),
+            connector_id: 1,
+            transaction_id: None,
+            samples,
+            received: crate::time::now(),
+        })
+    }
+
+    fn rows(conn: &Connection, cp_id: &str) -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM meter_values WHERE cp_id = ?1",
+            [cp_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_failing_op_is_rolled_back_alone_and_the_rest_of_its_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("cs.db")).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        // The second reading of charger BAD fails after its first was written.
+        conn.execute_batch(
+            "CREATE TRIGGER fail_bad BEFORE INSERT ON meter_values
+             WHEN NEW.cp_id = 'BAD' AND NEW.energy_wh = 2
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+        let ctx = ops::Ctx {
+            site_id: "site".into(),
+            instance: "test".into(),
+            max_charger_power_w: 350_000,
+            clock_tolerance_secs: 300,
+            lockout: crate::auth::Lockout::default(),
+        };
+        let mut batch = Vec::new();
+        let mut answers = Vec::new();
+        for op in [
+            meter_op("GOOD-1", &[10]),
+            meter_op("BAD", &[1, 2]),
+            meter_op("GOOD-2", &[20, 21]),
+        ] {
+            let (reply, rx) = oneshot::channel();
+            batch.push(Job { op, reply });
+            answers.push(rx);
+        }
+        let mut results = Vec::new();
+        commit_batch(&mut conn, &ctx, &mut batch, &mut results).unwrap();
+
+        assert!(results[0].is_ok());
+        assert!(results[1].is_err(), "{:?}", results[1]);
+        assert!(results[2].is_ok());
+        assert_eq!(rows(&conn, "GOOD-1"), 1);
+        assert_eq!(
+            rows(&conn, "BAD"),
+            0,
+            "the failed op's first row was rolled back"
+        );
+        assert_eq!(rows(&conn, "GOOD-2"), 2);
+        // and the batch after it still works: the savepoint statements are reusable
+        let mut next = Vec::new();
+        let (reply, _rx) = oneshot::channel();
+        next.push(Job {
+            op: meter_op("GOOD-3", &[30]),
+            reply,
+        });
+        let mut results = Vec::new();
+        commit_batch(&mut conn, &ctx, &mut next, &mut results).unwrap();
+        assert!(results[0].is_ok());
+        assert_eq!(rows(&conn, "GOOD-3"), 1);
+    }
 }
