@@ -430,7 +430,8 @@ fn samples(
         out.push(meter::sample_from(
             mv,
             ts,
-            raw_mv.cloned().unwrap_or(Value::Null),
+            // Serialized straight from the borrowed tree: no clone of the element.
+            raw_mv.map_or_else(|| "null".to_owned(), Value::to_string),
         ));
     }
     Ok(out)

@@ -33,8 +33,11 @@ pub struct Sample {
     pub soc_pct: Option<f64>,
     /// `context` of the first sampled value, e.g. `Sample.Periodic`.
     pub context: Option<String>,
-    /// The element as received, kept for audit.
-    pub raw: Value,
+    /// The element as received (re-serialized compactly), kept for audit.
+    pub raw: String,
+    /// [`Sample::to_event_json`], serialized where the frame is decoded: the store thread,
+    /// which every charger shares, only splices it into the `session.meter` event.
+    pub event: String,
 }
 
 impl Sample {
@@ -93,7 +96,7 @@ impl Acc {
 }
 
 /// Builds a [`Sample`] from one `meterValue` element.
-pub fn sample_from(mv: &MeterValue, at: ChargerTime, raw: Value) -> Sample {
+pub fn sample_from(mv: &MeterValue, at: ChargerTime, raw: String) -> Sample {
     let (mut energy, mut power, mut current, mut voltage, mut soc) = (
         Acc::default(),
         Acc::default(),
@@ -126,7 +129,7 @@ pub fn sample_from(mv: &MeterValue, at: ChargerTime, raw: Value) -> Sample {
             _ => {}
         }
     }
-    Sample {
+    let mut sample = Sample {
         at,
         energy_wh: energy.sum().map(|v| v.round() as i64),
         power_w: power.sum().map(|v| v.round() as i64),
@@ -139,7 +142,10 @@ pub fn sample_from(mv: &MeterValue, at: ChargerTime, raw: Value) -> Sample {
             .and_then(|s| s.context.as_ref())
             .map(|c| c.as_ref().to_string()),
         raw,
-    }
+        event: String::new(),
+    };
+    sample.event = sample.to_event_json().to_string();
+    sample
 }
 
 /// A session's energy register as the agent tracks it.
@@ -307,7 +313,8 @@ mod tests {
             voltage_v: None,
             soc_pct: None,
             context: None,
-            raw: Value::Null,
+            raw: "null".into(),
+            event: String::new(),
         };
         let v = s.to_event_json();
         assert_eq!(v["energy_wh"], 12);

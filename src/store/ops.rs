@@ -399,9 +399,19 @@ pub(super) fn insert_event(
     at: DateTime<Utc>,
     body: Value,
 ) -> Result<(), StoreError> {
+    insert_event_text(c, kind, at, &body.to_string())
+}
+
+/// [`insert_event`] with the body already serialized.
+fn insert_event_text(
+    c: &Connection,
+    kind: &str,
+    at: DateTime<Utc>,
+    body: &str,
+) -> Result<(), StoreError> {
     let billable = kind.starts_with("session.");
     c.prepare_cached("INSERT INTO events (type, at, body, billable) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![kind, fmt_ts(at), body.to_string(), billable])?;
+        .execute(params![kind, fmt_ts(at), body, billable])?;
     Ok(())
 }
 
@@ -1005,12 +1015,12 @@ struct Readings<'a> {
 
 /// Stores samples and advances the register of an active session; returns the rows'
 /// JSON for the `session.meter` event.
-fn record_samples(
+fn record_samples<'a>(
     c: &Connection,
     ctx: &Ctx,
     session: Option<&mut SessionRow>,
-    r: Readings<'_>,
-) -> Result<Vec<Value>, StoreError> {
+    r: Readings<'a>,
+) -> Result<Vec<&'a str>, StoreError> {
     let Readings {
         cp_id,
         connector_id,
@@ -1070,26 +1080,36 @@ fn record_samples(
             sample.voltage_v,
             sample.soc_pct,
             row_flags,
-            sample.raw.to_string()
+            sample.raw
         ])?;
-        out.push(sample.to_event_json());
+        out.push(sample.event.as_str());
     }
     Ok(out)
 }
 
+/// `session.meter` events for the samples (each already serialized, see
+/// [`Sample::event`]), at most [`SAMPLES_PER_EVENT`] per event.
 fn meter_events(
     c: &Connection,
     session_id: &str,
     at: DateTime<Utc>,
-    samples: Vec<Value>,
+    samples: &[&str],
 ) -> Result<(), StoreError> {
+    let id = Value::from(session_id).to_string();
     for chunk in samples.chunks(SAMPLES_PER_EVENT) {
-        insert_event(
-            c,
-            "session.meter",
-            at,
-            json!({"session_id": session_id, "samples": chunk}),
-        )?;
+        let mut body =
+            String::with_capacity(32 + id.len() + chunk.iter().map(|s| s.len() + 1).sum::<usize>());
+        body.push_str(r#"{"session_id":"#);
+        body.push_str(&id);
+        body.push_str(r#","samples":["#);
+        for (i, sample) in chunk.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(sample);
+        }
+        body.push_str("]}");
+        insert_event_text(c, "session.meter", at, &body)?;
     }
     Ok(())
 }
@@ -1167,7 +1187,7 @@ fn meter(c: &Connection, ctx: &Ctx, m: MeterIn) -> Result<Reply, StoreError> {
     if active {
         save_register(c, &s)?;
     }
-    meter_events(c, &s.session_id, m.received, samples)?;
+    meter_events(c, &s.session_id, m.received, &samples)?;
     Ok(Reply::Metered {
         session_id: Some(s.session_id),
         energy_wh: active.then_some(s.register.energy_wh),
@@ -1260,7 +1280,7 @@ fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<Reply, StoreError> {
             only_newer: true,
         },
     )?;
-    meter_events(c, &session.session_id, s.received, samples)?;
+    meter_events(c, &session.session_id, s.received, &samples)?;
     let before = session.register;
     let (reg, anomaly) = session.register.advance(
         s.meter_stop_wh,
