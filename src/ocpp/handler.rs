@@ -36,27 +36,38 @@ pub struct Context {
     pub registry: Registry,
 }
 
-/// Answers one CALL from charger `cp_id`; returns the frame to send back.
-pub async fn handle_call(
-    ctx: &Context,
+/// Decodes one CALL from charger `cp_id`; a payload that does not decode is answered
+/// with the CALLERROR frame returned as the error.
+///
+/// Synchronous on purpose: the connection drops the frame's text and JSON tree before it
+/// awaits the store in [`handle_request`], so a thousand chargers waiting on one group
+/// commit do not each hold their message twice.
+pub fn decode_call(
     cp_id: &str,
     id: &str,
     action: &str,
     payload: &Value,
+) -> Result<Request, String> {
+    messages::decode(action, payload).map_err(|e| {
+        tracing::info!(
+            cp_id,
+            action,
+            code = e.code.as_str(),
+            "rejected: {}",
+            e.description
+        );
+        frame::call_error(id, e.code, &e.description)
+    })
+}
+
+/// Answers one decoded CALL from charger `cp_id`; returns the frame to send back.
+pub async fn handle_request(
+    ctx: &Context,
+    cp_id: &str,
+    id: &str,
+    action: &str,
+    request: Request,
 ) -> String {
-    let request = match messages::decode(action, payload) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(
-                cp_id,
-                action,
-                code = e.code.as_str(),
-                "rejected: {}",
-                e.description
-            );
-            return frame::call_error(id, e.code, &e.description);
-        }
-    };
     match answer(ctx, cp_id, request).await {
         Ok(payload) => frame::call_result(id, payload),
         Err(e) => {

@@ -338,9 +338,16 @@ impl Server {
                         }
                         _ => continue, // ping (answered by tungstenite), pong
                     };
-                    let reply = match frame::parse(text.as_str()) {
+                    let parsed = frame::parse(text.as_str());
+                    drop(text);
+                    let reply = match parsed {
                         Ok(Frame::Call { id, action, payload }) => {
-                            Some(handler::handle_call(&self.ctx, &cp_id, &id, &action, &payload).await)
+                            let decoded = handler::decode_call(&cp_id, &id, &action, &payload);
+                            drop(payload); // not held while the store commits
+                            Some(match decoded {
+                                Ok(request) => handler::handle_request(&self.ctx, &cp_id, &id, &action, request).await,
+                                Err(call_error) => call_error,
+                            })
                         }
                         Ok(Frame::CallResult { id, payload }) => {
                             settle(&cp_id, &mut pending, &id, Ok(payload));
