@@ -114,13 +114,24 @@ pub fn open(path: &Path, settings: StoreSettings) -> Result<(Store, StoreThread)
     }
     let (seq_tx, seq_rx) = watch::channel(outbox::last_seq(&conn)?);
     let (tx, rx) = mpsc::channel::<Job>(settings.max_batch.max(64) * 2);
+    let spawn_error = |source| StoreError::Dir {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Checkpoints run beside the writer, not inside its commits (see `checkpointer`).
+    conn.pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
+    let ckpt_conn = connect(path)?;
+    let (ckpt_tx, ckpt_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let checkpointer = std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || checkpointer(ckpt_conn, ckpt_rx))
+        .map_err(spawn_error)?;
     let handle = std::thread::Builder::new()
         .name("store".into())
-        .spawn(move || run(conn, rx, settings, instance, seq_tx))
-        .map_err(|source| StoreError::Dir {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .spawn(move || {
+            run(conn, rx, settings, instance, seq_tx, ckpt_tx, checkpointer);
+        })
+        .map_err(spawn_error)?;
     Ok((
         Store {
             tx,
@@ -175,12 +186,38 @@ impl Store {
     }
 }
 
+/// The store connection checkpoints by itself only when the WAL passes this many pages
+/// (~40 MB): a backstop should the checkpoint thread fall behind or fail.
+const BACKSTOP_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// Least time between two checkpoints by the checkpoint thread.
+const CHECKPOINT_PACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Copies the WAL back into the database file from its own connection, on its own thread.
+///
+/// With SQLite's default auto-checkpoint, the commit that pushes the WAL past 1,000 pages
+/// also writes them all into the database file and fsyncs it, inside the store thread:
+/// every charger waiting on that commit waits for the checkpoint too. A PASSIVE checkpoint
+/// from a second connection never blocks the writer; the store thread only nudges it after
+/// a commit, and it runs at most every [`CHECKPOINT_PACE`]. It ends when the store thread
+/// drops its end of the channel.
+fn checkpointer(conn: Connection, nudges: std::sync::mpsc::Receiver<()>) {
+    while nudges.recv().is_ok() {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!("WAL checkpoint failed: {e}");
+        }
+        std::thread::sleep(CHECKPOINT_PACE);
+    }
+}
+
 fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
     settings: StoreSettings,
     instance: String,
     seq_tx: watch::Sender<i64>,
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+    checkpointer: JoinHandle<()>,
 ) {
     let ctx = ops::Ctx {
         site_id: settings.site_id.clone(),
@@ -206,6 +243,8 @@ fn run(
         }
         let committed = commit_batch(&mut conn, &ctx, &mut batch, &mut results);
         if committed.is_ok() {
+            // full means a nudge is already pending: nothing is lost by dropping this one
+            let _ = checkpoint.try_send(());
             match outbox::last_seq(&conn) {
                 Ok(seq) => {
                     seq_tx.send_if_modified(|v| std::mem::replace(v, seq) != seq);
@@ -227,6 +266,10 @@ fn run(
         if closing {
             break;
         }
+    }
+    drop(checkpoint);
+    if checkpointer.join().is_err() {
+        tracing::error!("checkpoint thread panicked");
     }
     if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
         tracing::warn!("final WAL checkpoint failed: {e}");
@@ -353,5 +396,43 @@ mod tests {
         commit_batch(&mut conn, &ctx, &mut next, &mut results).unwrap();
         assert!(results[0].is_ok());
         assert_eq!(rows(&conn, "GOOD-3"), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_wal_is_checkpointed_beside_the_writer_and_truncated_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cs.db");
+        let settings = StoreSettings {
+            site_id: "site".into(),
+            max_batch: 64,
+            max_charger_power_w: 350_000,
+            clock_tolerance_secs: 300,
+            lockout: crate::auth::Lockout::default(),
+        };
+        let (store, thread) = open(&db, settings).unwrap();
+        let size = || std::fs::metadata(&db).map_or(0, |m| m.len());
+        let wal = dir.path().join("cs.db-wal");
+        let before = size();
+        // ~100 pages of readings: far below the store connection's own auto-checkpoint
+        // (BACKSTOP_CHECKPOINT_PAGES), so only the checkpoint thread can move them.
+        for i in 0..400 {
+            store.exec(meter_op("CP-1", &[i])).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "database file still {before} bytes: nothing was checkpointed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.exec(Op::Close).await.unwrap();
+        drop(store);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+        let conn = connect(&db).unwrap();
+        assert_eq!(rows(&conn, "CP-1"), 400);
     }
 }
