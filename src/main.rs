@@ -19,6 +19,7 @@ use chargesite::config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_arena_eager_commit` in mimalloc's `mimalloc.h` (v3).
+#[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// mimalloc commits its arenas eagerly on Linux by default, and never purges memory it
@@ -26,12 +27,15 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// 1,000 chargers instead of 26 MB). Committing on demand lets freed pages go back.
 ///
 /// It must run before the first allocation, which reserves the first arena, and Rust's
-/// runtime allocates before `main`: so it is a constructor, run by the loader.
+/// runtime allocates before `main`: so it is a constructor, run by the loader (ELF's
+/// `.init_array`; the agent is built for Linux gateways).
+#[cfg(target_os = "linux")]
 extern "C" fn tune_allocator() {
     // SAFETY: mi_option_set is not thread-safe; constructors run before any thread exists.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
 }
 
+#[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array"]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
