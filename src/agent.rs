@@ -142,6 +142,7 @@ pub async fn run(
 
     let supervisor = tokio::spawn(gateway.supervise(
         store.clone(),
+        registry.clone(),
         uplink_online.clone(),
         config.uplink.is_some(),
         shutdown.clone(),
@@ -209,6 +210,21 @@ async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationT
     }
 }
 
+/// What `systemctl status chargesite` shows on its `Status:` line, e.g.
+/// `3 chargers connected, uplink online, store ok`. `uplink` is `None` without one.
+fn status_line(chargers: usize, uplink: Option<bool>, store_ok: bool) -> String {
+    format!(
+        "{chargers} charger{} connected, uplink {}, store {}",
+        if chargers == 1 { "" } else { "s" },
+        match uplink {
+            None => "not configured",
+            Some(true) => "online",
+            Some(false) => "offline (buffering)",
+        },
+        if store_ok { "ok" } else { "NOT ANSWERING" }
+    )
+}
+
 fn notify(r: std::io::Result<bool>) {
     if let Err(e) = r {
         tracing::warn!("sd_notify: {e}");
@@ -265,14 +281,17 @@ impl Gateway {
     /// Every second: probe the store with a real commit; only a store that answers earns a
     /// watchdog kick (hardware and systemd), so a wedged agent gets restarted. The
     /// indicator shows fault when the store does not answer, offline when the uplink's
-    /// interface or broker connection is down, online otherwise.
+    /// interface or broker connection is down, online otherwise. systemd hears the same as
+    /// a `STATUS=` line (see [`status_line`]) whenever it changes.
     async fn supervise(
         mut self,
         store: Store,
+        registry: Registry,
         uplink_online: Arc<AtomicBool>,
         has_uplink: bool,
         shutdown: CancellationToken,
     ) {
+        let mut last_status = String::new();
         let systemd_period = hal::systemd::watchdog_interval().map(|d| d / 2);
         let period = systemd_period
             .unwrap_or(Duration::from_secs(1))
@@ -315,6 +334,15 @@ impl Gateway {
                 if let Err(e) = i.set(state) {
                     tracing::warn!("indicator: {e}");
                 }
+            }
+            let status = status_line(
+                registry.connected().len(),
+                has_uplink.then(|| uplink_online.load(Ordering::Relaxed)),
+                ok,
+            );
+            if status != last_status {
+                notify(hal::systemd::status(&status));
+                last_status = status;
             }
         }
         if let Some(i) = self.indicator.as_mut() {

@@ -3,9 +3,68 @@
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use common::Agent;
+use common::{Agent, Charger};
+
+/// Reads sd_notify datagrams until one satisfies `want`; returns everything read.
+fn notified_until(sock: &UnixDatagram, want: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        let Ok(n) = sock.recv(&mut buf) else { continue }; // read timeout: look again
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = want(&msg);
+        seen.push(msg);
+        if done {
+            return seen;
+        }
+    }
+    panic!("no sd_notify message as wanted within 15 s; got {seen:?}");
+}
+
+#[tokio::test]
+async fn systemd_is_told_ready_the_status_with_chargers_and_store_then_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = dir.path().join("chargesite.toml");
+    std::fs::write(
+        &config,
+        common::base_config(
+            dir.path(),
+            "[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n",
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::start_with_env(
+        dir,
+        config,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let seen = notified_until(&sock, |m| m.starts_with("STATUS="));
+    assert!(seen.iter().any(|m| m == "READY=1"), "{seen:?}");
+    assert_eq!(
+        seen.last().unwrap(),
+        "STATUS=0 chargers connected, uplink not configured, store ok"
+    );
+
+    let mut charger = Charger::connect(&agent.url("CP-STATUS")).await;
+    charger.boot().await;
+    notified_until(&sock, |m| {
+        m == "STATUS=1 charger connected, uplink not configured, store ok"
+    });
+    drop(charger);
+    notified_until(&sock, |m| m.starts_with("STATUS=0 chargers connected"));
+
+    assert_eq!(agent.terminate(), Some(0));
+    notified_until(&sock, |m| m == "STOPPING=1");
+}
 
 #[test]
 fn simulated_chargers_with_faults_run_clean_sessions_against_the_agent() {

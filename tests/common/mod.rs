@@ -50,10 +50,16 @@ impl Agent {
     }
 
     pub fn start_with(dir: tempfile::TempDir, config: PathBuf) -> Agent {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// [`Agent::start_with`] with extra environment variables.
+    pub fn start_with_env(dir: tempfile::TempDir, config: PathBuf, env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chargesite"))
             .args(["run", "--config"])
             .arg(&config)
             .env("CHARGESITE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
