@@ -355,3 +355,24 @@ impl Gateway {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::status_line;
+
+    #[test]
+    fn the_status_line_names_chargers_uplink_and_store() {
+        assert_eq!(
+            status_line(1, None, true),
+            "1 charger connected, uplink not configured, store ok"
+        );
+        assert_eq!(
+            status_line(12, Some(true), true),
+            "12 chargers connected, uplink online, store ok"
+        );
+        assert_eq!(
+            status_line(0, Some(false), false),
+            "0 chargers connected, uplink offline (buffering), store NOT ANSWERING"
+        );
+    }
+}
