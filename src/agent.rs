@@ -336,7 +336,7 @@ impl Gateway {
                 }
             }
             let status = status_line(
-                registry.connected().len(),
+                registry.connected_count(),
                 has_uplink.then(|| uplink_online.load(Ordering::Relaxed)),
                 ok,
             );

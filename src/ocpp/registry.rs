@@ -127,6 +127,11 @@ impl Registry {
         self.map().contains_key(cp_id)
     }
 
+    /// How many chargers are connected now.
+    pub fn connected_count(&self) -> usize {
+        self.map().len()
+    }
+
     /// Ids of the connected chargers.
     pub fn connected(&self) -> Vec<String> {
         self.map().keys().cloned().collect()
