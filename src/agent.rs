@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::ocpp::handler::Context;
 use crate::ocpp::registry::Registry;
 use crate::ocpp::server::Server;
-use crate::store::{self, Op, Reply, Store, StoreError, StoreSettings};
+use crate::session::Limits;
+use crate::store::{self, Store, StoreError, StoreSettings};
 use crate::uplink::Notices;
 
 /// Failures that stop the agent.
@@ -75,8 +76,10 @@ pub async fn run(
         StoreSettings {
             site_id: config.site_id.clone(),
             max_batch: config.store.max_batch,
-            max_charger_power_w: config.ocpp.max_charger_power_w,
-            clock_tolerance_secs: config.ocpp.clock_tolerance_secs,
+            limits: Limits {
+                max_charger_power_w: config.ocpp.max_charger_power_w,
+                clock_tolerance_secs: config.ocpp.clock_tolerance_secs,
+            },
             lockout: config.auth.lockout,
         },
     )
@@ -171,7 +174,7 @@ pub async fn run(
     }
     // Everything acknowledged is already committed; Close commits what is queued and
     // stops the thread, which checkpoints the WAL.
-    if let Err(e) = store.exec(Op::Close).await {
+    if let Err(e) = store.close().await {
         tracing::error!("store close: {e}");
     }
     drop(store);
@@ -197,13 +200,11 @@ async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationT
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let op = Op::Prune {
-            now: crate::time::now(),
-            retain_secs,
-            quota_bytes: config.store.quota_bytes,
-        };
-        match store.exec(op).await {
-            Ok(Reply::Count(n)) if n > 0 => tracing::info!(dropped = n, "outbox pruned"),
+        let pruned = store
+            .prune(crate::time::now(), retain_secs, config.store.quota_bytes)
+            .await;
+        match pruned {
+            Ok(n) if n > 0 => tracing::info!(dropped = n, "outbox pruned"),
             Ok(_) => {}
             Err(e) => tracing::error!("pruning: {e}"),
         }
@@ -304,7 +305,7 @@ impl Gateway {
                 _ = tick.tick() => {}
             }
             let ok = matches!(
-                tokio::time::timeout(Duration::from_secs(5), store.exec(Op::Noop)).await,
+                tokio::time::timeout(Duration::from_secs(5), store.probe()).await,
                 Ok(Ok(_))
             );
             if ok != healthy.swap(ok, Ordering::Relaxed) {

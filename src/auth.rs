@@ -13,8 +13,6 @@ use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::store::AuthDecision;
-
 /// A keyed hash of an OTP.
 pub type OtpHash = [u8; 32];
 
@@ -201,6 +199,99 @@ impl Lockout {
     }
 }
 
+/// How a driver was identified (`auth.checked.method`, `session.started.auth_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A Beckn OTP typed at the charger.
+    Otp,
+    /// An RFID tag (or any tag that is not an OTP).
+    Rfid,
+    /// The agent's own tag for a `session.start`.
+    Remote,
+}
+
+impl AuthMethod {
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Otp => "otp",
+            AuthMethod::Rfid => "rfid",
+            AuthMethod::Remote => "remote",
+        }
+    }
+
+    /// Reads a stored spelling back.
+    pub fn parse(s: &str) -> Option<AuthMethod> {
+        [AuthMethod::Otp, AuthMethod::Rfid, AuthMethod::Remote]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// What was decided about a presented tag (`auth.checked.result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// It may start (or authorize) a session.
+    Accepted,
+    /// Unknown, revoked, out of scope, not yet valid.
+    Invalid,
+    /// Its validity window has passed.
+    Expired,
+    /// It has no uses left.
+    Used,
+    /// OTP entry on this charger is locked.
+    Blocked,
+}
+
+impl AuthResult {
+    /// The contract's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Accepted => "accepted",
+            AuthResult::Invalid => "invalid",
+            AuthResult::Expired => "expired",
+            AuthResult::Used => "used",
+            AuthResult::Blocked => "blocked",
+        }
+    }
+
+    /// Reads a stored spelling back.
+    pub fn parse(s: &str) -> Option<AuthResult> {
+        [
+            AuthResult::Accepted,
+            AuthResult::Invalid,
+            AuthResult::Expired,
+            AuthResult::Used,
+            AuthResult::Blocked,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// The OCPP 1.6 `AuthorizationStatus`.
+    pub fn ocpp_status(self) -> &'static str {
+        match self {
+            AuthResult::Accepted => "Accepted",
+            AuthResult::Expired => "Expired",
+            AuthResult::Blocked => "Blocked",
+            AuthResult::Invalid | AuthResult::Used => "Invalid",
+        }
+    }
+}
+
+/// How an id tag was judged, for `auth.checked` and the session record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthDecision {
+    /// How the driver was identified.
+    pub method: AuthMethod,
+    /// What was decided.
+    pub result: AuthResult,
+    /// The order it belongs to, when known.
+    pub order_id: Option<String>,
+    /// What may be stored for the tag (an OTP is never stored in clear).
+    pub tag_key: String,
+}
+
 /// The outcome of an OTP check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OtpOutcome {
@@ -227,13 +318,13 @@ pub enum OtpOutcome {
 
 impl OtpOutcome {
     /// The contract's `result`.
-    pub fn result(&self) -> &'static str {
+    pub fn result(&self) -> AuthResult {
         match self {
-            OtpOutcome::Accepted { .. } => "accepted",
-            OtpOutcome::Expired { .. } => "expired",
-            OtpOutcome::Used { .. } => "used",
-            OtpOutcome::Invalid => "invalid",
-            OtpOutcome::Blocked => "blocked",
+            OtpOutcome::Accepted { .. } => AuthResult::Accepted,
+            OtpOutcome::Expired { .. } => AuthResult::Expired,
+            OtpOutcome::Used { .. } => AuthResult::Used,
+            OtpOutcome::Invalid => AuthResult::Invalid,
+            OtpOutcome::Blocked => AuthResult::Blocked,
         }
     }
 
@@ -340,20 +431,14 @@ pub fn present(secret: &Secret, id_tag: &str) -> Presented {
 /// Judges a tag that is not a known OTP: accepted only on a free-vend site.
 pub fn check_tag(tag_key: &str, free_vend: bool) -> AuthDecision {
     AuthDecision {
-        method: "rfid",
-        result: if free_vend { "accepted" } else { "invalid" },
+        method: AuthMethod::Rfid,
+        result: if free_vend {
+            AuthResult::Accepted
+        } else {
+            AuthResult::Invalid
+        },
         order_id: None,
         tag_key: tag_key.to_string(),
-    }
-}
-
-/// The OCPP 1.6 `AuthorizationStatus` for a decision's result.
-pub fn ocpp_status(result: &str) -> &'static str {
-    match result {
-        "accepted" => "Accepted",
-        "expired" => "Expired",
-        "blocked" => "Blocked",
-        _ => "Invalid",
     }
 }
 
@@ -404,7 +489,7 @@ mod tests {
             }
         );
         assert_eq!(
-            check(&r, "482913", "CP1", None, t(10)).result(),
+            check(&r, "482913", "CP1", None, t(10)).result().as_str(),
             "accepted",
             "Authorize has no connector"
         );
@@ -414,21 +499,25 @@ mod tests {
     fn the_window_is_inclusive_at_both_ends() {
         let r = [record("o1", "482913")];
         assert_eq!(
-            check(&r, "482913", "CP1", Some(1), t(0)).result(),
+            check(&r, "482913", "CP1", Some(1), t(0)).result().as_str(),
             "accepted"
         );
         assert_eq!(
-            check(&r, "482913", "CP1", Some(1), t(60)).result(),
+            check(&r, "482913", "CP1", Some(1), t(60)).result().as_str(),
             "accepted"
         );
         let just_after = t(60) + Duration::milliseconds(1);
         assert_eq!(
-            check(&r, "482913", "CP1", Some(1), just_after).result(),
+            check(&r, "482913", "CP1", Some(1), just_after)
+                .result()
+                .as_str(),
             "expired"
         );
         let just_before = t(0) - Duration::milliseconds(1);
         assert_eq!(
-            check(&r, "482913", "CP1", Some(1), just_before).result(),
+            check(&r, "482913", "CP1", Some(1), just_before)
+                .result()
+                .as_str(),
             "invalid"
         );
     }
@@ -437,29 +526,39 @@ mod tests {
     fn scope_uses_and_revocation_are_enforced() {
         let mut r = record("o1", "482913");
         assert_eq!(
-            check(&[r.clone()], "482913", "CP2", Some(1), t(5)).result(),
+            check(&[r.clone()], "482913", "CP2", Some(1), t(5))
+                .result()
+                .as_str(),
             "invalid"
         );
         assert_eq!(
-            check(&[r.clone()], "482913", "CP1", Some(2), t(5)).result(),
+            check(&[r.clone()], "482913", "CP1", Some(2), t(5))
+                .result()
+                .as_str(),
             "invalid"
         );
         r.uses = 1;
         assert_eq!(
-            check(&[r.clone()], "482913", "CP1", Some(1), t(5)).result(),
+            check(&[r.clone()], "482913", "CP1", Some(1), t(5))
+                .result()
+                .as_str(),
             "used"
         );
         r.uses = 0;
         r.revoked = true;
         assert_eq!(
-            check(&[r.clone()], "482913", "CP1", Some(1), t(5)).result(),
+            check(&[r.clone()], "482913", "CP1", Some(1), t(5))
+                .result()
+                .as_str(),
             "invalid"
         );
         r.revoked = false;
         r.cp_id = None;
         r.connector_id = None;
         assert_eq!(
-            check(&[r], "482913", "CP9", Some(4), t(5)).result(),
+            check(&[r], "482913", "CP9", Some(4), t(5))
+                .result()
+                .as_str(),
             "accepted",
             "unscoped works anywhere"
         );
@@ -580,9 +679,14 @@ mod tests {
 
     #[test]
     fn a_tag_is_accepted_only_on_a_free_vend_site() {
-        assert_eq!(check_tag("ABC", true).result, "accepted");
-        assert_eq!(check_tag("ABC", false).result, "invalid");
-        assert_eq!(ocpp_status("invalid"), "Invalid");
-        assert_eq!(ocpp_status("blocked"), "Blocked");
+        assert_eq!(check_tag("ABC", true).result, AuthResult::Accepted);
+        assert_eq!(check_tag("ABC", false).result, AuthResult::Invalid);
+        assert_eq!(AuthResult::Invalid.ocpp_status(), "Invalid");
+        assert_eq!(AuthResult::Used.ocpp_status(), "Invalid");
+        assert_eq!(AuthResult::Blocked.ocpp_status(), "Blocked");
+        for r in ["accepted", "invalid", "expired", "used", "blocked"] {
+            assert_eq!(AuthResult::parse(r).map(AuthResult::as_str), Some(r));
+        }
+        assert_eq!(AuthResult::parse("maybe"), None);
     }
 }

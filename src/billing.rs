@@ -10,7 +10,7 @@
 use chrono::{DateTime, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Nano-minor units per minor unit.
 const NANO: i128 = 1_000_000_000;
@@ -261,9 +261,10 @@ fn overlap_ms(tariff: &Tariff, s: &Surcharge, from: DateTime<Utc>, to: DateTime<
 }
 
 /// One line of a bill.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Component {
     /// `energy`, `surcharge`, `idle` or `service`.
+    #[serde(rename = "type")]
     pub kind: &'static str,
     /// Shown to the driver.
     pub name: String,
@@ -271,8 +272,8 @@ pub struct Component {
     pub amount_minor: i64,
 }
 
-/// A bill.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A bill: the contract's `cost` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cost {
     /// ISO 4217.
     pub currency: String,
@@ -285,13 +286,7 @@ pub struct Cost {
 impl Cost {
     /// The contract's `cost` object.
     pub fn to_json(&self) -> Value {
-        json!({
-            "currency": self.currency,
-            "total_minor": self.total_minor,
-            "components": self.components.iter().map(|c| json!({
-                "type": c.kind, "name": c.name, "amount_minor": c.amount_minor
-            })).collect::<Vec<_>>(),
-        })
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 
@@ -354,15 +349,28 @@ pub struct Budget {
     pub prepaid: bool,
 }
 
-/// The contract's `settlement` object for a prepaid budget.
-pub fn settlement(budget: &Budget, cost: &Cost) -> Value {
+/// The contract's `settlement` object: what a prepaid budget becomes at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Settlement {
+    /// The budget paid in advance.
+    pub prepaid_minor: i64,
+    /// The bill.
+    pub charged_minor: i64,
+    /// Paid back to the driver (undercharge).
+    pub refund_minor: i64,
+    /// Still owed by the driver (overcharge).
+    pub topup_minor: i64,
+}
+
+/// Settles a prepaid budget against the bill.
+pub fn settlement(budget: &Budget, cost: &Cost) -> Settlement {
     let charged = cost.total_minor;
-    json!({
-        "prepaid_minor": budget.amount_minor,
-        "charged_minor": charged,
-        "refund_minor": (budget.amount_minor - charged).max(0),
-        "topup_minor": (charged - budget.amount_minor).max(0),
-    })
+    Settlement {
+        prepaid_minor: budget.amount_minor,
+        charged_minor: charged,
+        refund_minor: (budget.amount_minor - charged).max(0),
+        topup_minor: (charged - budget.amount_minor).max(0),
+    }
 }
 
 /// Whether the running cost has reached the budget (the agent then stops the charger).
@@ -374,6 +382,7 @@ pub fn budget_reached(budget: &Budget, cost: &Cost) -> bool {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use serde_json::json;
 
     fn kolkata(h: u32, m: u32) -> DateTime<Utc> {
         chrono_tz::Asia::Kolkata
@@ -499,7 +508,7 @@ mod tests {
             components: vec![],
         };
         assert_eq!(
-            settlement(&budget, &c),
+            serde_json::to_value(settlement(&budget, &c)).unwrap(),
             json!({"prepaid_minor":10000,"charged_minor":8840,"refund_minor":1160,"topup_minor":0})
         );
         let c = Cost {
@@ -507,7 +516,7 @@ mod tests {
             total_minor: 10_050,
             components: vec![],
         };
-        assert_eq!(settlement(&budget, &c)["topup_minor"], 50);
+        assert_eq!(settlement(&budget, &c).topup_minor, 50);
         assert!(budget_reached(&budget, &c));
     }
 

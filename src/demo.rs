@@ -18,8 +18,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Op, Reply};
-
 const SITE: &str = "demo-site";
 const ROOT: &str = "chargesite/v1/demo-site";
 
@@ -150,7 +148,7 @@ pub async fn run() -> Result<bool, String> {
     );
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Ok(Reply::Outbox(s)) = store.exec(Op::OutboxStatus).await {
+        if let Ok(s) = store.outbox_status().await {
             say(
                 "agent",
                 &format!(
@@ -181,9 +179,9 @@ pub async fn run() -> Result<bool, String> {
     }
 
     // every event must reach the BPP
-    let last = match store.exec(Op::OutboxStatus).await {
-        Ok(Reply::Outbox(s)) => s.last_seq,
-        _ => return Err("cannot read the outbox".into()),
+    let last = match store.outbox_status().await {
+        Ok(s) => s.last_seq,
+        Err(e) => return Err(format!("cannot read the outbox: {e}")),
     };
     let complete = bpp.wait_complete(last, Duration::from_secs(30)).await;
     let (dupes, received) = bpp.counts();

@@ -31,8 +31,11 @@ pub mod broker;
 pub mod config;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
+pub mod events;
 pub mod ocpp;
 pub mod password;
+pub mod reading;
+pub mod session;
 pub mod sim;
 pub mod store;
 pub mod time;

@@ -3,6 +3,15 @@
 
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 
+/// A timestamp as the charger sent it and as it was understood.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChargerTime {
+    /// The exact string on the wire.
+    pub raw: String,
+    /// The instant, in UTC.
+    pub at: DateTime<Utc>,
+}
+
 /// The site clock. Called at the edges only; everything below takes `now` as an input.
 pub fn now() -> DateTime<Utc> {
     DateTime::<Utc>::from(std::time::SystemTime::now())

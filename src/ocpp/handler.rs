@@ -16,7 +16,7 @@ use super::messages::{self, Request};
 use super::registry::Registry;
 use crate::auth;
 use crate::config::Config;
-use crate::store::{MeterIn, Op, Reply, StartTx, StopOutcome, StopTx, Store};
+use crate::store::{Boot, MeterIn, StartTx, StatusIn, StopOutcome, StopTx, Store};
 use crate::time::{fmt_ts, now};
 use crate::uplink::{Notice, Notices};
 
@@ -97,7 +97,7 @@ async fn answer(
             firmware,
         } => {
             ctx.store
-                .exec(Op::Booted {
+                .booted(Boot {
                     cp_id: cp,
                     vendor,
                     model,
@@ -121,7 +121,7 @@ async fn answer(
             info,
         } => {
             ctx.store
-                .exec(Op::Status {
+                .status(StatusIn {
                     cp_id: cp.clone(),
                     connector_id,
                     status,
@@ -135,19 +135,11 @@ async fn answer(
             json!({})
         }
         Request::Authorize { id_tag } => {
-            let reply = ctx
+            let decision = ctx
                 .store
-                .exec(Op::Authorize {
-                    cp_id: cp,
-                    presented: auth::present(&ctx.secret, &id_tag),
-                    free_vend,
-                    at: received,
-                })
+                .authorize(cp, auth::present(&ctx.secret, &id_tag), free_vend, received)
                 .await?;
-            let Reply::Auth(decision) = reply else {
-                return Err(unexpected(reply));
-            };
-            json!({"idTagInfo": {"status": auth::ocpp_status(decision.result)}})
+            json!({"idTagInfo": {"status": decision.result.ocpp_status()}})
         }
         Request::StartTransaction {
             connector_id,
@@ -156,9 +148,9 @@ async fn answer(
             timestamp,
             reservation_id,
         } => {
-            let reply = ctx
+            let started = ctx
                 .store
-                .exec(Op::StartTransaction(StartTx {
+                .start_transaction(StartTx {
                     cp_id: cp,
                     connector_id,
                     presented: auth::present(&ctx.secret, &id_tag),
@@ -168,18 +160,11 @@ async fn answer(
                     reservation_id,
                     uplink_online: ctx.uplink_online.load(Ordering::Relaxed),
                     received,
-                }))
+                })
                 .await?;
-            let Reply::Started {
-                transaction_id,
-                result,
-                ..
-            } = reply
-            else {
-                return Err(unexpected(reply));
-            };
             // A refused start still gets its transaction id (OCPP): the charger then ends it.
-            json!({"transactionId": transaction_id, "idTagInfo": {"status": auth::ocpp_status(result)}})
+            json!({"transactionId": started.transaction_id,
+                   "idTagInfo": {"status": started.result.ocpp_status()}})
         }
         Request::StopTransaction {
             transaction_id,
@@ -189,9 +174,9 @@ async fn answer(
             id_tag,
             transaction_data,
         } => {
-            let reply = ctx
+            let outcome = ctx
                 .store
-                .exec(Op::StopTransaction(StopTx {
+                .stop_transaction(StopTx {
                     cp_id: cp,
                     transaction_id,
                     meter_stop_wh,
@@ -199,9 +184,9 @@ async fn answer(
                     reason,
                     transaction_data,
                     received,
-                }))
+                })
                 .await?;
-            if let Reply::Stopped(StopOutcome::Ended { session_id, .. }) = reply {
+            if let StopOutcome::Ended { session_id, .. } = outcome {
                 ctx.notices.send(Notice::SessionEnded { session_id });
             }
             match id_tag {
@@ -217,51 +202,33 @@ async fn answer(
             samples,
         } => {
             let last = samples.last().map(|s| s.to_event_json());
-            let reply = ctx
+            let metered = ctx
                 .store
-                .exec(Op::MeterValues(MeterIn {
+                .record_meter(MeterIn {
                     cp_id: cp.clone(),
                     connector_id,
                     transaction_id,
                     samples,
                     received,
-                }))
+                })
                 .await?;
-            if let Reply::Metered {
-                budget_stop: Some(transaction_id),
-                ..
-            } = &reply
-            {
-                budget_stop(ctx, &cp, *transaction_id);
+            if let Some(transaction_id) = metered.budget_stop {
+                budget_stop(ctx, &cp, transaction_id);
             }
-            if let (
-                Reply::Metered {
-                    session_id: Some(session_id),
-                    energy_wh: Some(energy_wh),
-                    cost,
-                    ..
-                },
-                Some(Value::Object(mut snapshot)),
-            ) = (reply, last)
+            if let (Some(session_id), Some(energy_wh), Some(Value::Object(reading))) =
+                (metered.session_id, metered.energy_wh, last)
             {
-                if let Some((currency, total)) = cost {
-                    snapshot.insert(
-                        "cost".into(),
-                        json!({"currency": currency, "total_minor": total}),
-                    );
-                }
-                snapshot.insert("session_id".into(), Value::from(session_id.as_str()));
-                snapshot.insert("cp_id".into(), Value::from(cp));
-                snapshot.insert("connector_id".into(), Value::from(connector_id));
-                // the register reading becomes the session's delivered energy
-                snapshot.insert(
-                    "meter_wh".into(),
-                    snapshot.get("energy_wh").cloned().unwrap_or(Value::Null),
+                let snapshot = crate::events::live_snapshot(
+                    reading,
+                    &session_id,
+                    &cp,
+                    connector_id,
+                    energy_wh,
+                    metered.running.as_ref(),
                 );
-                snapshot.insert("energy_wh".into(), Value::from(energy_wh));
                 ctx.notices.send(Notice::Live {
                     session_id,
-                    snapshot: Value::Object(snapshot),
+                    snapshot,
                 });
             }
             json!({})
@@ -279,23 +246,11 @@ async fn answer(
             json!({"status": "UnknownVendorId"})
         }
         Request::FirmwareStatusNotification { status } => {
-            ctx.store
-                .exec(Op::ChargerNote {
-                    cp_id: cp,
-                    firmware_status: Some(status),
-                    diagnostics_status: None,
-                })
-                .await?;
+            ctx.store.charger_note(cp, Some(status), None).await?;
             json!({})
         }
         Request::DiagnosticsStatusNotification { status } => {
-            ctx.store
-                .exec(Op::ChargerNote {
-                    cp_id: cp,
-                    firmware_status: None,
-                    diagnostics_status: Some(status),
-                })
-                .await?;
+            ctx.store.charger_note(cp, None, Some(status)).await?;
             json!({})
         }
         Request::Acknowledge { action } => {
@@ -331,8 +286,4 @@ fn budget_stop(ctx: &Context, cp_id: &str, transaction_id: i32) {
             Err(e) => tracing::error!(cp_id = %cp, transaction_id, "budget stop failed: {e}"),
         }
     });
-}
-
-fn unexpected(reply: Reply) -> crate::store::StoreError {
-    crate::store::StoreError::Unexpected(format!("{reply:?}"))
 }

@@ -18,16 +18,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::frame::ErrorCode;
-use super::meter::{self, Sample};
-
-/// A timestamp as the charger sent it and as it was understood.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChargerTime {
-    /// The exact string on the wire.
-    pub raw: String,
-    /// The instant, in UTC.
-    pub at: DateTime<Utc>,
-}
+use super::meter;
+use crate::reading::Sample;
+use crate::time::ChargerTime;
 
 /// A request a charger may send to its central system, decoded.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{self, ErrorCode, Frame};
 use super::handler::{self, Context};
 use super::registry::{CallFailure, OutboundCall, Registry};
-use crate::store::Op;
 use crate::time::now;
 use crate::uplink::Notice;
 
@@ -288,12 +287,7 @@ impl Server {
         if let Err(e) = self
             .ctx
             .store
-            .exec(Op::ChargerConnected {
-                cp_id: cp_id.clone(),
-                ocpp_version: version.to_string(),
-                replaced: reg.replaced,
-                at: now(),
-            })
+            .charger_connected(cp_id.clone(), version.to_string(), reg.replaced, now())
             .await
         {
             tracing::error!(cp_id, "cannot record connection: {e}");
@@ -417,11 +411,7 @@ impl Server {
             if let Err(e) = self
                 .ctx
                 .store
-                .exec(Op::ChargerDisconnected {
-                    cp_id: cp_id.clone(),
-                    reason: reason.as_str().into(),
-                    at: now(),
-                })
+                .charger_disconnected(cp_id.clone(), reason.as_str().into(), now())
                 .await
             {
                 tracing::error!(cp_id, "cannot record disconnection: {e}");

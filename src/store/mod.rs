@@ -8,20 +8,28 @@
 //! `synchronous=FULL`), and only then does a charger get its CALLRESULT. One commit costs
 //! an fsync; grouping is what lets a gateway keep up with a thousand chargers.
 
-mod ops;
+mod chargers;
 mod orders;
 mod outbox;
 pub mod schema;
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use ops::{AuthDecision, MeterIn, Op, Reply, StartTx, StopOutcome, StopTx, SAMPLES_PER_EVENT};
+use crate::auth::{AuthDecision, OtpHash, Presented};
+use crate::events::Event;
+use crate::session::Limits;
+use crate::time::fmt_ts;
+
+pub use chargers::{Boot, StatusIn};
 pub use orders::NewAuthorization;
 pub use outbox::{ConnectorRow, EventRow, Intake, OutboxStatus, SessionRef};
+pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +48,19 @@ pub enum StoreError {
     /// The store thread has stopped (shutdown or a fatal error).
     #[error("store is closed")]
     Closed,
+    /// The op panicked (a bug, reported not propagated); its savepoint was rolled back.
+    #[error("store op panicked; nothing of it was stored")]
+    Panicked,
+    /// The op ran, but the COMMIT of its batch failed: nothing of it is stored.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     /// A stored JSON value could not be encoded or decoded.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
-    /// An op returned a reply its caller did not expect (a bug, reported not panicked).
-    #[error("unexpected store reply: {0}")]
-    Unexpected(String),
+    /// A stored value is not what this build wrote (a bad timestamp, an unknown state or
+    /// flag): reported, never replaced by a default.
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
     /// The database directory could not be created.
     #[error("cannot create {path}: {source}")]
     Dir {
@@ -63,20 +78,72 @@ pub struct StoreSettings {
     pub site_id: String,
     /// Most jobs grouped into one commit.
     pub max_batch: usize,
-    /// Bounds a plausible register step (see `ocpp::meter`).
-    pub max_charger_power_w: i64,
-    /// How far ahead a charger clock may run before it is flagged.
-    pub clock_tolerance_secs: i64,
+    /// The session rules' bounds (register steps, charger clocks).
+    pub limits: Limits,
     /// OTP lockout policy.
     pub lockout: crate::auth::Lockout,
 }
 
-struct Job {
-    op: Op,
-    reply: oneshot::Sender<Result<Reply, StoreError>>,
+/// What the store thread knows beyond each op.
+pub(crate) struct Ctx {
+    pub site_id: String,
+    pub instance: String,
+    pub limits: Limits,
+    pub lockout: crate::auth::Lockout,
 }
 
-/// A cloneable handle to the store thread.
+/// One op of a batch, type-erased so that every operation keeps its own result type.
+trait Pending: Send {
+    /// Runs the op inside the batch's transaction; true when it failed (its savepoint is
+    /// then rolled back). Runs at most once.
+    fn run(&mut self, c: &Connection, ctx: &Ctx) -> bool;
+    /// Answers the caller once the COMMIT's outcome is known: the op's own result after a
+    /// COMMIT, [`StoreError::CommitFailed`] otherwise.
+    fn answer(self: Box<Self>, commit: Result<(), &rusqlite::Error>);
+}
+
+/// An op and the caller waiting for its result.
+struct Call<F, T> {
+    op: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Pending for Call<F, T>
+where
+    F: FnOnce(&Connection, &Ctx) -> Result<T, StoreError> + Send,
+    T: Send,
+{
+    fn run(&mut self, c: &Connection, ctx: &Ctx) -> bool {
+        let Some(op) = self.op.take() else {
+            return true;
+        };
+        let r = op(c, ctx);
+        let failed = r.is_err();
+        self.result = Some(r);
+        failed
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), &rusqlite::Error>) {
+        let r = match (commit, self.result) {
+            (Err(e), _) => Err(StoreError::CommitFailed(e.to_string())),
+            (Ok(()), Some(r)) => r,
+            // it never ran to the end: it panicked (rolled back) or never began
+            (Ok(()), None) => Err(StoreError::Panicked),
+        };
+        // The caller may have gone away (charger disconnected); the fact is stored.
+        let _ = self.reply.send(r);
+    }
+}
+
+struct Job {
+    op: Box<dyn Pending>,
+    /// Commit this batch, then stop the thread.
+    close: bool,
+}
+
+/// A cloneable handle to the store thread: one async method per operation, each with its
+/// own result type, answered after the COMMIT that made it durable.
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Job>,
@@ -97,6 +164,440 @@ impl StoreThread {
     }
 }
 
+impl Store {
+    /// Runs `op` in the next group commit and returns its result once committed.
+    async fn call<T, F>(&self, close: bool, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Ctx) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let op = Box::new(Call {
+            op: Some(op),
+            result: None,
+            reply,
+        });
+        self.tx
+            .send(Job { op, close })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The newest committed event seq, updated after every commit: the uplink waits on it.
+    pub fn last_seq(&self) -> watch::Receiver<i64> {
+        self.last_seq.clone()
+    }
+
+    /// Commits an empty op: the watchdog's proof that the store answers.
+    ///
+    /// # Errors
+    /// A failed COMMIT or [`StoreError::Closed`] (as for every method here).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.call(false, |_, _| Ok(())).await
+    }
+
+    /// Commits what is queued, then stops the store thread.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.call(true, |_, _| Ok(())).await
+    }
+
+    /// A charger's WebSocket was accepted (`replaced`: it took over an older socket).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn charger_connected(
+        &self,
+        cp_id: String,
+        ocpp_version: String,
+        replaced: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.call(false, move |c, _| {
+            chargers::connected(c, &cp_id, &ocpp_version, replaced, at)
+        })
+        .await
+    }
+
+    /// A charger's WebSocket ended; `reason` is `charger.disconnected`'s.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn charger_disconnected(
+        &self,
+        cp_id: String,
+        reason: String,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.call(false, move |c, _| {
+            chargers::disconnected(c, &cp_id, &reason, at)
+        })
+        .await
+    }
+
+    /// BootNotification.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn booted(&self, boot: Boot) -> Result<(), StoreError> {
+        self.call(false, move |c, _| chargers::booted(c, &boot))
+            .await
+    }
+
+    /// StatusNotification.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn status(&self, status: StatusIn) -> Result<(), StoreError> {
+        self.call(false, move |c, ctx| chargers::status(c, ctx, &status))
+            .await
+    }
+
+    /// Firmware / diagnostics status notifications.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn charger_note(
+        &self,
+        cp_id: String,
+        firmware_status: Option<String>,
+        diagnostics_status: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.call(false, move |c, _| {
+            chargers::note(c, &cp_id, firmware_status, diagnostics_status)
+        })
+        .await
+    }
+
+    /// Authorize: decides on a presented tag (nothing is used up), recorded as
+    /// `auth.checked`.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn authorize(
+        &self,
+        cp_id: String,
+        presented: Presented,
+        free_vend: bool,
+        at: DateTime<Utc>,
+    ) -> Result<AuthDecision, StoreError> {
+        self.call(false, move |c, ctx| {
+            let attempt = orders::Attempt {
+                cp_id: &cp_id,
+                connector_id: None,
+                presented: &presented,
+                free_vend,
+                consume: false,
+                now: at,
+            };
+            let d = orders::decide(c, &ctx.lockout, attempt)?;
+            insert_event(c, at, &sessions::auth_event(&cp_id, None, &d))?;
+            Ok(d)
+        })
+        .await
+    }
+
+    /// `authorization.upsert`: `Ok(Err(other order))` when the OTP clashes with a live one.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn upsert_authorization(
+        &self,
+        new: NewAuthorization,
+        at: DateTime<Utc>,
+    ) -> Result<Result<(), String>, StoreError> {
+        self.call(false, move |c, _| orders::upsert(c, &new, at))
+            .await
+    }
+
+    /// `authorization.revoke`: how many authorizations it revoked.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn revoke_authorization(&self, order_id: String) -> Result<usize, StoreError> {
+        self.call(false, move |c, _| orders::revoke(c, &order_id))
+            .await
+    }
+
+    /// `session.start`: validates the OTP, spends a use, registers the agent's `tag`.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn remote_start(
+        &self,
+        order_id: String,
+        otp_hash: OtpHash,
+        cp_id: String,
+        connector_id: u32,
+        tag: String,
+        at: DateTime<Utc>,
+    ) -> Result<AuthDecision, StoreError> {
+        self.call(false, move |c, ctx| {
+            let request = orders::RemoteRequest {
+                order_id: &order_id,
+                otp_hash: &otp_hash,
+                cp_id: &cp_id,
+                connector_id,
+                tag: &tag,
+                now: at,
+            };
+            let d = orders::remote_start(c, &ctx.lockout, request)?;
+            insert_event(c, at, &sessions::auth_event(&cp_id, Some(connector_id), &d))?;
+            Ok(d)
+        })
+        .await
+    }
+
+    /// The charger did not accept a remote start: the use is given back.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn remote_start_failed(&self, tag: String) -> Result<(), StoreError> {
+        self.call(false, move |c, _| orders::remote_start_failed(c, &tag))
+            .await
+    }
+
+    /// StartTransaction.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn start_transaction(&self, s: StartTx) -> Result<Started, StoreError> {
+        self.call(false, move |c, ctx| sessions::start(c, ctx, s))
+            .await
+    }
+
+    /// MeterValues.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn record_meter(&self, m: MeterIn) -> Result<MeterOutcome, StoreError> {
+        self.call(false, move |c, ctx| sessions::meter(c, ctx, m))
+            .await
+    }
+
+    /// StopTransaction.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn stop_transaction(&self, s: StopTx) -> Result<StopOutcome, StoreError> {
+        self.call(false, move |c, ctx| sessions::stop(c, ctx, s))
+            .await
+    }
+
+    /// Events after `after`, in seq order (only unsent ones when `unsent_only`).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn fetch_events(
+        &self,
+        after: i64,
+        limit: usize,
+        unsent_only: bool,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        self.call(false, move |c, _| {
+            outbox::fetch(c, after, limit, unsent_only)
+        })
+        .await
+    }
+
+    /// Batches got their PUBACKs: inclusive seq ranges, merged into few updates.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn mark_sent(
+        &self,
+        ranges: Vec<(i64, i64)>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.call(false, move |c, _| {
+            for (first, last) in outbox::merge_ranges(ranges) {
+                outbox::mark_sent(c, first, last, at)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The BPP acked everything up to `seq`: how many events that released.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn ack(&self, seq: i64) -> Result<usize, StoreError> {
+        self.call(false, move |c, _| outbox::ack(c, seq)).await
+    }
+
+    /// Oldest unsent, last seq, backlog.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn outbox_status(&self) -> Result<OutboxStatus, StoreError> {
+        self.call(false, |c, _| outbox::status(c)).await
+    }
+
+    /// Retention and the storage quota: how many rows it dropped.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn prune(
+        &self,
+        now: DateTime<Utc>,
+        retain_secs: i64,
+        quota_bytes: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        self.call(false, move |c, _| {
+            outbox::prune(c, now, retain_secs, quota_bytes)
+        })
+        .await
+    }
+
+    /// A command from the BPP, stored before it is acknowledged (secrets already replaced
+    /// by their keyed hash in `body`).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn command_received(
+        &self,
+        id: Option<String>,
+        kind: Option<String>,
+        body: String,
+        at: DateTime<Utc>,
+    ) -> Result<Intake, StoreError> {
+        self.call(false, move |c, _| {
+            outbox::command_received(c, id.as_deref(), kind.as_deref(), &body, at)
+        })
+        .await
+    }
+
+    /// A command's result, stored before it is published.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn command_done(
+        &self,
+        key: String,
+        result: String,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.call(false, move |c, _| {
+            outbox::command_done(c, &key, &result, at)
+        })
+        .await
+    }
+
+    /// A result got its PUBACK.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn result_published(&self, key: String, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.call(false, move |c, _| outbox::result_published(c, &key, at))
+            .await
+    }
+
+    /// Results stored but not yet PUBACKed: (key, result JSON).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn unpublished_results(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(false, |c, _| outbox::unpublished_results(c))
+            .await
+    }
+
+    /// Connector states, of one charger or all.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn connectors(&self, cp_id: Option<String>) -> Result<Vec<ConnectorRow>, StoreError> {
+        self.call(false, move |c, _| outbox::connectors(c, cp_id.as_deref()))
+            .await
+    }
+
+    /// The session a command names, by session id, else by order id.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn find_session(
+        &self,
+        session_id: Option<String>,
+        order_id: Option<String>,
+    ) -> Result<Option<SessionRef>, StoreError> {
+        self.call(false, move |c, _| {
+            outbox::find_session(c, session_id.as_deref(), order_id.as_deref())
+        })
+        .await
+    }
+}
+
+/// Writes one outbox event in the op's transaction: the fact and the event that describes
+/// it commit together or not at all.
+pub(crate) fn insert_event(c: &Connection, at: DateTime<Utc>, e: &Event) -> Result<(), StoreError> {
+    insert_event_text(c, e.kind(), at, &e.body())
+}
+
+/// [`insert_event`] with the body already serialized.
+pub(crate) fn insert_event_text(
+    c: &Connection,
+    kind: &str,
+    at: DateTime<Utc>,
+    body: &str,
+) -> Result<(), StoreError> {
+    let billable = crate::events::is_billable(kind);
+    c.prepare_cached("INSERT INTO events (type, at, body, billable) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![kind, fmt_ts(at), body, billable])?;
+    Ok(())
+}
+
+/// Milliseconds since the epoch, as timestamps are stored.
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A stored millisecond timestamp back; `what` names it in the error.
+///
+/// # Errors
+/// [`StoreError::Corrupt`] when it is no representable instant.
+pub(crate) fn from_ms(v: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(v)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt(format!("{what}: {v} is no timestamp")))
+}
+
+/// The id of this database's life, part of every session id so that ids stay unique
+/// upstream even if a gateway's database is ever recreated.
+fn instance_id(conn: &Connection) -> Result<String, StoreError> {
+    if let Some(v) = conn
+        .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+    {
+        return Ok(v);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 40);
+    let id = radix36(mixed % 36u64.pow(6));
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('instance', ?1)",
+        params![id],
+    )?;
+    Ok(id)
+}
+
+fn radix36(mut v: u64) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = vec![b'0'; 6];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v % 36) as usize];
+        v /= 36;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Opens (creating if needed) the database and starts the store thread.
 ///
 /// # Errors
@@ -104,7 +605,7 @@ impl StoreThread {
 pub fn open(path: &Path, settings: StoreSettings) -> Result<(Store, StoreThread), StoreError> {
     let mut conn = connect(path)?;
     schema::migrate(&mut conn)?;
-    let instance = ops::instance_id(&conn)?;
+    let instance = instance_id(&conn)?;
     let interrupted = outbox::close_interrupted_commands(&conn, crate::time::now())?;
     if interrupted > 0 {
         tracing::warn!(
@@ -166,26 +667,6 @@ pub fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-impl Store {
-    /// Runs one op in the next group commit and returns its result once committed.
-    ///
-    /// # Errors
-    /// The op's own error, a failed COMMIT, or [`StoreError::Closed`].
-    pub async fn exec(&self, op: Op) -> Result<Reply, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// The newest committed event seq, updated after every commit: the uplink waits on it.
-    pub fn last_seq(&self) -> watch::Receiver<i64> {
-        self.last_seq.clone()
-    }
-}
-
 /// The store connection checkpoints by itself only when the WAL passes this many pages
 /// (~40 MB): a backstop should the checkpoint thread fall behind or fail.
 const BACKSTOP_CHECKPOINT_PAGES: i64 = 10_000;
@@ -219,29 +700,27 @@ fn run(
     checkpoint: std::sync::mpsc::SyncSender<()>,
     checkpointer: JoinHandle<()>,
 ) {
-    let ctx = ops::Ctx {
+    let ctx = Ctx {
         site_id: settings.site_id.clone(),
         instance,
-        max_charger_power_w: settings.max_charger_power_w,
-        clock_tolerance_secs: settings.clock_tolerance_secs,
+        limits: settings.limits,
         lockout: settings.lockout,
     };
     let mut batch: Vec<Job> = Vec::with_capacity(settings.max_batch);
-    let mut results: Vec<Result<Reply, StoreError>> = Vec::with_capacity(settings.max_batch);
     let mut closing = false;
     while let Some(first) = rx.blocking_recv() {
-        closing |= matches!(first.op, Op::Close);
+        closing |= first.close;
         batch.push(first);
         while batch.len() < settings.max_batch && !closing {
             match rx.try_recv() {
                 Ok(job) => {
-                    closing |= matches!(job.op, Op::Close);
+                    closing |= job.close;
                     batch.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let committed = commit_batch(&mut conn, &ctx, &mut batch, &mut results);
+        let committed = commit_batch(&mut conn, &ctx, &mut batch);
         if committed.is_ok() {
             // full means a nudge is already pending: nothing is lost by dropping this one
             let _ = checkpoint.try_send(());
@@ -252,16 +731,11 @@ fn run(
                 Err(e) => tracing::warn!("reading the last seq: {e}"),
             }
         }
-        for (job, result) in batch.drain(..).zip(results.drain(..)) {
-            let result = match (&committed, result) {
-                (Ok(()), r) => r,
-                (Err(e), _) => Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
-                    Some(format!("commit failed: {e}")),
-                ))),
-            };
-            // The caller may have gone away (charger disconnected); the fact is stored.
-            let _ = job.reply.send(result);
+        if let Err(e) = &committed {
+            tracing::error!("store commit failed: {e}");
+        }
+        for job in batch.drain(..) {
+            job.op.answer(committed.as_ref().map(|_| ()));
         }
         if closing {
             break;
@@ -277,27 +751,30 @@ fn run(
     tracing::info!("store closed");
 }
 
+/// Runs a batch in one transaction, each op in its own savepoint; the caller answers the
+/// jobs once it knows the COMMIT's outcome (an op that did not run is answered with that).
 fn commit_batch(
     conn: &mut Connection,
-    ctx: &ops::Ctx,
+    ctx: &Ctx,
     batch: &mut [Job],
-    results: &mut Vec<Result<Reply, StoreError>>,
 ) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in batch.iter_mut() {
-        let op = std::mem::replace(&mut job.op, Op::Noop);
         // Each op in its own savepoint, through cached statements: rusqlite's `savepoint()`
         // parses its SQL afresh every time, which cost ~8 % of the agent's CPU at load.
         tx.prepare_cached("SAVEPOINT op")?.execute([])?;
         // A bug in one op must not take the store thread (and every charger) down with it:
         // the op fails, its savepoint is rolled back, the others commit.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ops::apply(&tx, ctx, op)))
-            .unwrap_or_else(|_| Err(StoreError::Unexpected("store op panicked".into())));
-        if r.is_err() {
+        let failed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.op.run(&tx, ctx)))
+                .unwrap_or_else(|_| {
+                    tracing::error!("a store op panicked; its savepoint is rolled back");
+                    true
+                });
+        if failed {
             tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
         }
         tx.prepare_cached("RELEASE op")?.execute([])?;
-        results.push(r);
     }
     tx.commit()
 }
@@ -307,8 +784,8 @@ mod tests {
     use super::*;
     use crate::ocpp::messages::{self, Request};
 
-    /// A MeterValues op from charger `cp_id` with one reading per register value.
-    fn meter_op(cp_id: &str, registers: &[i64]) -> Op {
+    /// A MeterValues from charger `cp_id` with one reading per register value.
+    fn meter_in(cp_id: &str, registers: &[i64]) -> MeterIn {
         let meter_value: Vec<serde_json::Value> = registers
             .iter()
             .enumerate()
@@ -324,13 +801,36 @@ mod tests {
         else {
             panic!("test payload does not decode");
         };
-        Op::MeterValues(MeterIn {
+        MeterIn {
             cp_id: cp_id.into(),
             connector_id: 1,
             transaction_id: None,
             samples,
             received: crate::time::now(),
-        })
+        }
+    }
+
+    /// A job recording `m`, and where its answer arrives.
+    fn meter_job(m: MeterIn) -> (Job, oneshot::Receiver<Result<MeterOutcome, StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        let op = Box::new(Call {
+            op: Some(move |c: &Connection, ctx: &Ctx| sessions::meter(c, ctx, m)),
+            result: None,
+            reply,
+        });
+        (Job { op, close: false }, rx)
+    }
+
+    fn settings() -> StoreSettings {
+        StoreSettings {
+            site_id: "site".into(),
+            max_batch: 64,
+            limits: Limits {
+                max_charger_power_w: 350_000,
+                clock_tolerance_secs: 300,
+            },
+            lockout: crate::auth::Lockout::default(),
+        }
     }
 
     fn rows(conn: &Connection, cp_id: &str) -> i64 {
@@ -354,26 +854,32 @@ mod tests {
              BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
         )
         .unwrap();
-        let ctx = ops::Ctx {
+        let ctx = Ctx {
             site_id: "site".into(),
             instance: "test".into(),
-            max_charger_power_w: 350_000,
-            clock_tolerance_secs: 300,
+            limits: settings().limits,
             lockout: crate::auth::Lockout::default(),
         };
         let mut batch = Vec::new();
         let mut answers = Vec::new();
-        for op in [
-            meter_op("GOOD-1", &[10]),
-            meter_op("BAD", &[1, 2]),
-            meter_op("GOOD-2", &[20, 21]),
+        for m in [
+            meter_in("GOOD-1", &[10]),
+            meter_in("BAD", &[1, 2]),
+            meter_in("GOOD-2", &[20, 21]),
         ] {
-            let (reply, rx) = oneshot::channel();
-            batch.push(Job { op, reply });
+            let (job, rx) = meter_job(m);
+            batch.push(job);
             answers.push(rx);
         }
-        let mut results = Vec::new();
-        commit_batch(&mut conn, &ctx, &mut batch, &mut results).unwrap();
+        let committed = commit_batch(&mut conn, &ctx, &mut batch);
+        assert!(committed.is_ok());
+        for job in batch.drain(..) {
+            job.op.answer(committed.as_ref().map(|_| ()));
+        }
+        let results: Vec<_> = answers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap())
+            .collect();
 
         assert!(results[0].is_ok());
         assert!(results[1].is_err(), "{:?}", results[1]);
@@ -386,37 +892,62 @@ mod tests {
         );
         assert_eq!(rows(&conn, "GOOD-2"), 2);
         // and the batch after it still works: the savepoint statements are reusable
-        let mut next = Vec::new();
-        let (reply, _rx) = oneshot::channel();
-        next.push(Job {
-            op: meter_op("GOOD-3", &[30]),
+        let (job, mut rx) = meter_job(meter_in("GOOD-3", &[30]));
+        let mut next = vec![job];
+        commit_batch(&mut conn, &ctx, &mut next).unwrap();
+        for job in next.drain(..) {
+            job.op.answer(Ok(()));
+        }
+        assert!(rx.try_recv().unwrap().is_ok());
+        assert_eq!(rows(&conn, "GOOD-3"), 1);
+    }
+
+    #[test]
+    fn a_panicking_op_is_answered_as_such_and_its_batch_still_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("cs.db")).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        let ctx = Ctx {
+            site_id: "site".into(),
+            instance: "test".into(),
+            limits: settings().limits,
+            lockout: crate::auth::Lockout::default(),
+        };
+        let (reply, mut panicked) = oneshot::channel::<Result<(), StoreError>>();
+        let bomb = Box::new(Call {
+            op: Some(|_: &Connection, _: &Ctx| -> Result<(), StoreError> { panic!("a bug") }),
+            result: None,
             reply,
         });
-        let mut results = Vec::new();
-        commit_batch(&mut conn, &ctx, &mut next, &mut results).unwrap();
-        assert!(results[0].is_ok());
-        assert_eq!(rows(&conn, "GOOD-3"), 1);
+        let (good, mut answered) = meter_job(meter_in("GOOD", &[1]));
+        let mut batch = vec![
+            Job {
+                op: bomb,
+                close: false,
+            },
+            good,
+        ];
+        commit_batch(&mut conn, &ctx, &mut batch).unwrap();
+        for job in batch.drain(..) {
+            job.op.answer(Ok(()));
+        }
+        assert!(matches!(panicked.try_recv(), Ok(Err(StoreError::Panicked))));
+        assert!(answered.try_recv().unwrap().is_ok());
+        assert_eq!(rows(&conn, "GOOD"), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn the_wal_is_checkpointed_beside_the_writer_and_truncated_at_close() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("cs.db");
-        let settings = StoreSettings {
-            site_id: "site".into(),
-            max_batch: 64,
-            max_charger_power_w: 350_000,
-            clock_tolerance_secs: 300,
-            lockout: crate::auth::Lockout::default(),
-        };
-        let (store, thread) = open(&db, settings).unwrap();
+        let (store, thread) = open(&db, settings()).unwrap();
         let size = || std::fs::metadata(&db).map_or(0, |m| m.len());
         let wal = dir.path().join("cs.db-wal");
         let before = size();
         // ~100 pages of readings: far below the store connection's own auto-checkpoint
         // (BACKSTOP_CHECKPOINT_PAGES), so only the checkpoint thread can move them.
         for i in 0..400 {
-            store.exec(meter_op("CP-1", &[i])).await.unwrap();
+            store.record_meter(meter_in("CP-1", &[i])).await.unwrap();
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while size() <= before {
@@ -426,7 +957,7 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        store.exec(Op::Close).await.unwrap();
+        store.close().await.unwrap();
         drop(store);
         tokio::task::spawn_blocking(move || thread.join())
             .await

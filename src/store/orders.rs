@@ -5,9 +5,10 @@
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::ops::AuthDecision;
-use super::StoreError;
-use crate::auth::{self, Lockout, OtpHash, OtpOutcome, OtpRecord, Presented};
+use super::{from_ms, ms, StoreError};
+use crate::auth::{
+    self, AuthDecision, AuthMethod, AuthResult, Lockout, OtpHash, OtpOutcome, OtpRecord, Presented,
+};
 use crate::billing::Budget;
 use crate::time::fmt_ts;
 
@@ -34,46 +35,67 @@ pub struct NewAuthorization {
     pub tariff: Option<String>,
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
-}
-
-fn to_hash(v: Vec<u8>) -> OtpHash {
-    let mut h = [0u8; 32];
-    if v.len() == 32 {
-        h.copy_from_slice(&v);
-    }
-    h
-}
-
-/// Records that may still matter for a decision (recently valid or valid now).
+/// Records that may still matter for a decision (recently valid or valid now). A record
+/// this build cannot read (a hash of the wrong length, a timestamp out of range) can never
+/// match: it is left out and reported, never read as zeros.
 fn candidates(c: &Connection, now: DateTime<Utc>) -> Result<Vec<OtpRecord>, StoreError> {
     let horizon = ms(now - Duration::days(30));
-    let rows = c
+    type Raw = (
+        String,
+        Vec<u8>,
+        Option<i64>,
+        i64,
+        Option<String>,
+        Option<u32>,
+        u32,
+        u32,
+        bool,
+    );
+    let rows: Vec<Raw> = c
         .prepare_cached(
             "SELECT order_id, otp_hash, valid_from_ms, valid_until_ms, cp_id, connector_id, max_uses,
                     uses, revoked
              FROM authorizations WHERE valid_until_ms >= ?1",
         )?
         .query_map(params![horizon], |r| {
-            Ok(OtpRecord {
-                order_id: r.get(0)?,
-                otp_hash: to_hash(r.get(1)?),
-                valid_from: r.get::<_, Option<i64>>(2)?.map(from_ms),
-                valid_until: from_ms(r.get(3)?),
-                cp_id: r.get(4)?,
-                connector_id: r.get(5)?,
-                max_uses: r.get(6)?,
-                uses: r.get(7)?,
-                revoked: r.get::<_, i64>(8)? != 0,
-            })
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get::<_, i64>(8)? != 0,
+            ))
         })?
         .collect::<Result<_, _>>()?;
-    Ok(rows)
+    let mut out = Vec::with_capacity(rows.len());
+    for (order_id, hash, from, until, cp_id, connector_id, max_uses, uses, revoked) in rows {
+        let what = format!("authorization {order_id}");
+        let record = (|| {
+            let otp_hash: OtpHash = hash.as_slice().try_into().map_err(|_| {
+                StoreError::Corrupt(format!("{what}: otp_hash of {} bytes", hash.len()))
+            })?;
+            Ok::<_, StoreError>(OtpRecord {
+                order_id: order_id.clone(),
+                otp_hash,
+                valid_from: from.map(|f| from_ms(f, &what)).transpose()?,
+                valid_until: from_ms(until, &what)?,
+                cp_id,
+                connector_id,
+                max_uses,
+                uses,
+                revoked,
+            })
+        })();
+        match record {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::error!("left out of OTP checks: {e}"),
+        }
+    }
+    Ok(out)
 }
 
 /// Stores (or replaces, for the same order) an authorization; `Err(order)` when its
@@ -160,7 +182,7 @@ fn locked(
     let failures: Vec<DateTime<Utc>> = c
         .prepare_cached("SELECT at_ms FROM otp_failures WHERE cp_id = ?1 AND at_ms >= ?2")?
         .query_map(params![cp_id, since], |r| r.get::<_, i64>(0))?
-        .map(|r| r.map(from_ms))
+        .map(|r| from_ms(r?, "otp_failures.at_ms"))
         .collect::<Result<_, _>>()?;
     Ok(lockout.locked_until(&failures, now).is_some())
 }
@@ -251,8 +273,8 @@ pub(super) fn decide(
             )?;
         }
         return Ok(AuthDecision {
-            method: "remote",
-            result: "accepted",
+            method: AuthMethod::Remote,
+            result: AuthResult::Accepted,
             order_id: Some(order_id),
             tag_key: presented.tag_key.clone(),
         });
@@ -275,7 +297,7 @@ pub(super) fn decide(
     }
     record(c, cp_id, &outcome, consume, now)?;
     Ok(AuthDecision {
-        method: "otp",
+        method: AuthMethod::Otp,
         result: outcome.result(),
         order_id: outcome.order_id().map(str::to_string),
         tag_key: presented.tag_key.clone(),
@@ -319,7 +341,7 @@ pub(super) fn remote_start(
         )?;
     }
     Ok(AuthDecision {
-        method: "remote",
+        method: AuthMethod::Remote,
         result: outcome.result(),
         order_id: Some(order_id.to_string()),
         tag_key: tag.to_string(),

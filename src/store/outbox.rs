@@ -7,6 +7,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::StoreError;
+use crate::events::Event;
+use crate::session::State;
 use crate::time::fmt_ts;
 
 /// One stored event, as the uplink publishes it.
@@ -78,8 +80,8 @@ pub struct SessionRef {
     pub connector_id: u32,
     /// OCPP transaction id.
     pub transaction_id: i32,
-    /// `active` or `stopped`.
-    pub state: String,
+    /// Running or ended.
+    pub state: State,
     /// Order, if any.
     pub order_id: Option<String>,
 }
@@ -107,6 +109,19 @@ pub(super) fn fetch(
         })?
         .collect::<Result<_, _>>()?;
     Ok(rows)
+}
+
+/// Sorts and merges adjacent or overlapping inclusive ranges.
+pub(super) fn merge_ranges(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }
 
 pub(super) fn mark_sent(
@@ -225,13 +240,14 @@ pub(super) fn prune(
             c.execute("DELETE FROM events WHERE seq = ?1", params![seq])?;
         }
         dropped += victims.len();
-        super::ops::insert_event(
-            c,
-            "events.gap",
-            now,
-            json!({"reason": "storage_quota", "from_seq": first, "to_seq": last,
-                   "dropped": victims.len(), "types": ["session.meter"]}),
-        )?;
+        let gap = Event::Gap {
+            reason: "storage_quota",
+            from_seq: first,
+            to_seq: last,
+            dropped: victims.len(),
+            types: vec![crate::events::SESSION_METER],
+        };
+        super::insert_event(c, now, &gap)?;
     }
     Ok(dropped)
 }
@@ -368,34 +384,52 @@ pub(super) fn find_session(
     session_id: Option<&str>,
     order_id: Option<&str>,
 ) -> Result<Option<SessionRef>, StoreError> {
-    let map = |r: &rusqlite::Row<'_>| {
-        Ok(SessionRef {
-            session_id: r.get(0)?,
-            cp_id: r.get(1)?,
-            connector_id: r.get(2)?,
-            transaction_id: r.get(3)?,
-            state: r.get(4)?,
-            order_id: r.get(5)?,
-        })
+    type Raw = (String, String, u32, i32, String, Option<String>);
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Raw> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    };
+    let typed = |raw: Option<Raw>| -> Result<Option<SessionRef>, StoreError> {
+        let Some((session_id, cp_id, connector_id, transaction_id, state, order_id)) = raw else {
+            return Ok(None);
+        };
+        let state = State::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("session {session_id}: state {state:?}")))?;
+        Ok(Some(SessionRef {
+            session_id,
+            cp_id,
+            connector_id,
+            transaction_id,
+            state,
+            order_id,
+        }))
     };
     const COLS: &str = "session_id, cp_id, connector_id, transaction_id, state, order_id";
     if let Some(sid) = session_id {
-        return Ok(c
-            .prepare_cached(&format!(
+        return typed(
+            c.prepare_cached(&format!(
                 "SELECT {COLS} FROM sessions WHERE session_id = ?1"
             ))?
             .query_row(params![sid], map)
-            .optional()?);
+            .optional()?,
+        );
     }
     if let Some(oid) = order_id {
         // the running session of that order, else its latest
-        return Ok(c
-            .prepare_cached(&format!(
+        return typed(
+            c.prepare_cached(&format!(
                 "SELECT {COLS} FROM sessions WHERE order_id = ?1
                  ORDER BY state = 'active' DESC, transaction_id DESC LIMIT 1"
             ))?
             .query_row(params![oid], map)
-            .optional()?);
+            .optional()?,
+        );
     }
     Ok(None)
 }
@@ -404,6 +438,16 @@ pub(super) fn find_session(
 mod tests {
     use super::*;
     use crate::store::{connect, schema};
+
+    #[test]
+    fn pubacked_ranges_merge_into_few_updates() {
+        assert_eq!(
+            merge_ranges(vec![(5, 9), (1, 4), (12, 20), (10, 11)]),
+            vec![(1, 20)]
+        );
+        assert_eq!(merge_ranges(vec![(1, 3), (7, 8)]), vec![(1, 3), (7, 8)]);
+        assert_eq!(merge_ranges(vec![]), vec![]);
+    }
 
     fn db() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();

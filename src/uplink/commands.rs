@@ -10,11 +10,12 @@ use serde_json::{json, Map, Value};
 
 use chrono::{DateTime, Utc};
 
+use crate::auth::AuthResult;
 use crate::auth::{self, OtpRecord, Secret};
 use crate::billing::{self, Budget, Tariff};
 use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError};
 use crate::ocpp::registry::{CallFailure, Registry};
-use crate::store::{NewAuthorization, Op, Reply, Store};
+use crate::store::{NewAuthorization, Store, StoreError};
 use crate::time::now;
 
 /// A parsed command.
@@ -378,6 +379,12 @@ pub struct Replay {
     pub to: i64,
 }
 
+/// A store failure while executing a command: logged here, answered `internal`.
+fn internal(what: &str, e: StoreError) -> CmdError {
+    tracing::error!("command: {what}: {e}");
+    CmdError::new("internal", what)
+}
+
 impl Executor {
     /// Runs a command; `replay` receives any events range to resend.
     pub async fn execute(
@@ -388,33 +395,23 @@ impl Executor {
         match cmd {
             Cmd::AuthorizationUpsert(new) => {
                 let order_id = new.record.order_id.clone();
-                match self
-                    .store
-                    .exec(Op::AuthorizationUpsert { new: *new, at: now() })
-                    .await
-                {
-                    Ok(Reply::Upsert(Ok(()))) => Ok(json!({"order_id": order_id})),
-                    Ok(Reply::Upsert(Err(other))) => Err(CmdError::new(
+                match self.store.upsert_authorization(*new, now()).await {
+                    Ok(Ok(())) => Ok(json!({"order_id": order_id})),
+                    Ok(Err(other)) => Err(CmdError::new(
                         "otp_conflict",
                         format!("order {other} has a live OTP with these digits at an overlapping charger and time"),
                     )),
-                    _ => Err(CmdError::new("internal", "cannot store the authorization")),
+                    Err(e) => Err(internal("cannot store the authorization", e)),
                 }
             }
             Cmd::AuthorizationRevoke { order_id } => {
-                match self
-                    .store
-                    .exec(Op::AuthorizationRevoke {
-                        order_id: order_id.clone(),
-                    })
-                    .await
-                {
-                    Ok(Reply::Count(0)) => Err(CmdError::new(
+                match self.store.revoke_authorization(order_id.clone()).await {
+                    Ok(0) => Err(CmdError::new(
                         "not_found",
                         format!("no authorization for order {order_id}"),
                     )),
-                    Ok(Reply::Count(_)) => Ok(json!({"order_id": order_id})),
-                    _ => Err(CmdError::new("internal", "cannot revoke")),
+                    Ok(_) => Ok(json!({"order_id": order_id})),
+                    Err(e) => Err(internal("cannot revoke", e)),
                 }
             }
             Cmd::SessionStart {
@@ -428,22 +425,18 @@ impl Executor {
                 order_id,
             } => self.session_stop(session_id, order_id).await,
             Cmd::EventsReplay { from_seq } => {
-                let status = match self.store.exec(Op::OutboxStatus).await {
-                    Ok(Reply::Outbox(s)) => s,
-                    _ => return Err(CmdError::new("internal", "cannot read the outbox")),
-                };
-                let first = match self
+                let status = self
                     .store
-                    .exec(Op::FetchEvents {
-                        after: from_seq - 1,
-                        limit: 1,
-                        unsent_only: false,
-                    })
+                    .outbox_status()
                     .await
-                {
-                    Ok(Reply::Events(rows)) => rows.first().map(|r| r.seq),
-                    _ => return Err(CmdError::new("internal", "cannot read the outbox")),
-                };
+                    .map_err(|e| internal("cannot read the outbox", e))?;
+                let first = self
+                    .store
+                    .fetch_events(from_seq - 1, 1, false)
+                    .await
+                    .map_err(|e| internal("cannot read the outbox", e))?
+                    .first()
+                    .map(|r| r.seq);
                 let Some(first) = first else {
                     return Ok(
                         json!({"from_seq": from_seq, "count": 0, "last_seq": status.last_seq}),
@@ -469,27 +462,24 @@ impl Executor {
         connector_id: u32,
     ) -> Result<Value, CmdError> {
         let tag = remote_tag()?;
-        let decision = match self
+        let decision = self
             .store
-            .exec(Op::RemoteStart {
-                order_id: order_id.clone(),
-                otp_hash: self.secret.hash(&otp),
-                cp_id: cp_id.clone(),
+            .remote_start(
+                order_id.clone(),
+                self.secret.hash(&otp),
+                cp_id.clone(),
                 connector_id,
-                tag: tag.clone(),
-                at: now(),
-            })
+                tag.clone(),
+                now(),
+            )
             .await
-        {
-            Ok(Reply::Auth(d)) => d,
-            _ => return Err(CmdError::new("internal", "cannot check the OTP")),
-        };
-        if decision.result != "accepted" {
+            .map_err(|e| internal("cannot check the OTP", e))?;
+        if decision.result != AuthResult::Accepted {
             let code = match decision.result {
-                "expired" => "otp_expired",
-                "used" => "otp_used",
-                "blocked" => "otp_blocked",
-                _ => "otp_invalid",
+                AuthResult::Expired => "otp_expired",
+                AuthResult::Used => "otp_used",
+                AuthResult::Blocked => "otp_blocked",
+                AuthResult::Accepted | AuthResult::Invalid => "otp_invalid",
             };
             return Err(CmdError::new(
                 code,
@@ -518,7 +508,7 @@ impl Executor {
             );
         }
         // not started: the driver keeps their use
-        if let Err(e) = self.store.exec(Op::RemoteStartFailed { tag }).await {
+        if let Err(e) = self.store.remote_start_failed(tag).await {
             tracing::error!("giving an OTP use back: {e}");
         }
         match answer {
@@ -535,21 +525,15 @@ impl Executor {
         session_id: Option<String>,
         order_id: Option<String>,
     ) -> Result<Value, CmdError> {
-        let found = match self
+        let found = self
             .store
-            .exec(Op::FindSession {
-                session_id,
-                order_id,
-            })
+            .find_session(session_id, order_id)
             .await
-        {
-            Ok(Reply::Session(s)) => s,
-            _ => return Err(CmdError::new("internal", "cannot read sessions")),
-        };
+            .map_err(|e| internal("cannot read sessions", e))?;
         let Some(session) = found else {
             return Err(CmdError::new("not_found", "no such session"));
         };
-        if session.state != "active" {
+        if session.state != crate::session::State::Active {
             return Err(CmdError::new(
                 "not_active",
                 format!("session {} has already stopped", session.session_id),

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, UplinkConfig};
 use crate::ocpp::registry::Registry;
-use crate::store::{Intake, Op, Reply, Store};
+use crate::store::{Intake, Store};
 use crate::time::{fmt_ts, now};
 use batch::Encoded;
 use commands::{Executor, Replay};
@@ -367,7 +367,7 @@ impl Driver {
             return;
         }
         let ranges = std::mem::take(&mut self.acked);
-        if let Err(e) = self.store.exec(Op::MarkSent { ranges, at: now() }).await {
+        if let Err(e) = self.store.mark_sent(ranges, now()).await {
             tracing::error!("marking batches sent: {e}");
         }
     }
@@ -416,14 +416,17 @@ impl Driver {
         }
         self.publish_state(true).await;
         self.publish_connectors(None).await;
-        if let Ok(Reply::Results(results)) = self.store.exec(Op::UnpublishedResults).await {
-            for (key, result) in results {
-                self.publish_result(key, result);
+        match self.store.unpublished_results().await {
+            Ok(results) => {
+                for (key, result) in results {
+                    self.publish_result(key, result);
+                }
             }
+            Err(e) => tracing::error!("reading unpublished results: {e}"),
         }
-        match self.store.exec(Op::OutboxStatus).await {
-            Ok(Reply::Outbox(s)) => self.cursor = s.oldest_unsent.map_or(s.last_seq, |o| o - 1),
-            other => tracing::error!("outbox status: {other:?}"),
+        match self.store.outbox_status().await {
+            Ok(s) => self.cursor = s.oldest_unsent.map_or(s.last_seq, |o| o - 1),
+            Err(e) => tracing::error!("outbox status: {e}"),
         }
         self.fill().await;
     }
@@ -443,11 +446,7 @@ impl Driver {
                 self.fill().await;
             }
             Tag::Result { key } => {
-                if let Err(e) = self
-                    .store
-                    .exec(Op::ResultPublished { key, at: now() })
-                    .await
-                {
+                if let Err(e) = self.store.result_published(key, now()).await {
                     tracing::error!("marking a result published: {e}");
                 }
             }
@@ -488,23 +487,15 @@ impl Driver {
 
     async fn next_batch(&mut self) -> Option<(batch::Batch, bool)> {
         if self.queue.is_empty() {
-            match self
-                .store
-                .exec(Op::FetchEvents {
-                    after: self.cursor,
-                    limit: FETCH,
-                    unsent_only: true,
-                })
-                .await
-            {
-                Ok(Reply::Events(rows)) => {
+            match self.store.fetch_events(self.cursor, FETCH, true).await {
+                Ok(rows) => {
                     if let Some(last) = rows.last() {
                         self.cursor = last.seq;
                     }
                     self.queue.extend(rows.iter().map(batch::encode));
                 }
-                other => {
-                    tracing::error!("reading the outbox: {other:?}");
+                Err(e) => {
+                    tracing::error!("reading the outbox: {e}");
                     return None;
                 }
             }
@@ -513,17 +504,13 @@ impl Driver {
             return Some((b, false));
         }
         let (after, to) = self.replay?;
-        let rows = match self
-            .store
-            .exec(Op::FetchEvents {
-                after,
-                limit: FETCH.min(usize::try_from(to - after).unwrap_or(FETCH)),
-                unsent_only: false,
-            })
-            .await
-        {
-            Ok(Reply::Events(rows)) => rows,
-            _ => return None,
+        let limit = FETCH.min(usize::try_from(to - after).unwrap_or(FETCH));
+        let rows = match self.store.fetch_events(after, limit, false).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("reading the outbox for a replay: {e}");
+                return None;
+            }
         };
         let mut q: VecDeque<Encoded> = rows
             .iter()
@@ -544,7 +531,7 @@ impl Driver {
                 .ok()
                 .and_then(|v| v.get("seq").and_then(Value::as_i64))
             {
-                Some(seq) => match self.store.exec(Op::Ack { seq }).await {
+                Some(seq) => match self.store.ack(seq).await {
                     Ok(_) => tracing::debug!(seq, "BPP acked"),
                     Err(e) => {
                         // Not acknowledged to the broker: it will redeliver.
@@ -564,25 +551,25 @@ impl Driver {
         let parsed = commands::parse(&p.payload, &self.executor.secret);
         let intake = self
             .store
-            .exec(Op::CommandReceived {
-                id: parsed.id.clone(),
-                kind: parsed.kind.clone(),
-                body: parsed.stored.clone(),
-                at: now(),
-            })
+            .command_received(
+                parsed.id.clone(),
+                parsed.kind.clone(),
+                parsed.stored.clone(),
+                now(),
+            )
             .await;
         // Stored (or known): only now is it acknowledged to the broker.
         let key = match intake {
-            Ok(Reply::Intake(Intake::New { key })) => key,
-            Ok(Reply::Intake(Intake::Repeat { key, result })) => {
+            Ok(Intake::New { key }) => key,
+            Ok(Intake::Repeat { key, result }) => {
                 let _ = self.client.try_ack(&p);
                 if let Some(r) = result {
                     self.publish_result(key, r);
                 }
                 return;
             }
-            other => {
-                tracing::error!("storing a command failed, not acknowledging it: {other:?}");
+            Err(e) => {
+                tracing::error!("storing a command failed, not acknowledging it: {e}");
                 return;
             }
         };
@@ -598,11 +585,7 @@ impl Driver {
             let result = commands::result_json(parsed.id.as_deref(), outcome).to_string();
             match executor
                 .store
-                .exec(Op::CommandDone {
-                    key: key.clone(),
-                    result: result.clone(),
-                    at: now(),
-                })
+                .command_done(key.clone(), result.clone(), now())
                 .await
             {
                 Ok(_) => {
@@ -626,8 +609,12 @@ impl Driver {
         if !self.connected {
             return;
         }
-        let Ok(Reply::Outbox(s)) = self.store.exec(Op::OutboxStatus).await else {
-            return;
+        let s = match self.store.outbox_status().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("outbox status for the state topic: {e}");
+                return;
+            }
         };
         if !force && self.published_state == Some((s.last_seq, s.backlog)) {
             return;
@@ -650,8 +637,12 @@ impl Driver {
         if !self.connected {
             return;
         }
-        let Ok(Reply::Connectors(rows)) = self.store.exec(Op::Connectors { cp_id }).await else {
-            return;
+        let rows = match self.store.connectors(cp_id).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!("reading connectors for their topics: {e}");
+                return;
+            }
         };
         for r in rows {
             let payload = json!({"status": r.status, "error_code": r.error_code,
