@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Secret;
 use crate::config::Config;
+use crate::notice::Notices;
 use crate::ocpp::handler::Context;
 use crate::ocpp::registry::Registry;
 use crate::ocpp::server::Server;
 use crate::session::Limits;
 use crate::store::{self, Store, StoreError, StoreSettings};
-use crate::uplink::Notices;
 
 /// Failures that stop the agent.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,19 @@ use crate::billing::{Cost, Settlement};
 /// limit even when a StopTransaction carries hours of transactionData.
 pub const SAMPLES_PER_EVENT: usize = 20;
 
+/// One stored event, as the uplink publishes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// The contract's `seq`.
+    pub seq: i64,
+    /// `type`.
+    pub kind: String,
+    /// `at`, already formatted.
+    pub at: String,
+    /// The other fields, a JSON object.
+    pub body: String,
+}
+
 /// Which side of a session lost or regained its link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

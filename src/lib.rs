@@ -32,6 +32,7 @@ pub mod config;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod events;
+pub mod notice;
 pub mod ocpp;
 pub mod password;
 pub mod reading;

@@ -16,9 +16,9 @@ use super::messages::{self, Request};
 use super::registry::Registry;
 use crate::auth;
 use crate::config::Config;
+use crate::notice::{Notice, Notices};
 use crate::store::{Boot, MeterIn, StartTx, StatusIn, StopOutcome, StopTx, Store};
 use crate::time::{fmt_ts, now};
-use crate::uplink::{Notice, Notices};
 
 /// What every connection's handler shares.
 pub struct Context {

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{self, ErrorCode, Frame};
 use super::handler::{self, Context};
 use super::registry::{CallFailure, OutboundCall, Registry};
+use crate::notice::Notice;
 use crate::time::now;
-use crate::uplink::Notice;
 
 /// The subprotocol this server speaks.
 pub const OCPP16: &str = "ocpp1.6";

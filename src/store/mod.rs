@@ -26,9 +26,10 @@ use crate::events::Event;
 use crate::session::Limits;
 use crate::time::fmt_ts;
 
+pub use crate::events::EventRow;
 pub use chargers::{Boot, StatusIn};
 pub use orders::NewAuthorization;
-pub use outbox::{ConnectorRow, EventRow, Intake, OutboxStatus, SessionRef};
+pub use outbox::{ConnectorRow, Intake, OutboxStatus, SessionRef};
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
 
 /// Store failures.

@@ -7,22 +7,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use super::StoreError;
-use crate::events::Event;
+use crate::events::{Event, EventRow};
 use crate::session::State;
 use crate::time::fmt_ts;
-
-/// One stored event, as the uplink publishes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventRow {
-    /// The contract's `seq`.
-    pub seq: i64,
-    /// `type`.
-    pub kind: String,
-    /// `at`, already formatted.
-    pub at: String,
-    /// The other fields, a JSON object.
-    pub body: String,
-}
 
 /// Where the outbox stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Events batches, pure: stored rows in, `{"site":…,"events":[…]}` payloads out, each no
 //! larger than the configured limit and in `seq` order.
 
-use crate::store::EventRow;
+use crate::events::EventRow;
 
 /// One event encoded for the wire, with its seq.
 #[derive(Debug, Clone, PartialEq)]

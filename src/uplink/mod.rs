@@ -15,6 +15,8 @@ pub mod batch;
 pub mod commands;
 pub mod link;
 
+pub use crate::notice::{Notice, Notices};
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -42,47 +44,6 @@ const FETCH: usize = 4096;
 /// dear, and a million-event backlog is thousands of batches.
 const MARK_INTERVAL: Duration = Duration::from_millis(100);
 const MARK_EVERY: usize = 64;
-
-/// Something the OCPP side tells the uplink; best effort (a snapshot, not a fact: the facts
-/// are in the outbox).
-#[derive(Debug, Clone)]
-pub enum Notice {
-    /// A charger's connectors or its online state changed: republish its retained topics.
-    Connectors {
-        /// Charger.
-        cp_id: String,
-    },
-    /// A running session's latest readings, for `<root>/live/<session_id>`.
-    Live {
-        /// Session.
-        session_id: String,
-        /// The snapshot payload.
-        snapshot: Value,
-    },
-    /// A session ended: stop publishing its live topic.
-    SessionEnded {
-        /// Session.
-        session_id: String,
-    },
-}
-
-/// The sending side of the notice channel; never blocks (a full channel drops the notice:
-/// retained topics are refreshed on the next change and on every reconnect).
-#[derive(Clone)]
-pub struct Notices(mpsc::Sender<Notice>);
-
-impl Notices {
-    /// A channel for notices.
-    pub fn channel() -> (Notices, mpsc::Receiver<Notice>) {
-        let (tx, rx) = mpsc::channel(4096);
-        (Notices(tx), rx)
-    }
-
-    /// Sends without waiting.
-    pub fn send(&self, n: Notice) {
-        let _ = self.0.try_send(n);
-    }
-}
 
 /// Uplink failures that stop it from starting.
 #[derive(Debug, thiserror::Error)]
