@@ -967,4 +967,113 @@ mod tests {
         let conn = connect(&db).unwrap();
         assert_eq!(rows(&conn, "CP-1"), 400);
     }
+
+    fn start_in(cp_id: &str) -> StartTx {
+        let now = crate::time::now();
+        StartTx {
+            cp_id: cp_id.into(),
+            connector_id: 1,
+            presented: crate::auth::present(&crate::auth::Secret::from_bytes([7; 32]), "TAG1"),
+            free_vend: true,
+            meter_start_wh: 1000,
+            timestamp: crate::time::ChargerTime {
+                raw: crate::time::fmt_ts(now),
+                at: now,
+            },
+            reservation_id: None,
+            uplink_online: false,
+            received: now,
+        }
+    }
+
+    fn stopped_bodies(db: &Path) -> Vec<serde_json::Value> {
+        let conn = connect(db).unwrap();
+        let mut st = conn
+            .prepare("SELECT body FROM events WHERE type = 'session.stopped'")
+            .unwrap();
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|b| serde_json::from_str(&b.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn an_unreadable_stored_tariff_flags_the_session_instead_of_billing_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cs.db");
+        let (store, thread) = open(&db, settings()).unwrap();
+        let started = store.start_transaction(start_in("CP-1")).await.unwrap();
+        connect(&db)
+            .unwrap()
+            .execute(
+                "UPDATE sessions SET tariff = '{not json', accrual = '{}' WHERE transaction_id = ?1",
+                [started.transaction_id],
+            )
+            .unwrap();
+        let mut m = meter_in("CP-1", &[1500]);
+        m.transaction_id = Some(started.transaction_id);
+        let metered = store.record_meter(m).await.unwrap();
+        assert_eq!(metered.running, None, "no price is made up");
+        assert_eq!(metered.energy_wh, Some(500), "the energy is still metered");
+        let now = crate::time::now();
+        store
+            .stop_transaction(StopTx {
+                cp_id: "CP-1".into(),
+                transaction_id: started.transaction_id,
+                meter_stop_wh: 2000,
+                timestamp: crate::time::ChargerTime {
+                    raw: crate::time::fmt_ts(now),
+                    at: now,
+                },
+                reason: None,
+                transaction_data: vec![],
+                received: now,
+            })
+            .await
+            .unwrap();
+        let bodies = stopped_bodies(&db);
+        assert_eq!(
+            bodies[0]["flags"],
+            serde_json::json!(["billing_unreadable"])
+        );
+        assert!(bodies[0].get("cost").is_none());
+        // the stored pricing is left for a later build to read, not overwritten
+        let kept: String = connect(&db)
+            .unwrap()
+            .query_row("SELECT accrual FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, "{}");
+        store.close().await.unwrap();
+        drop(store);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_corrupt_stored_timestamp_is_an_error_not_1970() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cs.db");
+        let (store, thread) = open(&db, settings()).unwrap();
+        let started = store.start_transaction(start_in("CP-1")).await.unwrap();
+        connect(&db)
+            .unwrap()
+            .execute(
+                "UPDATE sessions SET last_reading_ms = 9000000000000000000 WHERE transaction_id = ?1",
+                [started.transaction_id],
+            )
+            .unwrap();
+        let mut m = meter_in("CP-1", &[1500]);
+        m.transaction_id = Some(started.transaction_id);
+        let metered = store.record_meter(m).await;
+        assert!(
+            matches!(&metered, Err(StoreError::Corrupt(m)) if m.contains("last_reading_ms")),
+            "{metered:?}"
+        );
+        store.close().await.unwrap();
+        drop(store);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+    }
 }
