@@ -1,22 +1,36 @@
 //! chargesite: the site agent for an EV charging site.
 //!
 //! # Layout
-//! - [`config`]: the TOML config file, typed and validated (CONTRACT §2).
-//! - [`agent`]: process wiring: store, OCPP server, gateway hardware, systemd, shutdown.
-//! - [`ocpp`]: the OCPP-J 1.6 central system chargers connect to: framing and message
-//!   decoding (pure), the energy register (pure), the per-request handler, the registry
-//!   of connected chargers with outbound CALLs, and the WebSocket server.
-//! - [`store`]: the one thread that owns the SQLite database; migrations; group commit;
-//!   the ops that write each fact together with its upstream outbox events.
-//! - [`uplink`]: store-and-forward to the BPP over MQTT: the outbox driver, commands,
-//!   retained state and connectors, live snapshots.
-//! - `broker`, `demo` (feature `embedded-broker`, off in the gateway build): an embedded
-//!   MQTT broker and the one-command demo.
-//! - [`auth`]: OTP and id-tag decisions (pure).
-//! - [`billing`]: tariffs, running cost, budgets and settlement (pure, integer money).
-//! - [`password`]: argon2 hashes of charger passwords.
+//! Arrows run one way: process wiring -> drivers -> pure cores -> types; `.ci/layers.py`
+//! fails CI on an upward import.
+//!
+//! Process wiring:
+//! - [`agent`]: the daemon: store, OCPP server, uplink, gateway hardware (through the hal
+//!   traits), systemd, housekeeping, orderly shutdown.
+//! - `demo`, `broker` (feature `embedded-broker`, off in the gateway build): the one-command
+//!   demo and its embedded MQTT broker.
 //! - [`sim`]: simulated OCPP 1.6 chargers (`chargesite simulate`) and their charging model.
-//! - [`time`]: the contract's timestamp format and charger clock checks (pure).
+//!
+//! Drivers (I/O only; they call the pure rules below):
+//! - [`uplink`]: store-and-forward to the BPP over MQTT: the MQTT driver, commands,
+//!   retained state and connectors, live snapshots.
+//! - [`ocpp`]: the OCPP-J central system chargers connect to: the WebSocket server and
+//!   per-connection loop, the per-request handler, the registry of connected chargers and
+//!   typed outbound CALLs; its pure parts are framing, message decoding, meter decoding,
+//!   the handshake decision and the RPC state.
+//! - [`store`]: the one thread that owns the SQLite database, its typed handle (one method
+//!   per operation), group commit, migrations; each op loads, asks a pure rule, writes.
+//!
+//! Pure cores (state, input and `now` in; decisions out):
+//! - [`session`]: one charging session's rules for every OCPP version: start flags, the
+//!   energy register, accrual and the budget stop, stop matching, the final bill.
+//! - [`events`]: the upstream event bodies (CONTRACT §4) as typed values.
+//! - [`auth`]: OTP and id-tag decisions. [`billing`]: tariffs, cost, budgets, settlement
+//!   (integer money). [`notice`]: what the OCPP side tells the uplink.
+//!
+//! Types: [`config`] (the TOML file, typed and validated), [`reading`] (a meter sample in
+//! the contract's units), [`time`] (timestamps, charger clock checks), [`password`]
+//! (argon2 hashes of charger passwords).
 //!
 //! Hardware traits (status LED, watchdog, link state, sd_notify) live in the
 //! `chargesite-hal` crate beside this one.
