@@ -210,6 +210,49 @@ async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationT
     }
 }
 
+/// What the supervisor saw on one tick; [`health`] turns it into what to show and whether
+/// the agent has earned its watchdog kick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Probe {
+    /// The store committed a no-op within the probe timeout.
+    store_answered: bool,
+    /// The uplink's network interface reports up; true when none is configured, since
+    /// without one there is nothing that could say otherwise.
+    interface_up: bool,
+    /// Whether the uplink is connected to the broker; `None` without an uplink.
+    uplink_online: Option<bool>,
+    /// Chargers connected right now, for the status line.
+    chargers: usize,
+}
+
+/// What the supervisor does about one [`Probe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Health {
+    /// What the status light shows.
+    indicator: IndicatorState,
+    /// Whether to kick the hardware watchdog and ping systemd's.
+    kick: bool,
+    /// systemd's `STATUS=` line (see [`status_line`]).
+    status: String,
+}
+
+/// The supervisor's decision. Only the store earns a kick: a wedged store thread means a
+/// wedged agent, which a restart fixes, while a network outage does not get better by
+/// rebooting the board, so it only changes the light.
+fn health(probe: Probe) -> Health {
+    let uplink_usable = probe.interface_up && probe.uplink_online.unwrap_or(true);
+    let indicator = match (probe.store_answered, uplink_usable) {
+        (false, _) => IndicatorState::Fault,
+        (true, false) => IndicatorState::Offline,
+        (true, true) => IndicatorState::Online,
+    };
+    Health {
+        indicator,
+        kick: probe.store_answered,
+        status: status_line(probe.chargers, probe.uplink_online, probe.store_answered),
+    }
+}
+
 /// What `systemctl status chargesite` shows on its `Status:` line, e.g.
 /// `3 chargers connected, uplink online, store ok`. `uplink` is `None` without one.
 fn status_line(chargers: usize, uplink: Option<bool>, store_ok: bool) -> String {
@@ -303,14 +346,26 @@ impl Gateway {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let ok = matches!(
+            let store_answered = matches!(
                 tokio::time::timeout(Duration::from_secs(5), store.exec(Op::Noop)).await,
                 Ok(Ok(_))
             );
-            if ok != healthy.swap(ok, Ordering::Relaxed) {
-                tracing::warn!(store_ok = ok, "store health changed");
+            // An unreadable operstate counts as down: the light should not claim a link
+            // nobody can vouch for.
+            let interface_up = self
+                .link
+                .as_ref()
+                .is_none_or(|l| l.is_up().unwrap_or(false));
+            let health = health(Probe {
+                store_answered,
+                interface_up,
+                uplink_online: has_uplink.then(|| uplink_online.load(Ordering::Relaxed)),
+                chargers: registry.connected_count(),
+            });
+            if store_answered != healthy.swap(store_answered, Ordering::Relaxed) {
+                tracing::warn!(store_ok = store_answered, "store health changed");
             }
-            if ok {
+            if health.kick {
                 if let Some(w) = self.watchdog.as_mut() {
                     if let Err(e) = w.kick() {
                         tracing::warn!("watchdog kick: {e}");
@@ -320,29 +375,14 @@ impl Gateway {
                     notify(hal::systemd::watchdog());
                 }
             }
-            let link_up = self
-                .link
-                .as_ref()
-                .is_none_or(|l| l.is_up().unwrap_or(false))
-                && (!has_uplink || uplink_online.load(Ordering::Relaxed));
-            let state = match (ok, link_up) {
-                (false, _) => IndicatorState::Fault,
-                (true, false) => IndicatorState::Offline,
-                (true, true) => IndicatorState::Online,
-            };
             if let Some(i) = self.indicator.as_mut() {
-                if let Err(e) = i.set(state) {
+                if let Err(e) = i.set(health.indicator) {
                     tracing::warn!("indicator: {e}");
                 }
             }
-            let status = status_line(
-                registry.connected_count(),
-                has_uplink.then(|| uplink_online.load(Ordering::Relaxed)),
-                ok,
-            );
-            if status != last_status {
-                notify(hal::systemd::status(&status));
-                last_status = status;
+            if health.status != last_status {
+                notify(hal::systemd::status(&health.status));
+                last_status = health.status;
             }
         }
         if let Some(i) = self.indicator.as_mut() {
@@ -358,7 +398,102 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::status_line;
+    use super::*;
+
+    /// A gateway where everything works: store answers, interface up, broker connected.
+    fn all_well() -> Probe {
+        Probe {
+            store_answered: true,
+            interface_up: true,
+            uplink_online: Some(true),
+            chargers: 2,
+        }
+    }
+
+    #[test]
+    fn a_store_that_answers_with_link_and_broker_up_shows_online_and_earns_a_kick() {
+        let h = health(all_well());
+        assert_eq!(h.indicator, IndicatorState::Online);
+        assert!(h.kick);
+        assert_eq!(h.status, "2 chargers connected, uplink online, store ok");
+    }
+
+    #[test]
+    fn a_store_that_does_not_answer_shows_fault_and_earns_no_kick() {
+        let h = health(Probe {
+            store_answered: false,
+            ..all_well()
+        });
+        assert_eq!(h.indicator, IndicatorState::Fault);
+        assert!(!h.kick);
+        assert_eq!(
+            h.status,
+            "2 chargers connected, uplink online, store NOT ANSWERING"
+        );
+    }
+
+    #[test]
+    fn a_store_that_does_not_answer_shows_fault_even_while_offline() {
+        let h = health(Probe {
+            store_answered: false,
+            interface_up: false,
+            uplink_online: Some(false),
+            ..all_well()
+        });
+        assert_eq!(h.indicator, IndicatorState::Fault);
+        assert!(!h.kick);
+    }
+
+    #[test]
+    fn a_down_interface_shows_offline_even_with_the_broker_connected() {
+        let h = health(Probe {
+            interface_up: false,
+            ..all_well()
+        });
+        assert_eq!(h.indicator, IndicatorState::Offline);
+    }
+
+    #[test]
+    fn a_disconnected_broker_shows_offline_with_the_interface_up() {
+        let h = health(Probe {
+            uplink_online: Some(false),
+            ..all_well()
+        });
+        assert_eq!(h.indicator, IndicatorState::Offline);
+        assert_eq!(
+            h.status,
+            "2 chargers connected, uplink offline (buffering), store ok"
+        );
+    }
+
+    #[test]
+    fn an_offline_gateway_still_earns_its_kick() {
+        let h = health(Probe {
+            interface_up: false,
+            uplink_online: Some(false),
+            ..all_well()
+        });
+        assert!(h.kick);
+    }
+
+    #[test]
+    fn without_an_uplink_only_the_interface_decides_online() {
+        let no_uplink = Probe {
+            uplink_online: None,
+            ..all_well()
+        };
+        let h = health(no_uplink);
+        assert_eq!(h.indicator, IndicatorState::Online);
+        assert_eq!(
+            h.status,
+            "2 chargers connected, uplink not configured, store ok"
+        );
+        let h = health(Probe {
+            interface_up: false,
+            ..no_uplink
+        });
+        assert_eq!(h.indicator, IndicatorState::Offline);
+    }
 
     #[test]
     fn the_status_line_names_chargers_uplink_and_store() {
