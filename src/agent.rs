@@ -1,6 +1,7 @@
 //! The daemon's wiring: store thread, OCPP server, gateway hardware and systemd, and the
 //! orderly shutdown that flushes the store before the process exits.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -140,11 +141,18 @@ pub async fn run(
     });
     notify(hal::systemd::ready());
 
+    let probe_store = store.clone();
     let supervisor = tokio::spawn(gateway.supervise(
-        store.clone(),
+        // The supervisor's only contact with the store. A no-op goes through the store
+        // thread's commit path like any write, so a wedged thread or a stuck COMMIT fails
+        // the probe, where checking the channel alone would not.
+        move || {
+            let store = probe_store.clone();
+            async move { store.exec(Op::Noop).await.is_ok() }
+        },
         registry.clone(),
-        uplink_online.clone(),
-        config.uplink.is_some(),
+        config.uplink.is_some().then(|| uplink_online.clone()),
+        hal::systemd::watchdog_interval(),
         shutdown.clone(),
     ));
     let housekeeping = tokio::spawn(housekeeping(
@@ -210,6 +218,11 @@ async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationT
     }
 }
 
+/// How often the supervisor looks, unless systemd's watchdog wants it more often.
+const TICK: Duration = Duration::from_secs(1);
+/// How long the store gets to commit the supervisor's no-op before it counts as wedged.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the supervisor saw on one tick; [`health`] turns it into what to show and whether
 /// the agent has earned its watchdog kick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +287,8 @@ fn notify(r: std::io::Result<bool>) {
     }
 }
 
-/// The gateway's optional hardware.
+/// The gateway's optional hardware, each piece behind its hal trait so the supervisor runs
+/// the same over the board's devices and over `chargesite_hal::fake` in tests.
 struct Gateway {
     indicator: Option<Box<dyn Indicator>>,
     watchdog: Option<Box<dyn Watchdog>>,
@@ -282,6 +296,8 @@ struct Gateway {
 }
 
 impl Gateway {
+    /// Opens the devices `config.gateway` names; the one place that picks the Linux
+    /// implementations.
     fn open(config: &Config) -> Result<Self, AgentError> {
         let g = &config.gateway;
         let indicator =
@@ -321,35 +337,42 @@ impl Gateway {
         })
     }
 
-    /// Every second: probe the store with a real commit; only a store that answers earns a
-    /// watchdog kick (hardware and systemd), so a wedged agent gets restarted. The
-    /// indicator shows fault when the store does not answer, offline when the uplink's
-    /// interface or broker connection is down, online otherwise. systemd hears the same as
-    /// a `STATUS=` line (see [`status_line`]) whenever it changes.
-    async fn supervise(
+    /// Every second: ask `probe_store` whether the store answers (the daemon's probe
+    /// commits a no-op); only a store that answers within [`STORE_PROBE_TIMEOUT`] earns a watchdog kick (hardware, and systemd's when
+    /// `systemd_watchdog` is the unit's `WatchdogSec=`), so a wedged agent gets restarted.
+    /// The light and systemd's `STATUS=` line follow [`health`]; the status line is sent
+    /// only when it changes. `uplink_online` is `None` without an uplink. On shutdown the
+    /// light goes offline and the watchdog is disarmed, so a deliberate stop does not
+    /// reboot the board.
+    ///
+    /// `probe_store` is called once per tick; a probe that never finishes counts as a
+    /// store that does not answer.
+    async fn supervise<P, F>(
         mut self,
-        store: Store,
+        mut probe_store: P,
         registry: Registry,
-        uplink_online: Arc<AtomicBool>,
-        has_uplink: bool,
+        uplink_online: Option<Arc<AtomicBool>>,
+        systemd_watchdog: Option<Duration>,
         shutdown: CancellationToken,
-    ) {
+    ) where
+        P: FnMut() -> F,
+        F: Future<Output = bool>,
+    {
         let mut last_status = String::new();
-        let systemd_period = hal::systemd::watchdog_interval().map(|d| d / 2);
-        let period = systemd_period
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
+        // systemd wants a ping at least every half of WatchdogSec=.
+        let systemd_period = systemd_watchdog.map(|d| d / 2);
+        let period = systemd_period.unwrap_or(TICK).min(TICK);
         let mut tick = tokio::time::interval(period);
-        let healthy = AtomicBool::new(true);
+        // Starts true so that a healthy start logs nothing.
+        let mut store_was_answering = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let store_answered = matches!(
-                tokio::time::timeout(Duration::from_secs(5), store.exec(Op::Noop)).await,
-                Ok(Ok(_))
-            );
+            let store_answered = tokio::time::timeout(STORE_PROBE_TIMEOUT, probe_store())
+                .await
+                .unwrap_or(false);
             // An unreadable operstate counts as down: the light should not claim a link
             // nobody can vouch for.
             let interface_up = self
@@ -359,11 +382,12 @@ impl Gateway {
             let health = health(Probe {
                 store_answered,
                 interface_up,
-                uplink_online: has_uplink.then(|| uplink_online.load(Ordering::Relaxed)),
+                uplink_online: uplink_online.as_ref().map(|o| o.load(Ordering::Relaxed)),
                 chargers: registry.connected_count(),
             });
-            if store_answered != healthy.swap(store_answered, Ordering::Relaxed) {
+            if store_answered != store_was_answering {
                 tracing::warn!(store_ok = store_answered, "store health changed");
+                store_was_answering = store_answered;
             }
             if health.kick {
                 if let Some(w) = self.watchdog.as_mut() {
