@@ -519,6 +519,126 @@ mod tests {
         assert_eq!(h.indicator, IndicatorState::Offline);
     }
 
+    use chargesite_hal::fake::{FakeIndicator, FakeLink, FakeWatchdog};
+    use tokio::task::JoinHandle;
+    use tokio::time::sleep;
+
+    /// The supervisor running over the hal fakes, with an uplink that is connected and a
+    /// store the test can wedge. Its ticks fall on whole seconds from the start; the tests
+    /// look half-way between two ticks.
+    struct Rig {
+        led: FakeIndicator,
+        watchdog: FakeWatchdog,
+        link: FakeLink,
+        store_answers: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+        supervisor: JoinHandle<()>,
+    }
+
+    impl Rig {
+        fn start() -> Self {
+            let led = FakeIndicator::new();
+            let watchdog = FakeWatchdog::new();
+            let link = FakeLink::new(true);
+            let gateway = Gateway {
+                indicator: Some(Box::new(led.clone())),
+                watchdog: Some(Box::new(watchdog.clone())),
+                link: Some(Box::new(link.clone())),
+            };
+            let store_answers = Arc::new(AtomicBool::new(true));
+            let answers = store_answers.clone();
+            // While the test says the store does not answer, the probe never finishes, as
+            // when the store thread is stuck: only the supervisor's timeout ends it.
+            let probe_store = move || {
+                let answering = answers.load(Ordering::SeqCst);
+                async move {
+                    if !answering {
+                        std::future::pending::<()>().await;
+                    }
+                    true
+                }
+            };
+            let shutdown = CancellationToken::new();
+            let supervisor = tokio::spawn(gateway.supervise(
+                probe_store,
+                Registry::default(),
+                Some(Arc::new(AtomicBool::new(true))),
+                None,
+                shutdown.clone(),
+            ));
+            Self {
+                led,
+                watchdog,
+                link,
+                store_answers,
+                shutdown,
+                supervisor,
+            }
+        }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_light_follows_the_link_and_every_tick_earns_a_kick_while_the_store_answers() {
+        let rig = Rig::start();
+        sleep(secs(2.5)).await; // ticks at 0, 1, 2
+        assert_eq!(rig.led.history(), vec![IndicatorState::Online; 3]);
+        assert_eq!(rig.watchdog.kicks(), 3);
+
+        rig.link.set_up(false);
+        sleep(secs(1.0)).await; // tick at 3
+        assert_eq!(rig.led.current(), Some(IndicatorState::Offline));
+        assert_eq!(
+            rig.watchdog.kicks(),
+            4,
+            "a down link must not cost the kick"
+        );
+
+        rig.link.set_up(true);
+        sleep(secs(1.0)).await; // tick at 4
+        assert_eq!(rig.led.current(), Some(IndicatorState::Online));
+        assert_eq!(rig.watchdog.kicks(), 5);
+        assert!(!rig.watchdog.disarmed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_stops_answering_shows_fault_after_the_probe_timeout_and_stops_the_kicks()
+    {
+        let rig = Rig::start();
+        sleep(secs(1.5)).await; // ticks at 0, 1
+        assert_eq!(rig.watchdog.kicks(), 2);
+
+        rig.store_answers.store(false, Ordering::SeqCst);
+        sleep(secs(5.0)).await; // the probe from the tick at 2 hangs until 7
+        assert_eq!(rig.led.current(), Some(IndicatorState::Online));
+        assert_eq!(rig.watchdog.kicks(), 2);
+        sleep(secs(1.0)).await; // timed out at 7; the next probe hangs until 12
+        assert_eq!(rig.led.current(), Some(IndicatorState::Fault));
+        assert_eq!(rig.watchdog.kicks(), 2);
+
+        sleep(secs(20.0)).await;
+        assert_eq!(rig.led.current(), Some(IndicatorState::Fault));
+        assert_eq!(
+            rig.watchdog.kicks(),
+            2,
+            "a wedged store must let the watchdog run out"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_disarms_the_watchdog_and_leaves_the_light_offline() {
+        let rig = Rig::start();
+        sleep(secs(1.5)).await;
+        rig.shutdown.cancel();
+        rig.supervisor.await.unwrap();
+        assert!(rig.watchdog.disarmed());
+        assert_eq!(rig.led.current(), Some(IndicatorState::Offline));
+        assert_eq!(rig.watchdog.kicks(), 2, "no kick after shutdown");
+    }
+
     #[test]
     fn the_status_line_names_chargers_uplink_and_store() {
         assert_eq!(
