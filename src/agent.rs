@@ -367,6 +367,9 @@ impl Gateway {
         let mut store_was_answering = true;
         loop {
             tokio::select! {
+                // After a hung probe the missed ticks are ready at once; without `biased`
+                // the pick is random, and each lost draw cost shutdown another probe timeout.
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
@@ -521,7 +524,7 @@ mod tests {
 
     use chargesite_hal::fake::{FakeIndicator, FakeLink, FakeWatchdog};
     use tokio::task::JoinHandle;
-    use tokio::time::sleep;
+    use tokio::time::{sleep, Instant};
 
     /// The supervisor running over the hal fakes, with an uplink that is connected and a
     /// store the test can wedge. Its ticks fall on whole seconds from the start; the tests
@@ -637,6 +640,19 @@ mod tests {
         assert!(rig.watchdog.disarmed());
         assert_eq!(rig.led.current(), Some(IndicatorState::Offline));
         assert_eq!(rig.watchdog.kicks(), 2, "no kick after shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_hung_probe_waits_at_most_the_probe_timeout() {
+        let rig = Rig::start();
+        rig.store_answers.store(false, Ordering::SeqCst);
+        sleep(secs(0.5)).await; // the probe from the tick at 0 hangs
+        let asked = Instant::now();
+        rig.shutdown.cancel();
+        rig.supervisor.await.unwrap();
+        assert!(asked.elapsed() <= STORE_PROBE_TIMEOUT);
+        assert!(rig.watchdog.disarmed());
+        assert_eq!(rig.led.current(), Some(IndicatorState::Offline));
     }
 
     #[test]
