@@ -1,6 +1,7 @@
 //! The daemon's wiring: store thread, OCPP server, gateway hardware and systemd, and the
 //! orderly shutdown that flushes the store before the process exits.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -143,11 +144,18 @@ pub async fn run(
     });
     notify(hal::systemd::ready());
 
+    let probe_store = store.clone();
     let supervisor = tokio::spawn(gateway.supervise(
-        store.clone(),
+        // The supervisor's only contact with the store. A no-op goes through the store
+        // thread's commit path like any write, so a wedged thread or a stuck COMMIT fails
+        // the probe, where checking the channel alone would not.
+        move || {
+            let store = probe_store.clone();
+            async move { store.probe().await.is_ok() }
+        },
         registry.clone(),
-        uplink_online.clone(),
-        config.uplink.is_some(),
+        config.uplink.is_some().then(|| uplink_online.clone()),
+        hal::systemd::watchdog_interval(),
         shutdown.clone(),
     ));
     let housekeeping = tokio::spawn(housekeeping(
@@ -211,6 +219,54 @@ async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationT
     }
 }
 
+/// How often the supervisor looks, unless systemd's watchdog wants it more often.
+const TICK: Duration = Duration::from_secs(1);
+/// How long the store gets to commit the supervisor's no-op before it counts as wedged.
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the supervisor saw on one tick; [`health`] turns it into what to show and whether
+/// the agent has earned its watchdog kick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Probe {
+    /// The store committed a no-op within the probe timeout.
+    store_answered: bool,
+    /// The uplink's network interface reports up; true when none is configured, since
+    /// without one there is nothing that could say otherwise.
+    interface_up: bool,
+    /// Whether the uplink is connected to the broker; `None` without an uplink.
+    uplink_online: Option<bool>,
+    /// Chargers connected right now, for the status line.
+    chargers: usize,
+}
+
+/// What the supervisor does about one [`Probe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Health {
+    /// What the status light shows.
+    indicator: IndicatorState,
+    /// Whether to kick the hardware watchdog and ping systemd's.
+    kick: bool,
+    /// systemd's `STATUS=` line (see [`status_line`]).
+    status: String,
+}
+
+/// The supervisor's decision. Only the store earns a kick: a wedged store thread means a
+/// wedged agent, which a restart fixes, while a network outage does not get better by
+/// rebooting the board, so it only changes the light.
+fn health(probe: Probe) -> Health {
+    let uplink_usable = probe.interface_up && probe.uplink_online.unwrap_or(true);
+    let indicator = match (probe.store_answered, uplink_usable) {
+        (false, _) => IndicatorState::Fault,
+        (true, false) => IndicatorState::Offline,
+        (true, true) => IndicatorState::Online,
+    };
+    Health {
+        indicator,
+        kick: probe.store_answered,
+        status: status_line(probe.chargers, probe.uplink_online, probe.store_answered),
+    }
+}
+
 /// What `systemctl status chargesite` shows on its `Status:` line, e.g.
 /// `3 chargers connected, uplink online, store ok`. `uplink` is `None` without one.
 fn status_line(chargers: usize, uplink: Option<bool>, store_ok: bool) -> String {
@@ -232,7 +288,8 @@ fn notify(r: std::io::Result<bool>) {
     }
 }
 
-/// The gateway's optional hardware.
+/// The gateway's optional hardware, each piece behind its hal trait so the supervisor runs
+/// the same over the board's devices and over `chargesite_hal::fake` in tests.
 struct Gateway {
     indicator: Option<Box<dyn Indicator>>,
     watchdog: Option<Box<dyn Watchdog>>,
@@ -240,6 +297,8 @@ struct Gateway {
 }
 
 impl Gateway {
+    /// Opens the devices `config.gateway` names; the one place that picks the Linux
+    /// implementations.
     fn open(config: &Config) -> Result<Self, AgentError> {
         let g = &config.gateway;
         let indicator =
@@ -279,39 +338,62 @@ impl Gateway {
         })
     }
 
-    /// Every second: probe the store with a real commit; only a store that answers earns a
-    /// watchdog kick (hardware and systemd), so a wedged agent gets restarted. The
-    /// indicator shows fault when the store does not answer, offline when the uplink's
-    /// interface or broker connection is down, online otherwise. systemd hears the same as
-    /// a `STATUS=` line (see [`status_line`]) whenever it changes.
-    async fn supervise(
+    /// Every second: ask `probe_store` whether the store answers (the daemon's probe
+    /// commits a no-op); only a store that answers within [`STORE_PROBE_TIMEOUT`] earns a watchdog kick (hardware, and systemd's when
+    /// `systemd_watchdog` is the unit's `WatchdogSec=`), so a wedged agent gets restarted.
+    /// The light and systemd's `STATUS=` line follow [`health`]; the status line is sent
+    /// only when it changes. `uplink_online` is `None` without an uplink. On shutdown the
+    /// light goes offline and the watchdog is disarmed, so a deliberate stop does not
+    /// reboot the board.
+    ///
+    /// `probe_store` is called once per tick; a probe that never finishes counts as a
+    /// store that does not answer.
+    async fn supervise<P, F>(
         mut self,
-        store: Store,
+        mut probe_store: P,
         registry: Registry,
-        uplink_online: Arc<AtomicBool>,
-        has_uplink: bool,
+        uplink_online: Option<Arc<AtomicBool>>,
+        systemd_watchdog: Option<Duration>,
         shutdown: CancellationToken,
-    ) {
+    ) where
+        P: FnMut() -> F,
+        F: Future<Output = bool>,
+    {
         let mut last_status = String::new();
-        let systemd_period = hal::systemd::watchdog_interval().map(|d| d / 2);
-        let period = systemd_period
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
+        // systemd wants a ping at least every half of WatchdogSec=.
+        let systemd_period = systemd_watchdog.map(|d| d / 2);
+        let period = systemd_period.unwrap_or(TICK).min(TICK);
         let mut tick = tokio::time::interval(period);
-        let healthy = AtomicBool::new(true);
+        // Starts true so that a healthy start logs nothing.
+        let mut store_was_answering = true;
         loop {
             tokio::select! {
+                // After a hung probe the missed ticks are ready at once; without `biased`
+                // the pick is random, and each lost draw cost shutdown another probe timeout.
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let ok = matches!(
-                tokio::time::timeout(Duration::from_secs(5), store.probe()).await,
-                Ok(Ok(_))
-            );
-            if ok != healthy.swap(ok, Ordering::Relaxed) {
-                tracing::warn!(store_ok = ok, "store health changed");
+            let store_answered = tokio::time::timeout(STORE_PROBE_TIMEOUT, probe_store())
+                .await
+                .unwrap_or(false);
+            // An unreadable operstate counts as down: the light should not claim a link
+            // nobody can vouch for.
+            let interface_up = self
+                .link
+                .as_ref()
+                .is_none_or(|l| l.is_up().unwrap_or(false));
+            let health = health(Probe {
+                store_answered,
+                interface_up,
+                uplink_online: uplink_online.as_ref().map(|o| o.load(Ordering::Relaxed)),
+                chargers: registry.connected_count(),
+            });
+            if store_answered != store_was_answering {
+                tracing::warn!(store_ok = store_answered, "store health changed");
+                store_was_answering = store_answered;
             }
-            if ok {
+            if health.kick {
                 if let Some(w) = self.watchdog.as_mut() {
                     if let Err(e) = w.kick() {
                         tracing::warn!("watchdog kick: {e}");
@@ -321,29 +403,14 @@ impl Gateway {
                     notify(hal::systemd::watchdog());
                 }
             }
-            let link_up = self
-                .link
-                .as_ref()
-                .is_none_or(|l| l.is_up().unwrap_or(false))
-                && (!has_uplink || uplink_online.load(Ordering::Relaxed));
-            let state = match (ok, link_up) {
-                (false, _) => IndicatorState::Fault,
-                (true, false) => IndicatorState::Offline,
-                (true, true) => IndicatorState::Online,
-            };
             if let Some(i) = self.indicator.as_mut() {
-                if let Err(e) = i.set(state) {
+                if let Err(e) = i.set(health.indicator) {
                     tracing::warn!("indicator: {e}");
                 }
             }
-            let status = status_line(
-                registry.connected_count(),
-                has_uplink.then(|| uplink_online.load(Ordering::Relaxed)),
-                ok,
-            );
-            if status != last_status {
-                notify(hal::systemd::status(&status));
-                last_status = status;
+            if health.status != last_status {
+                notify(hal::systemd::status(&health.status));
+                last_status = health.status;
             }
         }
         if let Some(i) = self.indicator.as_mut() {
@@ -359,7 +426,235 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::status_line;
+    use super::*;
+
+    /// A gateway where everything works: store answers, interface up, broker connected.
+    fn all_well() -> Probe {
+        Probe {
+            store_answered: true,
+            interface_up: true,
+            uplink_online: Some(true),
+            chargers: 2,
+        }
+    }
+
+    #[test]
+    fn a_store_that_answers_with_link_and_broker_up_shows_online_and_earns_a_kick() {
+        let h = health(all_well());
+        assert_eq!(h.indicator, IndicatorState::Online);
+        assert!(h.kick);
+        assert_eq!(h.status, "2 chargers connected, uplink online, store ok");
+    }
+
+    #[test]
+    fn a_store_that_does_not_answer_shows_fault_and_earns_no_kick() {
+        let h = health(Probe {
+            store_answered: false,
+            ..all_well()
+        });
+        assert_eq!(h.indicator, IndicatorState::Fault);
+        assert!(!h.kick);
+        assert_eq!(
+            h.status,
+            "2 chargers connected, uplink online, store NOT ANSWERING"
+        );
+    }
+
+    #[test]
+    fn a_store_that_does_not_answer_shows_fault_even_while_offline() {
+        let h = health(Probe {
+            store_answered: false,
+            interface_up: false,
+            uplink_online: Some(false),
+            ..all_well()
+        });
+        assert_eq!(h.indicator, IndicatorState::Fault);
+        assert!(!h.kick);
+    }
+
+    #[test]
+    fn a_down_interface_shows_offline_even_with_the_broker_connected() {
+        let h = health(Probe {
+            interface_up: false,
+            ..all_well()
+        });
+        assert_eq!(h.indicator, IndicatorState::Offline);
+    }
+
+    #[test]
+    fn a_disconnected_broker_shows_offline_with_the_interface_up() {
+        let h = health(Probe {
+            uplink_online: Some(false),
+            ..all_well()
+        });
+        assert_eq!(h.indicator, IndicatorState::Offline);
+        assert_eq!(
+            h.status,
+            "2 chargers connected, uplink offline (buffering), store ok"
+        );
+    }
+
+    #[test]
+    fn an_offline_gateway_still_earns_its_kick() {
+        let h = health(Probe {
+            interface_up: false,
+            uplink_online: Some(false),
+            ..all_well()
+        });
+        assert!(h.kick);
+    }
+
+    #[test]
+    fn without_an_uplink_only_the_interface_decides_online() {
+        let no_uplink = Probe {
+            uplink_online: None,
+            ..all_well()
+        };
+        let h = health(no_uplink);
+        assert_eq!(h.indicator, IndicatorState::Online);
+        assert_eq!(
+            h.status,
+            "2 chargers connected, uplink not configured, store ok"
+        );
+        let h = health(Probe {
+            interface_up: false,
+            ..no_uplink
+        });
+        assert_eq!(h.indicator, IndicatorState::Offline);
+    }
+
+    use chargesite_hal::fake::{FakeIndicator, FakeLink, FakeWatchdog};
+    use tokio::task::JoinHandle;
+    use tokio::time::{sleep, Instant};
+
+    /// The supervisor running over the hal fakes, with an uplink that is connected and a
+    /// store the test can wedge. Its ticks fall on whole seconds from the start; the tests
+    /// look half-way between two ticks.
+    struct Rig {
+        led: FakeIndicator,
+        watchdog: FakeWatchdog,
+        link: FakeLink,
+        store_answers: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+        supervisor: JoinHandle<()>,
+    }
+
+    impl Rig {
+        fn start() -> Self {
+            let led = FakeIndicator::new();
+            let watchdog = FakeWatchdog::new();
+            let link = FakeLink::new(true);
+            let gateway = Gateway {
+                indicator: Some(Box::new(led.clone())),
+                watchdog: Some(Box::new(watchdog.clone())),
+                link: Some(Box::new(link.clone())),
+            };
+            let store_answers = Arc::new(AtomicBool::new(true));
+            let answers = store_answers.clone();
+            // While the test says the store does not answer, the probe never finishes, as
+            // when the store thread is stuck: only the supervisor's timeout ends it.
+            let probe_store = move || {
+                let answering = answers.load(Ordering::SeqCst);
+                async move {
+                    if !answering {
+                        std::future::pending::<()>().await;
+                    }
+                    true
+                }
+            };
+            let shutdown = CancellationToken::new();
+            let supervisor = tokio::spawn(gateway.supervise(
+                probe_store,
+                Registry::default(),
+                Some(Arc::new(AtomicBool::new(true))),
+                None,
+                shutdown.clone(),
+            ));
+            Self {
+                led,
+                watchdog,
+                link,
+                store_answers,
+                shutdown,
+                supervisor,
+            }
+        }
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_light_follows_the_link_and_every_tick_earns_a_kick_while_the_store_answers() {
+        let rig = Rig::start();
+        sleep(secs(2.5)).await; // ticks at 0, 1, 2
+        assert_eq!(rig.led.history(), vec![IndicatorState::Online; 3]);
+        assert_eq!(rig.watchdog.kicks(), 3);
+
+        rig.link.set_up(false);
+        sleep(secs(1.0)).await; // tick at 3
+        assert_eq!(rig.led.current(), Some(IndicatorState::Offline));
+        assert_eq!(
+            rig.watchdog.kicks(),
+            4,
+            "a down link must not cost the kick"
+        );
+
+        rig.link.set_up(true);
+        sleep(secs(1.0)).await; // tick at 4
+        assert_eq!(rig.led.current(), Some(IndicatorState::Online));
+        assert_eq!(rig.watchdog.kicks(), 5);
+        assert!(!rig.watchdog.disarmed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_stops_answering_shows_fault_after_the_probe_timeout_and_stops_the_kicks()
+    {
+        let rig = Rig::start();
+        sleep(secs(1.5)).await; // ticks at 0, 1
+        assert_eq!(rig.watchdog.kicks(), 2);
+
+        rig.store_answers.store(false, Ordering::SeqCst);
+        sleep(secs(5.0)).await; // the probe from the tick at 2 hangs until 7
+        assert_eq!(rig.led.current(), Some(IndicatorState::Online));
+        assert_eq!(rig.watchdog.kicks(), 2);
+        sleep(secs(1.0)).await; // timed out at 7; the next probe hangs until 12
+        assert_eq!(rig.led.current(), Some(IndicatorState::Fault));
+        assert_eq!(rig.watchdog.kicks(), 2);
+
+        sleep(secs(20.0)).await;
+        assert_eq!(rig.led.current(), Some(IndicatorState::Fault));
+        assert_eq!(
+            rig.watchdog.kicks(),
+            2,
+            "a wedged store must let the watchdog run out"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_disarms_the_watchdog_and_leaves_the_light_offline() {
+        let rig = Rig::start();
+        sleep(secs(1.5)).await;
+        rig.shutdown.cancel();
+        rig.supervisor.await.unwrap();
+        assert!(rig.watchdog.disarmed());
+        assert_eq!(rig.led.current(), Some(IndicatorState::Offline));
+        assert_eq!(rig.watchdog.kicks(), 2, "no kick after shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_hung_probe_waits_at_most_the_probe_timeout() {
+        let rig = Rig::start();
+        rig.store_answers.store(false, Ordering::SeqCst);
+        sleep(secs(0.5)).await; // the probe from the tick at 0 hangs
+        let asked = Instant::now();
+        rig.shutdown.cancel();
+        rig.supervisor.await.unwrap();
+        assert!(asked.elapsed() <= STORE_PROBE_TIMEOUT);
+        assert!(rig.watchdog.disarmed());
+        assert_eq!(rig.led.current(), Some(IndicatorState::Offline));
+    }
 
     #[test]
     fn the_status_line_names_chargers_uplink_and_store() {
