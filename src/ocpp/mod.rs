@@ -3,6 +3,7 @@
 //! - [`frame`]: OCPP-J framing and CALLERROR codes (pure).
 //! - [`messages`]: decoding and validating a charger's requests (pure).
 //! - [`meter`]: meter samples and the energy register (pure).
+//! - [`handshake`]: the WebSocket handshake's decision: path, Basic auth, subprotocol (pure).
 //! - [`handler`]: what the central system answers to each request, via the store.
 //! - [`registry`]: the connected chargers and outbound CALLs to them.
 //! - [`commands`]: typed outbound commands (RemoteStart/Stop, Reset, …) over the registry.
@@ -11,6 +12,7 @@
 pub mod commands;
 pub mod frame;
 pub mod handler;
+pub mod handshake;
 pub mod messages;
 pub mod meter;
 pub mod registry;
