@@ -512,3 +512,17 @@ async fn sigterm_closes_chargers_flushes_and_exits_zero() {
     assert_eq!(gone[0]["reason"], "shutdown");
     seqs_are_contiguous(&agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_of_only_dots_is_refused_with_404() {
+    // With unknown chargers allowed, `..` would otherwise become a charger (and the MQTT
+    // topic level `connectors/../1`).
+    let agent = Agent::start(OPEN, FREE);
+    for cp in ["..", ".", "..."] {
+        match Charger::try_connect(&agent.url(cp), Some("ocpp1.6"), None).await {
+            Connect::Refused(s) => assert_eq!(s, 404, "/ocpp/{cp}"),
+            Connect::Ok(_) => panic!("/ocpp/{cp} accepted"),
+        }
+    }
+    assert!(agent.events_of("charger.connected").is_empty());
+}
