@@ -526,3 +526,66 @@ async fn a_path_of_only_dots_is_refused_with_404() {
     }
     assert!(agent.events_of("charger.connected").is_empty());
 }
+
+/// The Close frame the agent sends next (skipping pings), or `None` if the socket just
+/// ends.
+async fn close_frame(cp: &mut Charger) -> Option<(u16, String)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), cp.ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return Some((f.code.into(), f.reason.to_string()))
+            }
+            Ok(Some(Ok(Message::Close(None)))) => return Some((1005, String::new())),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_violation_gets_a_close_frame_before_the_socket_drops() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let agent = Agent::start(&format!("{OPEN}\nmax_message_bytes = 8192"), FREE);
+
+    let mut cp = Charger::connect(&agent.url("BIN")).await;
+    cp.ws
+        .send(Message::Binary(vec![2, 0].into()))
+        .await
+        .unwrap();
+    let (code, _) = close_frame(&mut cp).await.expect("a Close frame");
+    assert_eq!(code, 1003, "unsupported data");
+
+    let mut cp = Charger::connect(&agent.url("BIG")).await;
+    cp.send_text(&format!(
+        r#"[2,"x","DataTransfer",{{"vendorId":"{}"}}]"#,
+        "v".repeat(20_000)
+    ))
+    .await;
+    let (code, _) = close_frame(&mut cp).await.expect("a Close frame");
+    assert_eq!(code, 1009, "message too big");
+
+    assert!(
+        eventually(5, || agent.events_of("charger.disconnected").len() == 2).await,
+        "both recorded"
+    );
+    let reasons: Vec<Value> = agent
+        .events_of("charger.disconnected")
+        .into_iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(reasons, vec![json!("protocol"), json!("protocol")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charger_closing_gets_its_close_frame_echoed() {
+    let agent = Agent::start(OPEN, FREE);
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    cp.ws.close(None).await.unwrap();
+    assert!(
+        close_frame(&mut cp).await.is_some(),
+        "the agent answers the closing handshake"
+    );
+}

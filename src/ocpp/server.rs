@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -41,6 +42,9 @@ use crate::uplink::Notice;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a single write may take before the peer is considered dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a socket we close on a misbehaving peer is drained first, and how much of it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Everything the server's tasks share.
 pub struct Server {
@@ -175,7 +179,7 @@ impl Server {
                     reason: format!("supported subprotocol: {}", handshake::SUPPORTED.join(", "))
                         .into(),
                 };
-                let _ = ws.close(Some(frame)).await;
+                close_and_linger(&mut ws, frame).await;
             }
             // A refusal never completes the handshake.
             Some(Decision::Refuse(_)) | None => {}
@@ -321,18 +325,29 @@ impl Server {
                     let msg = match msg {
                         None => break EndReason::Closed,
                         Some(Err(e)) => {
-                            tracing::info!(cp_id, "socket error: {e}");
-                            break EndReason::Error;
+                            let Some((code, why)) = violation(&e) else {
+                                tracing::info!(cp_id, "socket error: {e}");
+                                break EndReason::Error;
+                            };
+                            tracing::warn!(cp_id, "protocol violation: {e}");
+                            close_and_linger(&mut ws, CloseFrame { code, reason: why.into() }).await;
+                            break EndReason::Protocol;
                         }
                         Some(Ok(m)) => m,
                     };
                     last_heard = Instant::now();
                     let text = match msg {
                         Message::Text(t) => t,
-                        Message::Close(_) => break EndReason::Closed,
+                        Message::Close(_) => {
+                            // tungstenite queued the echo of the charger's Close but only
+                            // writes it on the next read or flush; without this flush the
+                            // charger never sees its closing handshake answered.
+                            let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.flush()).await;
+                            break EndReason::Closed;
+                        }
                         Message::Binary(_) => {
                             tracing::warn!(cp_id, "binary frame; OCPP-J is text only");
-                            let _ = ws.close(Some(CloseFrame { code: CloseCode::Unsupported, reason: "OCPP-J uses text frames".into() })).await;
+                            close_and_linger(&mut ws, CloseFrame { code: CloseCode::Unsupported, reason: "OCPP-J uses text frames".into() }).await;
                             break EndReason::Protocol;
                         }
                         _ => continue, // ping (answered by tungstenite), pong
@@ -485,6 +500,58 @@ fn settle(cp_id: &str, rpc: &mut Outbound<Waiter>, id: &str, result: Result<Valu
             "answer to a CALL we are not waiting for; ignored"
         ),
     }
+}
+
+/// The close code and reason for a read error that is the charger breaking RFC 6455 (the
+/// socket is still up, so it is told why); `None` for a socket that is already gone. The
+/// reasons are fixed texts: a close reason has to fit in 123 bytes.
+fn violation(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "text frames must be UTF-8")),
+        WsError::Protocol(
+            ProtocolError::NonZeroReservedBits
+            | ProtocolError::UnmaskedFrameFromClient
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::ControlFrameTooBig
+            | ProtocolError::UnknownControlFrameType(_)
+            | ProtocolError::UnknownDataFrameType(_)
+            | ProtocolError::UnexpectedContinueFrame
+            | ProtocolError::ExpectedFragment(_)
+            | ProtocolError::InvalidOpcode(_)
+            | ProtocolError::InvalidCloseSequence,
+        ) => Some((CloseCode::Protocol, "WebSocket protocol violation")),
+        _ => None,
+    }
+}
+
+/// Sends our Close frame and a FIN, then reads and discards what the charger still sends
+/// until it closes too: closing a socket with unread bytes makes the kernel send a reset,
+/// which can destroy the Close frame before the charger reads it.
+async fn close_and_linger<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    frame: CloseFrame,
+) {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+    // The FIN tells the charger we are done, so it closes at once rather than waiting out
+    // the linger.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.get_mut().shutdown()).await;
+    linger(ws.get_mut()).await;
+}
+
+/// Reads and discards until EOF, [`LINGER`] or [`LINGER_BYTES`], whichever comes first.
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
