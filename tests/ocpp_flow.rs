@@ -589,3 +589,58 @@ async fn a_charger_closing_gets_its_close_frame_echoed() {
         "the agent answers the closing handshake"
     );
 }
+
+/// Sends `head` raw over TCP and returns the status line of the answer.
+async fn raw_status_line(agent: &Agent, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    // The agent may answer before it has read everything; a failed write is fine.
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+fn upgrade_request(path: &str, extra_header: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: ocpp1.6\r\n{extra_header}\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_or_broken_request_gets_an_http_error_not_a_reset() {
+    let agent = Agent::start(OPEN, FREE);
+    let huge = "x".repeat(100 * 1024);
+    let header = format!("X-Padding: {huge}\r\n");
+    assert!(
+        raw_status_line(&agent, &upgrade_request("/ocpp/CP001", &header))
+            .await
+            .starts_with("HTTP/1.1 431"),
+        "a 100 KB header"
+    );
+    let path = format!("/ocpp/{huge}");
+    assert!(
+        raw_status_line(&agent, &upgrade_request(&path, ""))
+            .await
+            .starts_with("HTTP/1.1 431"),
+        "a 100 KB path"
+    );
+    assert!(
+        raw_status_line(&agent, "GET /ocpp/CP001 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400"),
+        "not an upgrade"
+    );
+    assert!(
+        raw_status_line(&agent, "\x16\x03\x01 not http\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400"),
+        "not HTTP"
+    );
+    // and the server is fine
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    cp.boot().await;
+}

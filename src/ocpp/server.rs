@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -138,7 +138,7 @@ impl Server {
 
     async fn connection(
         self: Arc<Self>,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) {
@@ -151,8 +151,10 @@ impl Server {
         // tungstenite's callback returns its `ErrorResponse` by value; not ours to shrink.
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| server.handshake(req, resp, &mut decided);
+        // Over `&mut stream`, so the socket is still ours when tungstenite gives up on a
+        // request without answering it (see `unanswered`).
         let handshake = tokio_tungstenite::accept_hdr_async_with_config(
-            stream,
+            &mut stream,
             callback,
             Some(self.ws_config()),
         );
@@ -160,6 +162,9 @@ impl Server {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 tracing::info!(%peer, "handshake refused or failed: {e}");
+                if let Some(status) = unanswered(&e) {
+                    answer_and_close(&mut stream, status).await;
+                }
                 return;
             }
             Err(_) => {
@@ -552,6 +557,39 @@ async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The HTTP status for a handshake tungstenite gave up on without writing a response;
+/// `None` when a response went out (our refusal) or the peer is gone.
+fn unanswered(e: &WsError) -> Option<StatusCode> {
+    match e {
+        // More than 64 KiB of request head, or more than 124 header lines (tungstenite's
+        // fixed limits).
+        WsError::AttackAttempt | WsError::Capacity(CapacityError::TooManyHeaders) => {
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
+        WsError::Protocol(ProtocolError::HandshakeIncomplete) => None,
+        WsError::Protocol(_) | WsError::HttpFormat(_) | WsError::Utf8(_) => {
+            Some(StatusCode::BAD_REQUEST)
+        }
+        _ => None,
+    }
+}
+
+/// Answers a request tungstenite could not parse, then closes without a reset.
+async fn answer_and_close(stream: &mut TcpStream, status: StatusCode) {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    if matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
+        linger(stream).await;
+    }
 }
 
 async fn send<S: AsyncRead + AsyncWrite + Unpin>(
