@@ -4,8 +4,9 @@
 //! - [`config`]: the TOML config file, typed and validated (CONTRACT §2).
 //! - [`agent`]: process wiring: store, OCPP server, gateway hardware, systemd, shutdown.
 //! - [`ocpp`]: the OCPP-J 1.6 central system chargers connect to: framing and message
-//!   decoding (pure), the energy register (pure), the per-request handler, the registry
-//!   of connected chargers with outbound CALLs, and the WebSocket server.
+//!   decoding (pure), the energy register (pure), the handshake decision and each
+//!   connection's outbound CALL state (pure), the per-request handler, the registry of
+//!   connected chargers with outbound CALLs, and the WebSocket server.
 //! - [`store`]: the one thread that owns the SQLite database; migrations; group commit;
 //!   the ops that write each fact together with its upstream outbox events.
 //! - [`uplink`]: store-and-forward to the BPP over MQTT: the outbox driver, commands,
