@@ -512,3 +512,135 @@ async fn sigterm_closes_chargers_flushes_and_exits_zero() {
     assert_eq!(gone[0]["reason"], "shutdown");
     seqs_are_contiguous(&agent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_of_only_dots_is_refused_with_404() {
+    // With unknown chargers allowed, `..` would otherwise become a charger (and the MQTT
+    // topic level `connectors/../1`).
+    let agent = Agent::start(OPEN, FREE);
+    for cp in ["..", ".", "..."] {
+        match Charger::try_connect(&agent.url(cp), Some("ocpp1.6"), None).await {
+            Connect::Refused(s) => assert_eq!(s, 404, "/ocpp/{cp}"),
+            Connect::Ok(_) => panic!("/ocpp/{cp} accepted"),
+        }
+    }
+    assert!(agent.events_of("charger.connected").is_empty());
+}
+
+/// The Close frame the agent sends next (skipping pings), or `None` if the socket just
+/// ends.
+async fn close_frame(cp: &mut Charger) -> Option<(u16, String)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), cp.ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return Some((f.code.into(), f.reason.to_string()))
+            }
+            Ok(Some(Ok(Message::Close(None)))) => return Some((1005, String::new())),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_violation_gets_a_close_frame_before_the_socket_drops() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let agent = Agent::start(&format!("{OPEN}\nmax_message_bytes = 8192"), FREE);
+
+    let mut cp = Charger::connect(&agent.url("BIN")).await;
+    cp.ws
+        .send(Message::Binary(vec![2, 0].into()))
+        .await
+        .unwrap();
+    let (code, _) = close_frame(&mut cp).await.expect("a Close frame");
+    assert_eq!(code, 1003, "unsupported data");
+
+    let mut cp = Charger::connect(&agent.url("BIG")).await;
+    cp.send_text(&format!(
+        r#"[2,"x","DataTransfer",{{"vendorId":"{}"}}]"#,
+        "v".repeat(20_000)
+    ))
+    .await;
+    let (code, _) = close_frame(&mut cp).await.expect("a Close frame");
+    assert_eq!(code, 1009, "message too big");
+
+    assert!(
+        eventually(5, || agent.events_of("charger.disconnected").len() == 2).await,
+        "both recorded"
+    );
+    let reasons: Vec<Value> = agent
+        .events_of("charger.disconnected")
+        .into_iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(reasons, vec![json!("protocol"), json!("protocol")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charger_closing_gets_its_close_frame_echoed() {
+    let agent = Agent::start(OPEN, FREE);
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    cp.ws.close(None).await.unwrap();
+    assert!(
+        close_frame(&mut cp).await.is_some(),
+        "the agent answers the closing handshake"
+    );
+}
+
+/// Sends `head` raw over TCP and returns the status line of the answer.
+async fn raw_status_line(agent: &Agent, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+    // The agent may answer before it has read everything; a failed write is fine.
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+fn upgrade_request(path: &str, extra_header: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: ocpp1.6\r\n{extra_header}\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_or_broken_request_gets_an_http_error_not_a_reset() {
+    let agent = Agent::start(OPEN, FREE);
+    let huge = "x".repeat(100 * 1024);
+    let header = format!("X-Padding: {huge}\r\n");
+    assert!(
+        raw_status_line(&agent, &upgrade_request("/ocpp/CP001", &header))
+            .await
+            .starts_with("HTTP/1.1 431"),
+        "a 100 KB header"
+    );
+    let path = format!("/ocpp/{huge}");
+    assert!(
+        raw_status_line(&agent, &upgrade_request(&path, ""))
+            .await
+            .starts_with("HTTP/1.1 431"),
+        "a 100 KB path"
+    );
+    assert!(
+        raw_status_line(&agent, "GET /ocpp/CP001 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400"),
+        "not an upgrade"
+    );
+    assert!(
+        raw_status_line(&agent, "\x16\x03\x01 not http\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 400"),
+        "not HTTP"
+    );
+    // and the server is fine
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    cp.boot().await;
+}

@@ -3,6 +3,9 @@
 //! - [`frame`]: OCPP-J framing and CALLERROR codes (pure).
 //! - [`messages`]: decoding and validating a charger's requests (pure).
 //! - [`meter`]: meter samples and the energy register (pure).
+//! - [`handshake`]: the WebSocket handshake's decision: path, Basic auth, subprotocol (pure).
+//! - [`rpc`]: one connection's outbound CALL: ids, the one outstanding CALL, its deadline
+//!   (pure).
 //! - [`handler`]: what the central system answers to each request, via the store.
 //! - [`registry`]: the connected chargers and outbound CALLs to them.
 //! - [`commands`]: typed outbound commands (RemoteStart/Stop, Reset, …) over the registry.
@@ -11,7 +14,9 @@
 pub mod commands;
 pub mod frame;
 pub mod handler;
+pub mod handshake;
 pub mod messages;
 pub mod meter;
 pub mod registry;
+pub mod rpc;
 pub mod server;

@@ -1,11 +1,12 @@
 //! The OCPP-J WebSocket server: accepts chargers and drives one task per connection.
 //!
-//! The handshake checks the path (`/ocpp/<chargePointId>`; unknown id: 404), HTTP Basic
-//! auth against the charger's argon2 hash (401), and negotiates the subprotocol as OCPP-J
-//! prescribes. Each connection is then one `select!` over its socket, the CALLs the agent
-//! wants sent to the charger, the pending CALL's deadline, a ping timer and the shutdown
-//! token. Pings run on a seconds scale, so a charger whose socket died shows offline
-//! within `ping_interval + pong_timeout`, not after TCP's quarter of an hour.
+//! The handshake's decision (path, Basic auth, subprotocol) is [`super::handshake`]'s;
+//! this module feeds it the request and runs the cached argon2 check it asks for. Each
+//! connection is then one `select!` over its socket, the CALLs the agent wants sent to
+//! the charger, the pending CALL's deadline (kept by [`super::rpc`]), a ping timer and
+//! the shutdown token; the loop only moves frames between them. Pings run on a seconds
+//! scale, so a charger whose socket died shows offline within
+//! `ping_interval + pong_timeout`, not after TCP's quarter of an hour.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,31 +15,35 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, ErrorCode, Frame};
 use super::handler::{self, Context};
+use super::handshake::{self, Chargers, Decision, Refusal, Subprotocol, Upgrade};
 use super::registry::{CallFailure, OutboundCall, Registry};
+use super::rpc::{Busy, Outbound};
 use crate::notice::Notice;
 use crate::time::now;
-
-/// The subprotocol this server speaks.
-pub const OCPP16: &str = "ocpp1.6";
 
 /// Time a client has to complete the WebSocket handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a single write may take before the peer is considered dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a socket we close on a misbehaving peer is drained first, and how much of it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Everything the server's tasks share.
 pub struct Server {
@@ -72,12 +77,6 @@ impl EndReason {
             EndReason::Protocol => "protocol",
         }
     }
-}
-
-/// What the handshake decided.
-struct Accepted {
-    cp_id: String,
-    subprotocol: Option<&'static str>,
 }
 
 impl Server {
@@ -138,7 +137,7 @@ impl Server {
 
     async fn connection(
         self: Arc<Self>,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) {
@@ -146,20 +145,25 @@ impl Server {
             tracing::warn!(%peer, "connection limit reached; refusing");
             return;
         };
-        let mut decided: Option<Accepted> = None;
+        let mut decided: Option<Decision> = None;
         let server = self.clone();
         // tungstenite's callback returns its `ErrorResponse` by value; not ours to shrink.
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| server.handshake(req, resp, &mut decided);
+        // Over `&mut stream`, so the socket is still ours when tungstenite gives up on a
+        // request without answering it (see `unanswered`).
         let handshake = tokio_tungstenite::accept_hdr_async_with_config(
-            stream,
+            &mut stream,
             callback,
             Some(self.ws_config()),
         );
-        let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 tracing::info!(%peer, "handshake refused or failed: {e}");
+                if let Some(status) = unanswered(&e) {
+                    answer_and_close(&mut stream, status).await;
+                }
                 return;
             }
             Err(_) => {
@@ -167,74 +171,88 @@ impl Server {
                 return;
             }
         };
-        let Some(accepted) = decided else { return };
-        self.run(ws, accepted, peer, shutdown).await;
+        match decided {
+            Some(Decision::Accept { cp_id, subprotocol }) => {
+                self.run(ws, cp_id, subprotocol.name(), peer, shutdown)
+                    .await;
+            }
+            Some(Decision::NoSubprotocol { cp_id }) => {
+                tracing::warn!(cp_id, "no supported subprotocol offered; closing");
+                let frame = CloseFrame {
+                    code: CloseCode::Protocol,
+                    reason: format!("supported subprotocol: {}", handshake::SUPPORTED.join(", "))
+                        .into(),
+                };
+                close_and_linger(&mut ws, frame).await;
+            }
+            // A refusal never completes the handshake.
+            Some(Decision::Refuse(_)) | None => {}
+        }
     }
 
-    /// The handshake callback: path, charger id, Basic auth, subprotocol.
+    /// The handshake callback: [`handshake::decide`] over the request, with the server's
+    /// cached argon2 check as the password verifier.
     #[allow(clippy::result_large_err)]
     fn handshake(
         &self,
         req: &Request,
         mut resp: Response,
-        decided: &mut Option<Accepted>,
+        decided: &mut Option<Decision>,
     ) -> Result<Response, ErrorResponse> {
-        let path = req.uri().path();
-        let Some(cp_id) = path.strip_prefix("/ocpp/").filter(|id| valid_cp_id(id)) else {
-            return Err(reject(StatusCode::NOT_FOUND, "use /ocpp/<chargePointId>"));
+        let headers = req.headers();
+        let upgrade = Upgrade {
+            path: req.uri().path(),
+            authorization: headers
+                .get_all(AUTHORIZATION)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect(),
+            protocols: headers
+                .get_all(SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect(),
         };
         let ocpp = &self.ctx.config.ocpp;
-        let listed = ocpp.chargers.get(cp_id);
-        if listed.is_none() && !ocpp.allow_unknown_chargers {
-            tracing::warn!(cp_id, "unknown charger refused");
-            return Err(reject(StatusCode::NOT_FOUND, "unknown charger"));
-        }
-        if let Some(Some(hash)) = listed {
-            let presented = req
-                .headers()
-                .get("authorization")
-                .and_then(|h| h.to_str().ok())
-                .and_then(basic_credentials);
-            let ok = match presented {
-                Some((user, pass)) if user == cp_id => self.verify(cp_id, &pass, hash),
-                _ => false,
-            };
-            if !ok {
-                tracing::warn!(cp_id, "bad or missing credentials");
-                let mut r = reject(StatusCode::UNAUTHORIZED, "authentication required");
-                r.headers_mut().insert(
-                    "www-authenticate",
-                    HeaderValue::from_static("Basic realm=\"chargesite\""),
-                );
-                return Err(r);
-            }
-        }
-        // OCPP-J: pick a subprotocol the client offered; if it offered none we speak,
-        // complete the handshake without the header and close at once (done in `run`).
-        let offered = req
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|h| h.to_str().ok())
-            .flat_map(|h| h.split(','))
-            .map(|p| p.trim().to_ascii_lowercase())
-            .collect::<Vec<_>>();
-        let subprotocol = if offered.is_empty() {
-            // Not offering one breaks OCPP-J, but some chargers do it; 1.6 is the only
-            // version they can mean.
-            tracing::warn!(cp_id, "no subprotocol offered; assuming ocpp1.6");
-            Some(OCPP16)
-        } else if offered.iter().any(|p| p == OCPP16) {
-            resp.headers_mut()
-                .insert("sec-websocket-protocol", HeaderValue::from_static(OCPP16));
-            Some(OCPP16)
-        } else {
-            None
+        let chargers = Chargers {
+            allow_unknown: ocpp.allow_unknown_chargers,
+            listed: &ocpp.chargers,
         };
-        *decided = Some(Accepted {
-            cp_id: cp_id.to_string(),
-            subprotocol,
+        let decision = handshake::decide(&upgrade, chargers, |c| {
+            self.verify(c.cp_id, c.password, c.hash)
         });
+        match &decision {
+            Decision::Refuse(refusal) => {
+                let cp_id = handshake::cp_id_from_path(upgrade.path);
+                match refusal {
+                    Refusal::BadPath => {}
+                    Refusal::UnknownCharger => tracing::warn!(cp_id, "unknown charger refused"),
+                    Refusal::MissingCredentials | Refusal::WrongCredentials => {
+                        tracing::warn!(cp_id, "bad or missing credentials")
+                    }
+                }
+                return Err(reject(*refusal));
+            }
+            Decision::Accept {
+                cp_id,
+                subprotocol: Subprotocol::Assumed(p),
+            } => {
+                tracing::warn!(cp_id, "no subprotocol offered; assuming {p}");
+            }
+            Decision::Accept {
+                subprotocol: Subprotocol::Agreed(p),
+                ..
+            } => {
+                // `p` is one of `handshake::SUPPORTED`: constant, visible ASCII, so
+                // `from_static` cannot panic.
+                resp.headers_mut()
+                    .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+            }
+            // OCPP-J: complete the handshake without the header, then close (in
+            // `connection`).
+            Decision::NoSubprotocol { .. } => {}
+        }
+        *decided = Some(decision);
         Ok(resp)
     }
 
@@ -264,23 +282,13 @@ impl Server {
     async fn run<S>(
         &self,
         mut ws: WebSocketStream<S>,
-        accepted: Accepted,
+        cp_id: String,
+        version: &'static str,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let cp_id = accepted.cp_id;
-        let Some(version) = accepted.subprotocol else {
-            tracing::warn!(cp_id, "no supported subprotocol offered; closing");
-            let _ = ws
-                .close(Some(CloseFrame {
-                    code: CloseCode::Protocol,
-                    reason: "supported subprotocol: ocpp1.6".into(),
-                }))
-                .await;
-            return;
-        };
         let reg = self.registry.register(&cp_id, &shutdown);
         let cancel = reg.cancel.clone();
         let mut calls = reg.calls;
@@ -302,12 +310,12 @@ impl Server {
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let mut pending: Option<PendingCall> = None;
-        let mut next_call_id: u64 = 0;
+        let mut rpc: Outbound<Waiter> = Outbound::new();
+        // A stand-in deadline for the disabled timer branch (select! still builds it).
         let far = Instant::now() + Duration::from_secs(86400 * 365);
 
         let reason = loop {
-            let deadline = pending.as_ref().map_or(far, |p| p.2);
+            let deadline = rpc.deadline();
             tokio::select! {
                 _ = cancel.cancelled() => {
                     break if shutdown.is_cancelled() { EndReason::Shutdown } else { EndReason::Replaced };
@@ -316,74 +324,55 @@ impl Server {
                     let msg = match msg {
                         None => break EndReason::Closed,
                         Some(Err(e)) => {
-                            tracing::info!(cp_id, "socket error: {e}");
-                            break EndReason::Error;
+                            let Some((code, why)) = violation(&e) else {
+                                tracing::info!(cp_id, "socket error: {e}");
+                                break EndReason::Error;
+                            };
+                            tracing::warn!(cp_id, "protocol violation: {e}");
+                            close_and_linger(&mut ws, CloseFrame { code, reason: why.into() }).await;
+                            break EndReason::Protocol;
                         }
                         Some(Ok(m)) => m,
                     };
                     last_heard = Instant::now();
                     let text = match msg {
                         Message::Text(t) => t,
-                        Message::Close(_) => break EndReason::Closed,
+                        Message::Close(_) => {
+                            // tungstenite queued the echo of the charger's Close but only
+                            // writes it on the next read or flush; without this flush the
+                            // charger never sees its closing handshake answered.
+                            let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.flush()).await;
+                            break EndReason::Closed;
+                        }
                         Message::Binary(_) => {
                             tracing::warn!(cp_id, "binary frame; OCPP-J is text only");
-                            let _ = ws.close(Some(CloseFrame { code: CloseCode::Unsupported, reason: "OCPP-J uses text frames".into() })).await;
+                            close_and_linger(&mut ws, CloseFrame { code: CloseCode::Unsupported, reason: "OCPP-J uses text frames".into() }).await;
                             break EndReason::Protocol;
                         }
                         _ => continue, // ping (answered by tungstenite), pong
                     };
-                    let parsed = frame::parse(text.as_str());
-                    drop(text);
-                    let reply = match parsed {
-                        Ok(Frame::Call { id, action, payload }) => {
-                            let decoded = handler::decode_call(&cp_id, &id, &action, &payload);
-                            drop(payload); // not held while the store commits
-                            Some(match decoded {
-                                Ok(request) => handler::handle_request(&self.ctx, &cp_id, &id, &action, request).await,
-                                Err(call_error) => call_error,
-                            })
-                        }
-                        Ok(Frame::CallResult { id, payload }) => {
-                            settle(&cp_id, &mut pending, &id, Ok(payload));
-                            None
-                        }
-                        Ok(Frame::CallError { id, code, description }) => {
-                            settle(&cp_id, &mut pending, &id, Err(CallFailure::Rejected { code, description }));
-                            None
-                        }
-                        Err(e) => {
-                            tracing::info!(cp_id, code = e.code.as_str(), "bad frame: {}", e.description);
-                            match (&e.id, e.was_call) {
-                                (Some(id), true) => Some(frame::call_error(id, e.code, &e.description)),
-                                (Some(id), false) => {
-                                    let failure = CallFailure::Rejected { code: ErrorCode::FormationViolation.as_str().into(), description: e.description.clone() };
-                                    settle(&cp_id, &mut pending, id, Err(failure));
-                                    None
-                                }
-                                (None, _) => None,
-                            }
-                        }
-                    };
-                    if let Some(reply) = reply {
+                    if let Some(reply) = self.on_text(&cp_id, &mut rpc, text).await {
                         if !send(&mut ws, reply).await {
                             break EndReason::Error;
                         }
                     }
                 }
-                call = calls.recv(), if pending.is_none() => {
+                call = calls.recv(), if rpc.can_send() => {
                     let Some(OutboundCall { action, payload, timeout, reply }) = call else { continue };
-                    next_call_id += 1;
-                    let id = format!("cs-{next_call_id}");
-                    if !send(&mut ws, frame::call(&id, &action, &payload)).await {
-                        let _ = reply.send(Err(CallFailure::Disconnected));
-                        break EndReason::Error;
+                    match rpc.start(&action, reply, Instant::now(), timeout) {
+                        // A failed send leaves the CALL outstanding; it is abandoned with
+                        // `Disconnected` below.
+                        Ok(id) => if !send(&mut ws, frame::call(&id, &action, &payload)).await {
+                            break EndReason::Error;
+                        },
+                        // Not reached: the branch only runs when nothing is outstanding.
+                        Err(Busy(reply)) => { let _ = reply.send(Err(CallFailure::Busy)); }
                     }
-                    pending = Some((id, reply, Instant::now() + timeout));
                 }
-                _ = tokio::time::sleep_until(deadline), if pending.is_some() => {
-                    if let Some((id, reply, _)) = pending.take() {
-                        tracing::warn!(cp_id, id, "charger did not answer our CALL in time");
-                        let _ = reply.send(Err(CallFailure::Timeout));
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    if let Some(expired) = rpc.expire(Instant::now()) {
+                        tracing::warn!(cp_id, id = expired.id, action = expired.action, "charger did not answer our CALL in time");
+                        let _ = expired.waiter.send(Err(CallFailure::Timeout));
                     }
                 }
                 _ = ping.tick() => {
@@ -397,8 +386,8 @@ impl Server {
                 }
             }
         };
-        if let Some((_, reply, _)) = pending.take() {
-            let _ = reply.send(Err(CallFailure::Disconnected));
+        if let Some(waiter) = rpc.abandon() {
+            let _ = waiter.send(Err(CallFailure::Disconnected));
         }
         if matches!(reason, EndReason::Shutdown | EndReason::Replaced) {
             let frame = CloseFrame {
@@ -424,28 +413,172 @@ impl Server {
     }
 }
 
-/// Our CALL on the wire: its id, where the answer goes, and when we give up on it.
-type PendingCall = (String, oneshot::Sender<Result<Value, CallFailure>>, Instant);
+/// Who waits for the answer to one of our CALLs.
+type Waiter = oneshot::Sender<Result<Value, CallFailure>>;
 
-/// Resolves our pending CALL if the answer's id matches it.
-fn settle(
-    cp_id: &str,
-    pending: &mut Option<PendingCall>,
-    id: &str,
-    result: Result<Value, CallFailure>,
-) {
-    match pending.take() {
-        Some((pid, reply, _)) if pid == id => {
-            let _ = reply.send(result);
-        }
-        other => {
-            tracing::warn!(
-                cp_id,
+impl Server {
+    /// One text frame from the charger: its CALL answered (after the store commits), or
+    /// its answer to our CALL settled. Returns the frame to send back, if any.
+    async fn on_text(
+        &self,
+        cp_id: &str,
+        rpc: &mut Outbound<Waiter>,
+        text: Utf8Bytes,
+    ) -> Option<String> {
+        let parsed = frame::parse(text.as_str());
+        drop(text);
+        match parsed {
+            Ok(Frame::Call {
                 id,
-                "answer to a CALL we are not waiting for; ignored"
-            );
-            *pending = other;
+                action,
+                payload,
+            }) => {
+                let decoded = handler::decode_call(cp_id, &id, &action, &payload);
+                drop(payload); // not held while the store commits
+                Some(match decoded {
+                    Ok(request) => {
+                        handler::handle_request(&self.ctx, cp_id, &id, &action, request).await
+                    }
+                    Err(call_error) => call_error,
+                })
+            }
+            Ok(Frame::CallResult { id, payload }) => {
+                settle(cp_id, rpc, &id, Ok(payload));
+                None
+            }
+            Ok(Frame::CallError {
+                id,
+                code,
+                description,
+            }) => {
+                settle(
+                    cp_id,
+                    rpc,
+                    &id,
+                    Err(CallFailure::Rejected { code, description }),
+                );
+                None
+            }
+            Err(e) => {
+                tracing::info!(
+                    cp_id,
+                    code = e.code.as_str(),
+                    "bad frame: {}",
+                    e.description
+                );
+                match (&e.id, e.was_call) {
+                    (Some(id), true) => Some(frame::call_error(id, e.code, &e.description)),
+                    (Some(id), false) => {
+                        let failure = CallFailure::Rejected {
+                            code: ErrorCode::FormationViolation.as_str().into(),
+                            description: e.description.clone(),
+                        };
+                        settle(cp_id, rpc, id, Err(failure));
+                        None
+                    }
+                    (None, _) => None,
+                }
+            }
         }
+    }
+}
+
+/// Hands an answer to the waiter of our outstanding CALL if the ids match.
+fn settle(cp_id: &str, rpc: &mut Outbound<Waiter>, id: &str, result: Result<Value, CallFailure>) {
+    match rpc.settle(id) {
+        Some(waiter) => {
+            let _ = waiter.send(result);
+        }
+        None => tracing::warn!(
+            cp_id,
+            id,
+            "answer to a CALL we are not waiting for; ignored"
+        ),
+    }
+}
+
+/// The close code and reason for a read error that is the charger breaking RFC 6455 (the
+/// socket is still up, so it is told why); `None` for a socket that is already gone. The
+/// reasons are fixed texts: a close reason has to fit in 123 bytes.
+fn violation(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    match e {
+        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "text frames must be UTF-8")),
+        WsError::Protocol(
+            ProtocolError::NonZeroReservedBits
+            | ProtocolError::UnmaskedFrameFromClient
+            | ProtocolError::FragmentedControlFrame
+            | ProtocolError::ControlFrameTooBig
+            | ProtocolError::UnknownControlFrameType(_)
+            | ProtocolError::UnknownDataFrameType(_)
+            | ProtocolError::UnexpectedContinueFrame
+            | ProtocolError::ExpectedFragment(_)
+            | ProtocolError::InvalidOpcode(_)
+            | ProtocolError::InvalidCloseSequence,
+        ) => Some((CloseCode::Protocol, "WebSocket protocol violation")),
+        _ => None,
+    }
+}
+
+/// Sends our Close frame and a FIN, then reads and discards what the charger still sends
+/// until it closes too: closing a socket with unread bytes makes the kernel send a reset,
+/// which can destroy the Close frame before the charger reads it.
+async fn close_and_linger<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    frame: CloseFrame,
+) {
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+    // The FIN tells the charger we are done, so it closes at once rather than waiting out
+    // the linger.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.get_mut().shutdown()).await;
+    linger(ws.get_mut()).await;
+}
+
+/// Reads and discards until EOF, [`LINGER`] or [`LINGER_BYTES`], whichever comes first.
+async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The HTTP status for a handshake tungstenite gave up on without writing a response;
+/// `None` when a response went out (our refusal) or the peer is gone.
+fn unanswered(e: &WsError) -> Option<StatusCode> {
+    match e {
+        // More than 64 KiB of request head, or more than 124 header lines (tungstenite's
+        // fixed limits).
+        WsError::AttackAttempt | WsError::Capacity(CapacityError::TooManyHeaders) => {
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        }
+        WsError::Protocol(ProtocolError::HandshakeIncomplete) => None,
+        WsError::Protocol(_) | WsError::HttpFormat(_) | WsError::Utf8(_) => {
+            Some(StatusCode::BAD_REQUEST)
+        }
+        _ => None,
+    }
+}
+
+/// Answers a request tungstenite could not parse, then closes without a reset.
+async fn answer_and_close(stream: &mut TcpStream, status: StatusCode) {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    if matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
+        linger(stream).await;
     }
 }
 
@@ -466,18 +599,17 @@ async fn send_msg<S: AsyncRead + AsyncWrite + Unpin>(
     )
 }
 
-fn reject(status: StatusCode, body: &str) -> ErrorResponse {
-    let mut r = ErrorResponse::new(Some(body.to_string()));
-    *r.status_mut() = status;
+fn reject(refusal: Refusal) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(refusal.body().to_string()));
+    // `status()` is 404 or 401, both valid codes.
+    *r.status_mut() = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::NOT_FOUND);
+    if r.status() == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Basic realm=\"chargesite\""),
+        );
+    }
     r
-}
-
-/// Charge point ids: 1–48 characters of `[A-Za-z0-9._:-]` (no slashes, no escapes).
-fn valid_cp_id(id: &str) -> bool {
-    (1..=48).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -485,69 +617,4 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `Basic <base64(user:password)>` -> (user, password).
-fn basic_credentials(header: &str) -> Option<(String, String)> {
-    let (scheme, b64) = header.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64_decode(b64.trim())?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, pass) = text.split_once(':')?;
-    Some((user.to_string(), pass.to_string()))
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        acc = (acc << 6) | val(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_decode() {
-        // "CP001:s3cret"
-        assert_eq!(
-            basic_credentials("Basic Q1AwMDE6czNjcmV0"),
-            Some(("CP001".into(), "s3cret".into()))
-        );
-        assert_eq!(basic_credentials("Bearer abc"), None);
-        assert_eq!(basic_credentials("Basic !!!"), None);
-    }
-
-    #[test]
-    fn charge_point_ids_are_checked() {
-        assert!(valid_cp_id("CP001"));
-        assert!(valid_cp_id("site.cp-1:a"));
-        assert!(!valid_cp_id(""));
-        assert!(!valid_cp_id("a/b"));
-        assert!(!valid_cp_id("%2e%2e"));
-        assert!(!valid_cp_id(&"x".repeat(49)));
-    }
 }

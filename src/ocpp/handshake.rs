@@ -1,0 +1,494 @@
+//! The OCPP-J WebSocket handshake, decided without I/O: the request's path, its
+//! `Authorization` and `Sec-WebSocket-Protocol` headers and what the config says about
+//! the charger go in; accept (with the subprotocol), refuse (404 or 401) or "complete
+//! without a subprotocol, then close" comes out.
+//!
+//! The steps run in a fixed order, so a caller learns no more than it is entitled to: the
+//! path must name a charger id (else 404), the id must be listed unless unknown chargers
+//! are allowed (404), a listed charger with a password hash must present Basic auth for
+//! its own id whose password verifies (401), and only then is a subprotocol chosen.
+//! Checking the password is the one expensive step (argon2, cached by the server), so it
+//! is not done here: [`decide`] calls the verifier it is given, only for a charger that
+//! needs it and only with credentials naming that charger.
+
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+
+/// The OCPP 1.6 subprotocol name.
+pub const OCPP16: &str = "ocpp1.6";
+
+/// The subprotocols this server speaks, most preferred first.
+pub const SUPPORTED: &[&str] = &[OCPP16];
+
+/// What a charger that offers no subprotocol at all is taken to speak: such chargers
+/// break OCPP-J, but old 1.6 firmware does it and 1.6 is the only version it can mean.
+pub const ASSUME_WHEN_NONE_OFFERED: Option<&str> = Some(OCPP16);
+
+/// Longest charger id accepted in the path.
+pub const MAX_CP_ID_LEN: usize = 48;
+
+/// The parts of a charger's upgrade request the decision needs, as raw header bytes
+/// (a header that is not visible ASCII is treated as unreadable, not as a crash).
+#[derive(Debug, Clone, Default)]
+pub struct Upgrade<'a> {
+    /// The request path, without the query.
+    pub path: &'a str,
+    /// Every `Authorization` header value, in order.
+    pub authorization: Vec<&'a [u8]>,
+    /// Every `Sec-WebSocket-Protocol` header value, in order (each may list several).
+    pub protocols: Vec<&'a [u8]>,
+}
+
+/// What the config says about chargers, borrowed from `[ocpp]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Chargers<'a> {
+    /// `allow_unknown_chargers`.
+    pub allow_unknown: bool,
+    /// Listed chargers: id -> optional argon2 PHC hash.
+    pub listed: &'a HashMap<String, Option<String>>,
+}
+
+/// A password to check against a listed charger's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    /// The charger id, which is also the Basic auth user.
+    pub cp_id: &'a str,
+    /// The password presented.
+    pub password: &'a str,
+    /// The charger's argon2 PHC hash from the config.
+    pub hash: &'a str,
+}
+
+/// Why a handshake is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The path is not `/ocpp/<chargePointId>` with a valid id.
+    BadPath,
+    /// The id is not listed and unknown chargers are not allowed.
+    UnknownCharger,
+    /// No readable Basic auth (none, several, another scheme, broken base64).
+    MissingCredentials,
+    /// Basic auth for another user, or a password that does not verify.
+    WrongCredentials,
+}
+
+impl Refusal {
+    /// The HTTP status the refusal is answered with (OCPP-J: 404 or 401).
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::BadPath | Refusal::UnknownCharger => 404,
+            Refusal::MissingCredentials | Refusal::WrongCredentials => 401,
+        }
+    }
+
+    /// The response body: enough for a person at the charger, nothing for a prober.
+    pub fn body(self) -> &'static str {
+        match self {
+            Refusal::BadPath => "use /ocpp/<chargePointId>",
+            Refusal::UnknownCharger => "unknown charger",
+            // One text for both, so a prober cannot tell a user name from a password.
+            Refusal::MissingCredentials | Refusal::WrongCredentials => "authentication required",
+        }
+    }
+}
+
+/// Which subprotocol a charger gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subprotocol {
+    /// Offered by the charger: echoed in the response.
+    Agreed(&'static str),
+    /// The charger offered none; assumed, and not echoed (it did not ask for one).
+    Assumed(&'static str),
+}
+
+impl Subprotocol {
+    /// The version spoken on the connection.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subprotocol::Agreed(p) | Subprotocol::Assumed(p) => p,
+        }
+    }
+}
+
+/// What the handshake decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve the charger with this subprotocol.
+    Accept {
+        /// The charger id from the path.
+        cp_id: String,
+        /// The subprotocol, and whether to echo it.
+        subprotocol: Subprotocol,
+    },
+    /// Answer with an HTTP error instead of upgrading.
+    Refuse(Refusal),
+    /// OCPP-J: the charger offered only versions we do not speak; complete the handshake
+    /// without the header and close the socket at once.
+    NoSubprotocol {
+        /// The charger id from the path.
+        cp_id: String,
+    },
+}
+
+/// Decides the handshake; `verify` checks a password against a hash and is called at
+/// most once, only for a listed charger with a hash that presented credentials for its
+/// own id.
+pub fn decide(
+    req: &Upgrade<'_>,
+    chargers: Chargers<'_>,
+    verify: impl FnOnce(Credentials<'_>) -> bool,
+) -> Decision {
+    let Some(cp_id) = cp_id_from_path(req.path) else {
+        return Decision::Refuse(Refusal::BadPath);
+    };
+    let listed = chargers.listed.get(cp_id);
+    if listed.is_none() && !chargers.allow_unknown {
+        return Decision::Refuse(Refusal::UnknownCharger);
+    }
+    if let Some(Some(hash)) = listed {
+        let presented = match req.authorization.as_slice() {
+            [one] => visible_ascii(one).and_then(basic_credentials),
+            // Several Authorization headers are ambiguous (RFC 9110 allows one); none is
+            // missing. Either way there is nothing to verify.
+            _ => None,
+        };
+        let Some((user, password)) = presented else {
+            return Decision::Refuse(Refusal::MissingCredentials);
+        };
+        // The user must be the charger itself (OCPP security profile 1), so one
+        // charger's password never opens another's id; no argon2 run for a mismatch.
+        if user != cp_id
+            || !verify(Credentials {
+                cp_id,
+                password: &password,
+                hash,
+            })
+        {
+            return Decision::Refuse(Refusal::WrongCredentials);
+        }
+    }
+    let offered: Vec<String> = req
+        .protocols
+        .iter()
+        .filter_map(|v| visible_ascii(v))
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_ascii_lowercase())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let cp_id = cp_id.to_string();
+    match select_subprotocol(&offered, SUPPORTED, ASSUME_WHEN_NONE_OFFERED) {
+        Some(subprotocol) => Decision::Accept { cp_id, subprotocol },
+        None => Decision::NoSubprotocol { cp_id },
+    }
+}
+
+/// Picks the first of `supported` (our preference order) that the charger `offered`
+/// (lowercased names); when it offered none, `assume` if set. `None`: nothing in common.
+pub fn select_subprotocol(
+    offered: &[String],
+    supported: &[&'static str],
+    assume: Option<&'static str>,
+) -> Option<Subprotocol> {
+    if offered.is_empty() {
+        return assume.map(Subprotocol::Assumed);
+    }
+    supported
+        .iter()
+        .copied()
+        .find(|s| offered.iter().any(|o| o == s))
+        .map(Subprotocol::Agreed)
+}
+
+/// The charger id in `/ocpp/<chargePointId>`, if the path is that and the id is valid.
+pub fn cp_id_from_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/ocpp/").filter(|id| valid_cp_id(id))
+}
+
+/// Charge point ids: 1–48 characters of `[A-Za-z0-9._:-]`, not only dots. No slashes or
+/// escapes, so the id is safe as a file name, an SQL value and an MQTT topic level; `.`
+/// and `..` would be path segments in every one of those (`connectors/../1`).
+pub fn valid_cp_id(id: &str) -> bool {
+    (1..=MAX_CP_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        && !id.bytes().all(|b| b == b'.')
+}
+
+/// Base64 as RFC 7617 uses it, lenient about padding: some charger firmware leaves the
+/// `=` off, and the padding carries no information.
+const BASIC_B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// `Basic <base64(user:password)>` -> (user, password); `None` for any other shape.
+pub fn basic_credentials(header: &str) -> Option<(String, String)> {
+    let (scheme, b64) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = BASIC_B64.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    // RFC 7617: the user id cannot contain a colon, the password can.
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
+}
+
+/// A header value as text, as `http::HeaderValue::to_str` reads it (visible ASCII).
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    if value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(entries: &[(&str, Option<&str>)]) -> HashMap<String, Option<String>> {
+        entries
+            .iter()
+            .map(|(id, h)| (id.to_string(), h.map(str::to_string)))
+            .collect()
+    }
+
+    fn basic(user: &str, pass: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        )
+    }
+
+    /// Decides with a verifier that accepts "s3cret" and counts its calls.
+    fn decide_with(
+        path: &str,
+        auth: &[&str],
+        protocols: &[&str],
+        allow_unknown: bool,
+        chargers: &HashMap<String, Option<String>>,
+    ) -> (Decision, usize) {
+        let req = Upgrade {
+            path,
+            authorization: auth.iter().map(|a| a.as_bytes()).collect(),
+            protocols: protocols.iter().map(|p| p.as_bytes()).collect(),
+        };
+        let mut calls = 0;
+        let d = decide(
+            &req,
+            Chargers {
+                allow_unknown,
+                listed: chargers,
+            },
+            |c| {
+                calls += 1;
+                c.password == "s3cret" && c.hash == "HASH"
+            },
+        );
+        (d, calls)
+    }
+
+    fn accepted(cp_id: &str, subprotocol: Subprotocol) -> Decision {
+        Decision::Accept {
+            cp_id: cp_id.into(),
+            subprotocol,
+        }
+    }
+
+    const AGREED: Subprotocol = Subprotocol::Agreed(OCPP16);
+
+    #[test]
+    fn a_path_of_only_dots_is_not_a_charger_id() {
+        let none = listed(&[]);
+        for path in ["/ocpp/.", "/ocpp/..", "/ocpp/..."] {
+            let (d, _) = decide_with(path, &[], &[OCPP16], true, &none);
+            assert_eq!(d, Decision::Refuse(Refusal::BadPath), "{path}");
+        }
+        assert_eq!(Refusal::BadPath.status(), 404);
+        assert!(valid_cp_id("a.b"), "dots inside an id are fine");
+        assert!(valid_cp_id(".a"));
+    }
+
+    #[test]
+    fn only_ocpp_slash_and_a_well_formed_id_are_charger_paths() {
+        assert_eq!(cp_id_from_path("/ocpp/CP001"), Some("CP001"));
+        assert_eq!(cp_id_from_path("/ocpp/site.cp-1:a"), Some("site.cp-1:a"));
+        for path in [
+            "/ocpp/",
+            "/ocpp",
+            "/other/CP001",
+            "/ocpp/a/b",
+            "/ocpp/%2e%2e",
+            "/ocpp/CP 1",
+            "/ocpp/CPé",
+        ] {
+            assert_eq!(cp_id_from_path(path), None, "{path}");
+        }
+        assert!(valid_cp_id(&"x".repeat(MAX_CP_ID_LEN)));
+        assert!(!valid_cp_id(&"x".repeat(MAX_CP_ID_LEN + 1)));
+    }
+
+    #[test]
+    fn an_unlisted_charger_gets_404_unless_unknown_chargers_are_allowed() {
+        let cfg = listed(&[("CP001", None)]);
+        let (d, _) = decide_with("/ocpp/NOPE", &[], &[OCPP16], false, &cfg);
+        assert_eq!(d, Decision::Refuse(Refusal::UnknownCharger));
+        assert_eq!(Refusal::UnknownCharger.status(), 404);
+        let (d, _) = decide_with("/ocpp/NOPE", &[], &[OCPP16], true, &cfg);
+        assert_eq!(d, accepted("NOPE", AGREED));
+    }
+
+    #[test]
+    fn a_listed_charger_without_a_hash_needs_no_credentials() {
+        let cfg = listed(&[("CP001", None)]);
+        let (d, calls) = decide_with("/ocpp/CP001", &[], &[OCPP16], false, &cfg);
+        assert_eq!(d, accepted("CP001", AGREED));
+        assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn a_listed_charger_without_credentials_gets_401() {
+        let cfg = listed(&[("CP001", Some("HASH"))]);
+        let (d, calls) = decide_with("/ocpp/CP001", &[], &[OCPP16], false, &cfg);
+        assert_eq!(d, Decision::Refuse(Refusal::MissingCredentials));
+        assert_eq!(Refusal::MissingCredentials.status(), 401);
+        assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn the_right_password_for_the_charger_itself_is_accepted() {
+        let cfg = listed(&[("CP001", Some("HASH"))]);
+        let auth = basic("CP001", "s3cret");
+        let (d, calls) = decide_with("/ocpp/CP001", &[&auth], &[OCPP16], false, &cfg);
+        assert_eq!(d, accepted("CP001", AGREED));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_wrong_password_gets_401() {
+        let cfg = listed(&[("CP001", Some("HASH"))]);
+        let auth = basic("CP001", "wrong");
+        let (d, calls) = decide_with("/ocpp/CP001", &[&auth], &[OCPP16], false, &cfg);
+        assert_eq!(d, Decision::Refuse(Refusal::WrongCredentials));
+        assert_eq!(Refusal::WrongCredentials.status(), 401);
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn basic_auth_for_another_user_is_refused() {
+        let cfg = listed(&[("CP001", Some("HASH")), ("CP002", Some("HASH"))]);
+        let auth = basic("CP002", "s3cret");
+        let (d, calls) = decide_with("/ocpp/CP001", &[&auth], &[OCPP16], false, &cfg);
+        assert_eq!(d, Decision::Refuse(Refusal::WrongCredentials));
+        assert_eq!(calls, 0, "no argon2 run for another charger's credentials");
+    }
+
+    #[test]
+    fn unreadable_or_ambiguous_authorization_counts_as_missing() {
+        let cfg = listed(&[("CP001", Some("HASH"))]);
+        let good = basic("CP001", "s3cret");
+        for auth in [
+            vec!["Bearer abc"],
+            vec!["Basic !!!"],
+            vec!["Basic"],
+            vec!["Basic Q1AwMDE="], // "CP001", no colon
+            vec![good.as_str(), good.as_str()],
+        ] {
+            let (d, calls) = decide_with("/ocpp/CP001", &auth, &[OCPP16], false, &cfg);
+            assert_eq!(d, Decision::Refuse(Refusal::MissingCredentials), "{auth:?}");
+            assert_eq!(calls, 0);
+        }
+        let req = Upgrade {
+            path: "/ocpp/CP001",
+            authorization: vec![b"Basic \xff"],
+            protocols: vec![],
+        };
+        let chargers = Chargers {
+            allow_unknown: false,
+            listed: &cfg,
+        };
+        assert_eq!(
+            decide(&req, chargers, |_| true),
+            Decision::Refuse(Refusal::MissingCredentials)
+        );
+    }
+
+    #[test]
+    fn credentials_are_checked_before_the_subprotocol() {
+        let cfg = listed(&[("CP001", Some("HASH"))]);
+        let (d, _) = decide_with("/ocpp/CP001", &[], &["ocpp9.9"], false, &cfg);
+        assert_eq!(d, Decision::Refuse(Refusal::MissingCredentials));
+    }
+
+    #[test]
+    fn basic_credentials_decode_with_or_without_padding() {
+        // "CP001:s3cret"
+        let expected = Some(("CP001".to_string(), "s3cret".to_string()));
+        assert_eq!(basic_credentials("Basic Q1AwMDE6czNjcmV0"), expected);
+        assert_eq!(basic_credentials("basic  Q1AwMDE6czNjcmV0 "), expected);
+        // "CP001:pw" with and without its padding
+        let pw = Some(("CP001".to_string(), "pw".to_string()));
+        assert_eq!(basic_credentials("Basic Q1AwMDE6cHc="), pw);
+        assert_eq!(basic_credentials("Basic Q1AwMDE6cHc"), pw);
+        assert_eq!(
+            basic_credentials(&basic("CP001", "a:b")),
+            Some(("CP001".into(), "a:b".into())),
+            "a password may contain a colon"
+        );
+        assert_eq!(basic_credentials("Bearer abc"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+    }
+
+    #[test]
+    fn a_charger_offering_ocpp16_among_others_gets_it_echoed() {
+        let none = listed(&[]);
+        let (d, _) = decide_with("/ocpp/CP1", &[], &["ocpp2.0.1, ocpp1.6"], true, &none);
+        assert_eq!(d, accepted("CP1", AGREED));
+        let (d, _) = decide_with("/ocpp/CP1", &[], &["ocpp2.0.1", "OCPP1.6"], true, &none);
+        assert_eq!(d, accepted("CP1", AGREED));
+    }
+
+    #[test]
+    fn a_charger_offering_no_subprotocol_is_assumed_to_speak_ocpp16() {
+        let none = listed(&[]);
+        let (d, _) = decide_with("/ocpp/CP1", &[], &[], true, &none);
+        assert_eq!(d, accepted("CP1", Subprotocol::Assumed(OCPP16)));
+        let (d, _) = decide_with("/ocpp/CP1", &[], &[" , "], true, &none);
+        assert_eq!(d, accepted("CP1", Subprotocol::Assumed(OCPP16)));
+    }
+
+    #[test]
+    fn a_charger_offering_only_unsupported_versions_gets_no_subprotocol() {
+        let none = listed(&[]);
+        let (d, _) = decide_with("/ocpp/CP1", &[], &["ocpp9.9, ocpp2.0"], true, &none);
+        assert_eq!(
+            d,
+            Decision::NoSubprotocol {
+                cp_id: "CP1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn the_first_supported_version_in_our_order_wins() {
+        let offered = vec!["ocpp1.6".to_string(), "ocpp2.0.1".to_string()];
+        assert_eq!(
+            select_subprotocol(&offered, &["ocpp2.0.1", "ocpp1.6"], None),
+            Some(Subprotocol::Agreed("ocpp2.0.1"))
+        );
+        assert_eq!(
+            select_subprotocol(&offered, &["ocpp1.6", "ocpp2.0.1"], None),
+            Some(Subprotocol::Agreed("ocpp1.6"))
+        );
+        assert_eq!(select_subprotocol(&[], &["ocpp2.0.1"], None), None);
+        assert_eq!(
+            select_subprotocol(&[], &["ocpp2.0.1"], Some("ocpp1.6")),
+            Some(Subprotocol::Assumed("ocpp1.6"))
+        );
+    }
+}
