@@ -174,8 +174,10 @@ impl Tariff {
     }
 }
 
-/// What a session has accumulated so far; stored with the session as JSON.
+/// What a session has accumulated so far; stored with the session as JSON (a new
+/// session starts as `{}`: every field absent is nothing accrued yet).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Accrual {
     /// Energy priced, Wh.
     pub energy_wh: i64,
