@@ -114,7 +114,8 @@ pub async fn run(
     let uplink_online = Arc::new(AtomicBool::new(false));
     let (notices, notices_rx) = Notices::channel();
     let ctx = Arc::new(Context {
-        config: config.clone(),
+        ocpp: config.ocpp.clone(),
+        free_vend: config.auth.free_vend,
         store: store.clone(),
         uplink_online: uplink_online.clone(),
         notices,
@@ -158,8 +159,10 @@ pub async fn run(
         hal::systemd::watchdog_interval(),
         shutdown.clone(),
     ));
+    let retain_sent = config.uplink.as_ref().map(|u| u.retain_sent);
     let housekeeping = tokio::spawn(housekeeping(
-        config.clone(),
+        retain_sent,
+        config.store.quota_bytes,
         store.clone(),
         shutdown.clone(),
     ));
@@ -196,11 +199,16 @@ const MAX_RETAIN_SECS: i64 = 100 * 365 * 86_400;
 
 /// Every minute: drop what retention and the storage quota allow (see `store::outbox`).
 /// Runs with or without an uplink: the quota protects the gateway's flash either way.
-async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationToken) {
+async fn housekeeping(
+    retain_sent: Option<Duration>,
+    quota_bytes: Option<u64>,
+    store: Store,
+    shutdown: CancellationToken,
+) {
     // Without an uplink nothing is ever sent, so retention never applies; the bound only
     // keeps the arithmetic in range.
-    let retain_secs = config.uplink.as_ref().map_or(MAX_RETAIN_SECS, |u| {
-        i64::try_from(u.retain_sent.as_secs()).map_or(MAX_RETAIN_SECS, |s| s.min(MAX_RETAIN_SECS))
+    let retain_secs = retain_sent.map_or(MAX_RETAIN_SECS, |r| {
+        i64::try_from(r.as_secs()).map_or(MAX_RETAIN_SECS, |s| s.min(MAX_RETAIN_SECS))
     });
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
@@ -209,7 +217,7 @@ async fn housekeeping(config: Arc<Config>, store: Store, shutdown: CancellationT
             _ = tick.tick() => {}
         }
         let pruned = store
-            .prune(crate::time::now(), retain_secs, config.store.quota_bytes)
+            .prune(crate::time::now(), retain_secs, quota_bytes)
             .await;
         match pruned {
             Ok(n) if n > 0 => tracing::info!(dropped = n, "outbox pruned"),

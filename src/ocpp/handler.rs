@@ -15,15 +15,17 @@ use super::frame::{self, ErrorCode};
 use super::messages::{self, Request};
 use super::registry::Registry;
 use crate::auth;
-use crate::config::Config;
+use crate::config::OcppConfig;
 use crate::notice::{Notice, Notices};
 use crate::store::{Boot, MeterIn, StartTx, StatusIn, StopOutcome, StopTx, Store};
 use crate::time::{fmt_ts, now};
 
 /// What every connection's handler shares.
 pub struct Context {
-    /// The validated config.
-    pub config: Arc<Config>,
+    /// `[ocpp]`.
+    pub ocpp: OcppConfig,
+    /// `[auth] free_vend`: every id tag is accepted.
+    pub free_vend: bool,
     /// The store.
     pub store: Store,
     /// Whether the uplink is connected now (recorded on `session.started`).
@@ -88,7 +90,7 @@ async fn answer(
 ) -> Result<Value, crate::store::StoreError> {
     let received = now();
     let cp = cp_id.to_string();
-    let free_vend = ctx.config.auth.free_vend;
+    let free_vend = ctx.free_vend;
     Ok(match request {
         Request::BootNotification {
             vendor,
@@ -109,7 +111,7 @@ async fn answer(
             json!({
                 "status": "Accepted",
                 "currentTime": fmt_ts(now()),
-                "interval": ctx.config.ocpp.heartbeat_interval.as_secs(),
+                "interval": ctx.ocpp.heartbeat_interval.as_secs(),
             })
         }
         Request::Heartbeat => json!({"currentTime": fmt_ts(now())}),
@@ -270,7 +272,7 @@ fn budget_stop(ctx: &Context, cp_id: &str, transaction_id: i32) {
     );
     let registry = ctx.registry.clone();
     let cp = cp_id.to_string();
-    let timeout = ctx.config.ocpp.call_timeout;
+    let timeout = ctx.ocpp.call_timeout;
     tokio::spawn(async move {
         match ocpp_cmd::send(
             &registry,

@@ -82,7 +82,7 @@ impl EndReason {
 impl Server {
     /// A server over the given handler context and registry.
     pub fn new(ctx: Arc<Context>, registry: Registry) -> Arc<Self> {
-        let max = ctx.config.ocpp.max_connections;
+        let max = ctx.ocpp.max_connections;
         Arc::new(Self {
             ctx,
             registry,
@@ -124,7 +124,7 @@ impl Server {
     }
 
     fn ws_config(&self) -> WebSocketConfig {
-        let max = self.ctx.config.ocpp.max_message_bytes;
+        let max = self.ctx.ocpp.max_message_bytes;
         // tungstenite's 128 KiB default buffers cost ~135 KiB per charger; 4 KiB buffers
         // keep a thousand chargers inside a gateway's memory.
         WebSocketConfig::default()
@@ -213,7 +213,7 @@ impl Server {
                 .map(HeaderValue::as_bytes)
                 .collect(),
         };
-        let ocpp = &self.ctx.config.ocpp;
+        let ocpp = &self.ctx.ocpp;
         let chargers = Chargers {
             allow_unknown: ocpp.allow_unknown_chargers,
             listed: &ocpp.chargers,
@@ -305,7 +305,7 @@ impl Server {
         });
         tracing::info!(cp_id, %peer, replaced = reg.replaced, "charger connected");
 
-        let cfg = &self.ctx.config.ocpp;
+        let cfg = &self.ctx.ocpp;
         let mut ping =
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
