@@ -8,12 +8,16 @@
 //! published (and republished after a restart until PUBACKed).
 //!
 //! - [`batch`]: events -> payloads (pure).
+//! - [`delivery`]: the delivery state machine (pure), not yet driven by this driver.
 //! - [`commands`]: command parsing (pure) and execution.
+//! - [`throttle`]: log rate limits (pure).
 //! - [`link`]: rumqttc options, TLS, and the event-loop task.
 
 pub mod batch;
 pub mod commands;
+pub mod delivery;
 pub mod link;
+pub mod throttle;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
