@@ -286,7 +286,8 @@ impl Bpp {
             broker.port,
         );
         o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        // Up to 16 MiB both ways: the tests publish (and see) oversized commands on purpose.
+        o.set_max_packet_size(16 << 20, 16 << 20);
         if let Some(p) = &broker.tls {
             let cfg = chargesite::config::parse(&format!(
                 "[site]\nid='bpp'\n[uplink]\nurl='mqtts://localhost:{}'\nca_file='{}'\ncert_file='{}'\nkey_file='{}'\n",
@@ -401,6 +402,20 @@ impl Bpp {
                 QoS::AtLeastOnce,
                 false,
                 payload.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publishes a command as a retained message: the broker hands it to the agent again
+    /// on every subscribe.
+    pub async fn retained_command(&self, payload: Vec<u8>) {
+        self.client
+            .publish(
+                format!("{}/cmd", self.root),
+                QoS::AtLeastOnce,
+                true,
+                payload,
             )
             .await
             .unwrap();
