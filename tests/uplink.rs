@@ -447,9 +447,8 @@ fn padded_command(id: &str, bytes: usize) -> Vec<u8> {
 
 /// The retained message on `<root>/cmd`, if any, as a fresh subscriber sees it.
 async fn retained_command(broker: &Broker) -> Option<usize> {
-    use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-    let mut o = MqttOptions::new("retained-probe", "127.0.0.1", broker.port);
-    o.set_max_packet_size(16 << 20, 1 << 16);
+    use rumqttc::{AsyncClient, Event, Incoming, QoS};
+    let o = common::mqtt::client_options(broker, "retained-probe");
     let (client, mut eventloop) = AsyncClient::new(o, 10);
     client
         .subscribe(format!("{ROOT}/cmd"), QoS::AtLeastOnce)
