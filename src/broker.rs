@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 pub fn run(listen: SocketAddr) -> Result<(), String> {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 5000,
-        max_payload_size: 1 << 20,
+        // Large enough for the tests' oversized commands (up to 8 MB).
+        max_payload_size: 16 << 20,
         max_inflight_count: 200,
         auth: None,
         external_auth: None,

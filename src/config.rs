@@ -225,6 +225,8 @@ struct RawUplink {
     keepalive_secs: u64,
     #[serde(default = "default_payload")]
     max_payload_bytes: usize,
+    #[serde(default = "default_command_bytes")]
+    max_command_bytes: usize,
     #[serde(default = "default_retain")]
     retain_sent_hours: u64,
     #[serde(default = "default_live")]
@@ -243,6 +245,9 @@ fn default_keepalive() -> u64 {
     30
 }
 fn default_payload() -> usize {
+    65536
+}
+fn default_command_bytes() -> usize {
     65536
 }
 fn default_retain() -> u64 {
@@ -341,6 +346,8 @@ pub struct UplinkConfig {
     pub keepalive: Duration,
     /// Largest events batch.
     pub max_payload_bytes: usize,
+    /// Largest command accepted; a larger one is answered `too_large` and dropped.
+    pub max_command_bytes: usize,
     /// How long sent events are kept for replay.
     pub retain_sent: Duration,
     /// How often a running session's live snapshot is published.
@@ -523,6 +530,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
+/// Largest `uplink.max_command_bytes`: the MQTT link reads up to twice this (see
+/// `uplink::link::read_limit`), and a gateway should not hold more than that for one message.
+const MAX_COMMAND_BYTES: usize = 16 << 20;
+
 fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
     let (tls, rest) = if let Some(r) = u.url.strip_prefix("mqtts://") {
         (true, r)
@@ -567,6 +578,12 @@ fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
             "must be between 4096 and 268435456",
         ));
     }
+    if u.max_command_bytes < 4096 || u.max_command_bytes > MAX_COMMAND_BYTES {
+        return Err(invalid(
+            "uplink.max_command_bytes",
+            "must be between 4096 and 16777216",
+        ));
+    }
     if (u.cert_file.is_some()) != (u.key_file.is_some()) {
         let key = if u.cert_file.is_some() {
             "uplink.key_file"
@@ -595,6 +612,7 @@ fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
         topic_prefix: prefix,
         keepalive: positive("uplink.keepalive_secs", u.keepalive_secs)?,
         max_payload_bytes: u.max_payload_bytes,
+        max_command_bytes: u.max_command_bytes,
         retain_sent: Duration::from_secs(u.retain_sent_hours.saturating_mul(3600)),
         live_interval: positive("uplink.live_interval_secs", u.live_interval_secs)?,
         username: u.username,
@@ -629,6 +647,7 @@ mod tests {
         assert_eq!(u.topic_prefix, "chargesite/v1");
         assert_eq!(u.keepalive, Duration::from_secs(30));
         assert_eq!(u.max_payload_bytes, 65536);
+        assert_eq!(u.max_command_bytes, 65536);
         assert_eq!(u.retain_sent, Duration::from_secs(168 * 3600));
         assert_eq!((u.host.as_str(), u.port, u.tls), ("127.0.0.1", 1883, false));
     }
@@ -659,6 +678,20 @@ mod tests {
             e.to_string().contains("ocpp.chargers[0].password_hash"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_command_limit_out_of_range_names_the_key() {
+        for bad in ["100", "999999999"] {
+            let e = parse(&format!(
+                "[site]\nid='s'\n[uplink]\nurl='mqtt://x'\nmax_command_bytes = {bad}\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains("uplink.max_command_bytes"), "{e}");
+        }
+        let c = parse("[site]\nid='s'\n[uplink]\nurl='mqtt://x'\nmax_command_bytes = 1048576\n")
+            .unwrap();
+        assert_eq!(c.uplink.unwrap().max_command_bytes, 1 << 20);
     }
 
     #[test]

@@ -428,3 +428,172 @@ async fn revoking_an_unknown_order_is_not_found() {
     assert_eq!(r["ok"], false);
     assert_eq!(r["error"]["code"], "not_found");
 }
+
+/// How many times the agent has connected to the broker so far.
+fn connects(agent: &Agent) -> usize {
+    agent.log().matches("uplink connected").count()
+}
+
+/// A command of `bytes` bytes (padded), cheap and valid but for its size.
+fn padded_command(id: &str, bytes: usize) -> Vec<u8> {
+    let head = json!({"id": id, "type": "authorization.revoke", "order_id": "o-big"}).to_string();
+    let pad = bytes.saturating_sub(head.len() + 10);
+    let mut s = head[..head.len() - 1].to_string();
+    s.push_str(",\"pad\":\"");
+    s.push_str(&"x".repeat(pad));
+    s.push_str("\"}");
+    s.into_bytes()
+}
+
+/// The retained message on `<root>/cmd`, if any, as a fresh subscriber sees it.
+async fn retained_command(broker: &Broker) -> Option<usize> {
+    use rumqttc::{AsyncClient, Event, Incoming, QoS};
+    let o = common::mqtt::client_options(broker, "retained-probe");
+    let (client, mut eventloop) = AsyncClient::new(o, 10);
+    client
+        .subscribe(format!("{ROOT}/cmd"), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok(ev)) = tokio::time::timeout_at(until, eventloop.poll()).await {
+        if let Event::Incoming(Incoming::Publish(p)) = ev {
+            if p.retain && !p.payload.is_empty() {
+                return Some(p.payload.len());
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_retained_commands_are_answered_too_large_without_a_reconnect_loop() {
+    let broker = Broker::start();
+    let bpp = Bpp::connect(&broker, ROOT).await;
+    let agent = agent(&broker, "");
+    assert!(
+        eventually(30, || bpp
+            .topic("state")
+            .is_some_and(|s| s["online"] == true))
+        .await
+    );
+    for (i, bytes) in [100_000usize, 1_000_000, 8_000_000].into_iter().enumerate() {
+        let before = connects(&agent);
+        let id = format!("big-{bytes}");
+        let nulls_before = bpp
+            .seen
+            .lock()
+            .unwrap()
+            .results
+            .iter()
+            .filter(|r| r["id"].is_null())
+            .count();
+        bpp.retained_command(padded_command(&id, bytes)).await;
+        // Answered too_large: by id when the agent could read it, else with a null id
+        // (above the link's read limit the agent sees only the size).
+        assert!(
+            eventually(30, || {
+                let seen = bpp.seen.lock().unwrap();
+                let by_id = seen.results.iter().any(|r| r["id"] == json!(id));
+                let by_null =
+                    seen.results.iter().filter(|r| r["id"].is_null()).count() > nulls_before;
+                by_id || by_null
+            })
+            .await,
+            "no result for the {bytes}-byte command"
+        );
+        let r = bpp.results_for(&id).first().cloned().unwrap_or_else(|| {
+            bpp.seen
+                .lock()
+                .unwrap()
+                .results
+                .iter()
+                .rev()
+                .find(|r| r["id"].is_null())
+                .cloned()
+                .unwrap()
+        });
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["error"]["code"], "too_large", "{r}");
+        // A valid command right after is answered promptly.
+        let ok_id = format!("after-{i}");
+        bpp.command(json!({"id": ok_id, "type": "authorization.revoke", "order_id": "o-1"}))
+            .await;
+        let r = bpp.wait_result(&ok_id, 10).await;
+        assert_eq!(r["error"]["code"], "not_found", "{r}");
+        // At most one reconnect for it, and no loop: none more a while later.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = connects(&agent);
+        eprintln!("{bytes} bytes: {} reconnects", after - before);
+        assert!(
+            after <= before + 1,
+            "{bytes} bytes: {} reconnects",
+            after - before
+        );
+        if i == 0 {
+            // (the probe sees a retained command when there is one)
+            assert!(retained_command(&broker).await.is_some());
+        }
+        if after > before {
+            // The reconnect was for a message too large to read: the retained one is gone.
+            assert!(retained_command(&broker).await.is_none(), "still retained");
+        }
+    }
+    // Nothing is stored whole: the largest stored command body is small.
+    let longest: i64 = agent
+        .db()
+        .query_row("SELECT max(length(body)) FROM commands", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        longest < 4096,
+        "a command body of {longest} bytes was stored"
+    );
+    let stored: i64 = agent
+        .db()
+        .query_row(
+            "SELECT count(*) FROM commands WHERE result LIKE '%too_large%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(stored >= 3, "{stored} too_large commands stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_commands_gets_a_thousand_results() {
+    let broker = Broker::start();
+    let bpp = Bpp::connect(&broker, ROOT).await;
+    let agent = agent(&broker, "");
+    assert!(
+        eventually(30, || bpp
+            .topic("state")
+            .is_some_and(|s| s["online"] == true))
+        .await
+    );
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        bpp.command(
+            json!({"id": format!("b-{i}"), "type": "authorization.revoke",
+            "order_id": format!("o-{i}")}),
+        )
+        .await;
+    }
+    let all = || {
+        let seen = bpp.seen.lock().unwrap();
+        let ids: std::collections::HashSet<&str> = seen
+            .results
+            .iter()
+            .filter_map(|r| r["id"].as_str())
+            .filter(|id| id.starts_with("b-"))
+            .collect();
+        ids.len()
+    };
+    let done = eventually(60, || all() == 1000).await;
+    let took = started.elapsed();
+    let stored: i64 = agent
+        .db()
+        .query_row("SELECT count(*) FROM commands", [], |r| r.get(0))
+        .unwrap();
+    assert!(done, "{} of 1000 results ({stored} commands stored)", all());
+    eprintln!("1000 command results in {took:?}");
+    assert_eq!(connects(&agent), 1, "the burst cost a reconnect");
+}

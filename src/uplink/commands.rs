@@ -2,7 +2,9 @@
 //!
 //! A command is parsed, stored (secrets redacted) and only then acknowledged to the broker;
 //! it runs at most once per `id`, and its result is stored before it is published. A
-//! malformed command gets `ok:false` with `bad_request` and changes nothing.
+//! malformed command gets `ok:false` with `bad_request` and changes nothing; one larger
+//! than `max_command_bytes` gets `too_large` ([`too_large`]) and is stored only as a
+//! summary.
 
 use std::time::Duration;
 
@@ -137,6 +139,62 @@ pub fn parse(payload: &[u8], secret: &Secret) -> Parsed {
         kind,
         stored,
         cmd,
+    }
+}
+
+/// A command larger than `limit` bytes: answered `too_large`, with its `id` when that can
+/// be read. Only a summary is kept for storage (id, type, size), never the body: it may be
+/// megabytes, and an OTP anywhere in it must not be stored in clear.
+pub fn too_large(payload: &[u8], limit: usize) -> Parsed {
+    /// Just the fields worth salvaging; serde skips the rest without building it.
+    #[derive(serde::Deserialize)]
+    struct Head {
+        id: Option<Value>,
+        #[serde(rename = "type")]
+        kind: Option<Value>,
+    }
+    let head = serde_json::from_slice::<Head>(payload).ok();
+    let id = head
+        .as_ref()
+        .and_then(|h| h.id.as_ref())
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::to_string);
+    let kind = head
+        .as_ref()
+        .and_then(|h| h.kind.as_ref())
+        .and_then(Value::as_str)
+        .filter(|s| s.len() <= 64)
+        .map(str::to_string);
+    let stored =
+        json!({"id": id, "type": kind, "too_large": true, "bytes": payload.len()}).to_string();
+    Parsed {
+        id,
+        kind,
+        stored,
+        cmd: Err(CmdError::new(
+            "too_large",
+            format!(
+                "a command is at most {limit} bytes; this one is {} bytes",
+                payload.len()
+            ),
+        )),
+    }
+}
+
+/// The result for a message the link could not even read (larger than its read limit):
+/// only its size is known, so the answer carries `"id":null`.
+pub fn unreadable(bytes: usize, read_limit: usize) -> Parsed {
+    Parsed {
+        id: None,
+        kind: None,
+        stored: json!({"too_large": true, "unreadable": true, "bytes": bytes}).to_string(),
+        cmd: Err(CmdError::new(
+            "too_large",
+            format!(
+                "a message of {bytes} bytes is beyond what the uplink reads ({read_limit} bytes); it was dropped unread"
+            ),
+        )),
     }
 }
 
@@ -654,6 +712,26 @@ mod tests {
         assert!(!p.stored.contains("482913"));
         assert!(matches!(p.cmd, Ok(Cmd::SessionStart { ref otp, .. }) if otp == "482913"));
         assert!(remote_tag().unwrap().len() <= 20);
+    }
+
+    #[test]
+    fn a_too_large_command_keeps_its_id_and_only_a_summary() {
+        let big = format!(
+            r#"{{"otp":"482913","pad":"{}","id":"big-1","type":"authorization.revoke"}}"#,
+            "x".repeat(200_000)
+        );
+        let p = too_large(big.as_bytes(), 65536);
+        assert_eq!(p.id.as_deref(), Some("big-1"));
+        assert_eq!(p.kind.as_deref(), Some("authorization.revoke"));
+        assert_eq!(p.cmd.unwrap_err().code, "too_large");
+        assert!(p.stored.len() < 200, "{}", p.stored);
+        assert!(!p.stored.contains("482913"));
+        // not JSON at all: still too_large, without an id
+        let p = too_large(&vec![b'{'; 100_000], 65536);
+        assert_eq!(p.id, None);
+        assert_eq!(p.cmd.unwrap_err().code, "too_large");
+        let p = too_large(br#"{"id":7}"#, 1);
+        assert_eq!(p.id, None);
     }
 
     #[test]

@@ -14,13 +14,20 @@
 //!
 //! A link that stays silent for 1.5 × keepalive (no PINGRESP, nothing) is declared dead
 //! and dropped here, sooner than rumqttc's own second missed ping would.
+//!
+//! Incoming packets have a limit of their own, [`read_limit`], larger than any command the
+//! agent accepts, so that an oversized command can still be read and answered `too_large`.
+//! rumqttc checks the limit against the fixed header, before it reads the body, and fails
+//! the whole connection (`PayloadSizeLimitExceeded`); that case is reported as
+//! [`LinkEvent::Down`] with `oversized`, so the driver can make sure a retained one costs
+//! one reconnect and not a loop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration,
-    Transport,
+    mqttbytes, AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, QoS,
+    StateError, TlsConfiguration, Transport,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -57,6 +64,9 @@ pub enum LinkEvent {
     Down {
         /// Why.
         reason: String,
+        /// The broker sent a packet of this many bytes, beyond [`read_limit`]; rumqttc
+        /// dropped the connection without reading it.
+        oversized: Option<usize>,
         /// Answer once no more publishes will be made until the next ConnAck.
         resume: oneshot::Sender<()>,
     },
@@ -65,6 +75,25 @@ pub enum LinkEvent {
 /// The `<root>/state` payload the broker publishes for us when we vanish.
 pub fn will_payload() -> &'static str {
     r#"{"online":false}"#
+}
+
+/// Headroom over a payload for the topic and MQTT headers.
+const HEADER_ROOM: usize = 8192;
+
+/// The least the link reads: commands stay answerable as `too_large` up to here.
+const MIN_READ_LIMIT: usize = 2 << 20;
+
+/// The largest incoming packet rumqttc will read: twice `max_command_bytes`, at least 2 MiB,
+/// plus headroom.
+///
+/// Why not more: rumqttc reads into one `BytesMut` per connection that grows to hold a
+/// whole packet (tokio-util's `Framed` reserves the packet's full length) and never
+/// shrinks; it is freed only when the connection is. So this is also the memory one
+/// message can pin on the gateway until the next reconnect, and 2 MiB is affordable
+/// there where 16 MiB is not. Anything larger is not read at all (rumqttc refuses it from
+/// its fixed header): it costs one reconnect, and the driver clears a retained one.
+pub fn read_limit(cfg: &UplinkConfig) -> usize {
+    cfg.max_command_bytes.saturating_mul(2).max(MIN_READ_LIMIT) + HEADER_ROOM
 }
 
 /// rumqttc options for this site.
@@ -80,8 +109,8 @@ pub fn options(
     o.set_keep_alive(cfg.keepalive);
     o.set_clean_session(true);
     o.set_manual_acks(true);
-    // Batches are up to max_payload_bytes; leave room for topic and headers.
-    o.set_max_packet_size(cfg.max_payload_bytes + 8192, cfg.max_payload_bytes + 8192);
+    // Outgoing: batches are up to max_payload_bytes (results and state are far smaller).
+    o.set_max_packet_size(read_limit(cfg), cfg.max_payload_bytes + HEADER_ROOM);
     o.set_inflight(100);
     o.set_last_will(LastWill::new(
         state_topic,
@@ -174,14 +203,14 @@ async fn run(
     loop {
         let polled = if connected {
             match tokio::time::timeout_at(last_heard + dead_after, eventloop.poll()).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no traffic from the broker for {dead_after:?}")),
+                Ok(r) => r.map_err(failure),
+                Err(_) => Err((
+                    format!("no traffic from the broker for {dead_after:?}"),
+                    None,
+                )),
             }
         } else {
-            eventloop.poll().await.map_err(|e| match e {
-                ConnectionError::ConnectionRefused(code) => format!("broker refused: {code:?}"),
-                other => other.to_string(),
-            })
+            eventloop.poll().await.map_err(failure)
         };
         match polled {
             Ok(event) => {
@@ -197,10 +226,15 @@ async fn run(
                     return;
                 }
             }
-            Err(reason) => {
+            Err((reason, oversized)) => {
                 connected = false;
                 let (resume, resumed) = oneshot::channel();
-                if tx.send(LinkEvent::Down { reason, resume }).await.is_err() {
+                let down = LinkEvent::Down {
+                    reason,
+                    oversized,
+                    resume,
+                };
+                if tx.send(down).await.is_err() {
                     return;
                 }
                 // Wait until the driver has stopped publishing; then nothing it sent for
@@ -218,6 +252,20 @@ async fn run(
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+}
+
+/// Why the link failed, and the size of the packet when it was one too large to read.
+fn failure(e: ConnectionError) -> (String, Option<usize>) {
+    match e {
+        ConnectionError::ConnectionRefused(code) => (format!("broker refused: {code:?}"), None),
+        ConnectionError::MqttState(StateError::Deserialization(
+            mqttbytes::Error::PayloadSizeLimitExceeded(n),
+        )) => (
+            format!("the broker sent a packet of {n} bytes, beyond the read limit"),
+            Some(n),
+        ),
+        other => (other.to_string(), None),
     }
 }
 

@@ -5,22 +5,32 @@
 //! flight, and marks a batch sent only when its PUBACK arrives; after any reconnect it
 //! resumes from the oldest unsent `seq`. Commands are stored before they are
 //! acknowledged, run at most once per `id`, and their results are stored before they are
-//! published (and republished after a restart until PUBACKed).
+//! published, through a window of their own (and republished after a restart until
+//! PUBACKed).
 //!
 //! - [`batch`]: events -> payloads (pure).
+//! - [`delivery`]: the delivery state machine (pure): windows, packet ids, acked ranges,
+//!   replay, results.
 //! - [`commands`]: command parsing (pure) and execution.
 //! - [`link`]: rumqttc options, TLS, and the event-loop task.
+//! - [`throttle`]: log rate limits (pure).
+//!
+//! The driver here only moves bytes: rumqttc events in, [`delivery::Delivery`] decides,
+//! publishes and store reads/writes out. Each store operation it makes has one small
+//! method of its own, which logs its failure where it happens.
 
 pub mod batch;
 pub mod commands;
+pub mod delivery;
 pub mod link;
+pub mod throttle;
 
 pub use crate::notice::{Notice, Notices};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, Incoming, Outgoing, QoS};
 use serde_json::{json, Value};
@@ -29,21 +39,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, UplinkConfig};
 use crate::ocpp::registry::Registry;
-use crate::store::{Intake, Store};
+use crate::store::{ConnectorRow, EventRow, Intake, OutboxStatus, Store};
 use crate::time::{fmt_ts, now};
-use batch::Encoded;
-use commands::{Executor, Replay};
+use commands::{Executor, Parsed, Replay};
+use delivery::{Delivery, Fetch, Next, Publish};
 use link::LinkEvent;
-
-/// Event batches in flight (published, not yet PUBACKed) at most.
-const WINDOW: usize = 8;
-/// Rows read from the store per fetch.
-const FETCH: usize = 4096;
-/// PUBACKed batches are marked sent in one commit every this often (or every
-/// `MARK_EVERY` batches), not one commit per batch: on a gateway's flash a commit is
-/// dear, and a million-event backlog is thousands of batches.
-const MARK_INTERVAL: Duration = Duration::from_millis(100);
-const MARK_EVERY: usize = 64;
+use throttle::Throttle;
 
 /// Uplink failures that stop it from starting.
 #[derive(Debug, thiserror::Error)]
@@ -51,22 +52,6 @@ pub enum UplinkError {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Link(#[from] link::LinkError),
-}
-
-/// What an MQTT publish was, so its PUBACK can be acted on.
-#[derive(Debug, Clone, PartialEq)]
-enum Tag {
-    Events {
-        first: i64,
-        last: i64,
-    },
-    Replay,
-    Result {
-        key: String,
-    },
-    /// The `{"online":false}` state published on shutdown.
-    Farewell,
-    Other,
 }
 
 /// Topics under `<prefix>/<site>`.
@@ -135,22 +120,17 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
     let mut driver = Driver {
         client,
         topics,
-        site,
+        delivery: Delivery::new(&site, cfg.max_payload_bytes),
         cfg,
         store: parts.store.clone(),
         online: parts.online,
-        connected: false,
-        queue: VecDeque::new(),
-        cursor: 0,
-        pending: None,
-        fifo: VecDeque::new(),
-        inflight: HashMap::new(),
-        batches: 0,
-        acked: Vec::new(),
-        replay: None,
+        acks: VecDeque::new(),
         live: HashMap::new(),
         started_at: fmt_ts(now()),
         published_state: None,
+        clear_retained: false,
+        link_log: LinkLog::new(),
+        store_log: HashMap::new(),
         executor: Arc::new(Executor {
             store: parts.store,
             secret: parts.secret,
@@ -167,34 +147,103 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
     Ok(())
 }
 
+/// How often a failing store operation may log, per operation.
+const STORE_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// The driver's reading of the clock, as the pure parts take it (tokio's clock, so that a
+/// paused test clock applies).
+fn instant() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Says when the link goes down, stays unreachable and comes back: once per change of
+/// state, never once per retry, and a flapping link is rate-limited on top.
+struct LinkLog {
+    /// When the link went down (or the agent started without one) and how many connect
+    /// attempts have failed since; `None` while it is up.
+    down_since: Option<(Instant, u32)>,
+    /// Whether "unreachable" was said for this outage.
+    told_unreachable: bool,
+    throttle: Throttle,
+}
+
+impl LinkLog {
+    fn new() -> Self {
+        Self {
+            down_since: Some((instant(), 0)),
+            told_unreachable: false,
+            throttle: Throttle::new(10, Duration::from_secs(60)),
+        }
+    }
+
+    fn connected(&mut self, host: &str, port: u16, now: Instant) {
+        let outage = self.down_since.take();
+        self.told_unreachable = false;
+        let Some(suppressed) = self.throttle.allow(now) else {
+            tracing::debug!(host, port, "uplink connected");
+            return;
+        };
+        match outage {
+            Some((since, failed)) if failed > 0 => tracing::info!(
+                host,
+                port,
+                suppressed,
+                "uplink connected (back after {:.0?} and {failed} failed attempts)",
+                now.saturating_duration_since(since)
+            ),
+            _ => tracing::info!(host, port, suppressed, "uplink connected"),
+        }
+    }
+
+    fn down(&mut self, was_connected: bool, reason: &str, now: Instant) {
+        if was_connected {
+            self.down_since = Some((now, 0));
+            self.told_unreachable = false;
+            match self.throttle.allow(now) {
+                Some(suppressed) => tracing::warn!(suppressed, "uplink down: {reason}"),
+                None => tracing::debug!("uplink down: {reason}"),
+            }
+            return;
+        }
+        let (_, failed) = self.down_since.get_or_insert((now, 0));
+        *failed += 1;
+        if self.told_unreachable {
+            tracing::debug!("uplink connect failed: {reason}");
+            return;
+        }
+        self.told_unreachable = true;
+        match self.throttle.allow(now) {
+            Some(suppressed) => tracing::warn!(
+                suppressed,
+                "uplink unreachable: {reason}; retrying with backoff (told again when it is back)"
+            ),
+            None => tracing::debug!("uplink connect failed: {reason}"),
+        }
+    }
+}
+
 struct Driver {
     client: AsyncClient,
     topics: Topics,
-    site: String,
     cfg: UplinkConfig,
     store: Store,
     online: Arc<AtomicBool>,
-    connected: bool,
-    /// Encoded events fetched, not yet batched.
-    queue: VecDeque<Encoded>,
-    /// Highest seq fetched into `queue`.
-    cursor: i64,
-    /// A batch the client's channel had no room for; sent first next time.
-    pending: Option<batch::Batch>,
-    /// Our publishes since the ConnAck, awaiting rumqttc's `Outgoing::Publish(pkid)`.
-    fifo: VecDeque<Tag>,
-    /// Published and awaiting PUBACK, by pkid.
-    inflight: HashMap<u16, Tag>,
-    /// Event batches in flight (including replays).
-    batches: usize,
-    /// PUBACKed batches not yet marked sent.
-    acked: Vec<(i64, i64)>,
-    /// An events.replay in progress: (last seq sent, last seq to send).
-    replay: Option<(i64, i64)>,
+    /// Windows, packet ids, acked ranges, replay, results: the pure part.
+    delivery: Delivery,
+    /// Packet ids of received QoS 1 messages whose PUBACK rumqttc had no room for; sent
+    /// before anything else on the next pass (an unacked message holds one of the broker's
+    /// inflight slots for us, and enough of them stall its deliveries).
+    acks: VecDeque<u16>,
     /// Latest live snapshots not yet published.
     live: HashMap<String, Value>,
     started_at: String,
     published_state: Option<(i64, i64)>,
+    /// The link was dropped for a message too large to read: on the next ConnAck, clear a
+    /// retained command before subscribing, so that it is not handed to us again.
+    clear_retained: bool,
+    link_log: LinkLog,
+    /// Rate limits for store failures, per operation.
+    store_log: HashMap<&'static str, Throttle>,
     executor: Arc<Executor>,
     results_tx: mpsc::Sender<(String, String)>,
     replay_tx: mpsc::Sender<Replay>,
@@ -212,72 +261,158 @@ impl Driver {
         let mut seq_rx = self.store.last_seq();
         let mut live_tick = tokio::time::interval(self.cfg.live_interval);
         let mut state_tick = tokio::time::interval(Duration::from_secs(5));
-        let mut mark_tick = tokio::time::interval(MARK_INTERVAL);
         loop {
+            let mark_at = self.delivery.mark_deadline();
+            let mark_sleep = tokio::time::sleep_until(
+                mark_at.map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std),
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 ev = link_rx.recv() => match ev {
                     Some(LinkEvent::Mqtt(e)) => self.on_mqtt(e).await,
-                    Some(LinkEvent::Down { reason, resume }) => {
-                        self.mark_sent().await;
-                        if self.connected {
-                            tracing::warn!("uplink down: {reason}");
-                        } else {
-                            tracing::debug!("uplink connect failed: {reason}");
-                        }
-                        self.on_down();
+                    Some(LinkEvent::Down { reason, oversized, resume }) => {
+                        self.on_link_down(&reason, oversized).await;
+                        // The link task waits for this; it is gone only on shutdown.
                         let _ = resume.send(());
                     }
                     None => break,
                 },
                 changed = seq_rx.changed() => {
                     if changed.is_err() { break; }
-                    self.fill().await;
+                    self.delivery.on_new_events();
                 }
                 Some(n) = notices.recv() => self.on_notice(n).await,
-                Some((key, result)) = results_rx.recv() => self.publish_result(key, result),
-                Some(r) = replay_rx.recv() => {
-                    self.replay = Some((r.from - 1, r.to));
-                    self.fill().await;
-                }
+                Some((key, result)) = results_rx.recv() => self.delivery.on_result(key, result),
+                Some(r) = replay_rx.recv() => self.delivery.on_replay(r.from, r.to),
                 _ = live_tick.tick() => self.publish_live(),
-                _ = mark_tick.tick() => self.mark_sent().await,
-                _ = state_tick.tick() => self.publish_state(false).await,
+                _ = mark_sleep, if mark_at.is_some() => {
+                    if let Some(ranges) = self.delivery.mark_due(instant()) {
+                        self.mark_sent(ranges).await;
+                    }
+                }
+                _ = state_tick.tick() => {
+                    // Reads that failed are retried from here, not in a tight loop.
+                    self.delivery.nudge();
+                    self.publish_state(false).await;
+                }
             }
+            self.pump().await;
         }
-        self.mark_sent().await;
+        let ranges = self.delivery.take_acked();
+        self.mark_sent(ranges).await;
         self.shutdown(&mut link_rx).await;
     }
 
+    /// Does what the delivery state asks until it has nothing more to do now: pending
+    /// acks first, then reads and publishes. Stops at the first publish rumqttc has no
+    /// room for; its next event brings the next pass.
+    async fn pump(&mut self) {
+        while let Some(&pkid) = self.acks.front() {
+            if self.client.try_ack(&ack_stub(pkid)).is_err() {
+                return;
+            }
+            self.acks.pop_front();
+        }
+        loop {
+            match self.delivery.next_action() {
+                Next::Idle => return,
+                Next::Fetch(f) => self.fetch(f).await,
+                Next::Publish(p) => {
+                    if !self.send(p) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a read the delivery state asked for.
+    async fn fetch(&mut self, f: Fetch) {
+        match f {
+            Fetch::Unsent { after, limit } => match self.fetch_events(after, limit, true).await {
+                Some(rows) => self
+                    .delivery
+                    .on_unsent(rows.iter().map(batch::encode).collect()),
+                None => self.delivery.fetch_failed(f),
+            },
+            Fetch::Replay { after, limit } => match self.fetch_events(after, limit, false).await {
+                Some(rows) => self
+                    .delivery
+                    .on_replay_rows(rows.iter().map(batch::encode).collect()),
+                None => self.delivery.fetch_failed(f),
+            },
+            Fetch::Results => match self.unpublished_results().await {
+                Some(rows) => self.delivery.on_unpublished(rows),
+                None => self.delivery.fetch_failed(f),
+            },
+        }
+    }
+
+    /// Hands a publish of the delivery state to rumqttc; false (and the publish kept by
+    /// the delivery state) when its request channel is full.
+    fn send(&mut self, p: Publish) -> bool {
+        let (topic, payload) = match &p {
+            Publish::Events(b) | Publish::Replay(b) => (self.topics.events(), b.payload.clone()),
+            Publish::Result { payload, .. } => (self.topics.result(), payload.clone()),
+        };
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!("rumqttc busy, publishing later: {e}");
+                self.delivery.refused(p);
+                false
+            }
+        }
+    }
+
+    /// Publishes something of the driver's own (state, connectors, live, the retained-cmd
+    /// clear); false when rumqttc's channel is full (nothing was queued). Each of these is
+    /// a snapshot that the next change or reconnect publishes again.
+    fn publish_other(&mut self, topic: String, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
+        match self.client.try_publish(topic, qos, retain, payload) {
+            Ok(()) => {
+                self.delivery.queued_other();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     async fn shutdown(&mut self, link_rx: &mut mpsc::Receiver<LinkEvent>) {
-        if !self.connected {
+        if !self.delivery.connected() {
             return;
         }
         let payload = json!({"online": false, "version": env!("CARGO_PKG_VERSION"),
             "started_at": self.started_at, "stopped_at": fmt_ts(now())});
         let topic = self.topics.state();
-        if !self.publish(
-            topic,
-            QoS::AtLeastOnce,
-            true,
-            payload.to_string(),
-            Tag::Farewell,
-        ) {
-            tracing::warn!("could not queue the offline state; the Will covers it");
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, true, payload.to_string())
+        {
+            Ok(()) => self.delivery.queued_farewell(),
+            Err(_) => tracing::warn!("could not queue the offline state; the Will covers it"),
         }
         // Wait (bounded) for that PUBACK, then disconnect cleanly.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, link_rx.recv()).await {
             match ev {
                 LinkEvent::Mqtt(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    if let Some(tag) = self.fifo.pop_front() {
-                        self.inflight.insert(pkid, tag);
-                    }
+                    self.delivery.on_outgoing_publish(pkid);
                 }
-                LinkEvent::Mqtt(Event::Incoming(Incoming::PubAck(ack)))
-                    if self.inflight.remove(&ack.pkid) == Some(Tag::Farewell) =>
-                {
-                    break;
+                LinkEvent::Mqtt(Event::Incoming(Incoming::PubAck(ack))) => {
+                    let acked = self.delivery.on_puback(ack.pkid, instant());
+                    let mut ranges = acked.mark;
+                    ranges.extend(self.delivery.take_acked());
+                    self.mark_sent(ranges).await;
+                    if let Some(key) = acked.result {
+                        self.result_published(key).await;
+                    }
+                    if acked.farewell {
+                        break;
+                    }
                 }
                 LinkEvent::Down { resume, .. } => {
                     let _ = resume.send(());
@@ -286,7 +421,9 @@ impl Driver {
                 _ => {}
             }
         }
-        let _ = self.client.try_disconnect();
+        if let Err(e) = self.client.try_disconnect() {
+            tracing::debug!("disconnect: {e}");
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, link_rx.recv()).await {
             if matches!(ev, LinkEvent::Mqtt(Event::Outgoing(Outgoing::Disconnect))) {
@@ -301,63 +438,41 @@ impl Driver {
         tracing::info!("uplink closed; retained state is offline");
     }
 
-    /// Publishes, remembering what it was so that its PUBACK can be acted on; false when
-    /// rumqttc's request channel is full (nothing was queued).
-    fn publish(
-        &mut self,
-        topic: String,
-        qos: QoS,
-        retain: bool,
-        payload: String,
-        tag: Tag,
-    ) -> bool {
-        match self.client.try_publish(topic, qos, retain, payload) {
-            Ok(()) => {
-                self.fifo.push_back(tag);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// Records PUBACKed batches as sent, in one commit. Marking lags a PUBACK by at most
-    /// `MARK_INTERVAL`: a crash in that window re-sends those batches (the BPP de-duplicates
-    /// by seq); never the reverse, nothing is marked sent before its PUBACK.
-    async fn mark_sent(&mut self) {
-        if self.acked.is_empty() {
-            return;
-        }
-        let ranges = std::mem::take(&mut self.acked);
-        if let Err(e) = self.store.mark_sent(ranges, now()).await {
-            tracing::error!("marking batches sent: {e}");
-        }
-    }
-
-    fn on_down(&mut self) {
-        self.connected = false;
+    async fn on_link_down(&mut self, reason: &str, oversized: Option<usize>) {
+        let ranges = self.delivery.take_acked();
+        self.mark_sent(ranges).await;
+        let was_connected = self.delivery.connected();
+        self.delivery.on_down();
         self.online.store(false, Ordering::Relaxed);
-        self.queue.clear();
-        self.pending = None;
-        self.fifo.clear();
-        self.inflight.clear();
-        self.batches = 0;
-        self.replay = None;
+        self.acks.clear();
         self.live.clear();
         self.published_state = None;
+        self.link_log.down(was_connected, reason, instant());
+        if let Some(bytes) = oversized {
+            let limit = link::read_limit(&self.cfg);
+            tracing::warn!(
+                bytes,
+                limit,
+                "a message beyond the uplink's read limit cost one reconnect; a retained \
+                 command is cleared on reconnect and the BPP is answered too_large"
+            );
+            self.clear_retained = true;
+            // Answered like any command, with the only thing known about it: its size.
+            self.answer(commands::unreadable(bytes, limit)).await;
+        }
     }
 
     async fn on_mqtt(&mut self, e: Event) {
         match e {
-            Event::Incoming(Incoming::ConnAck(_)) => self.on_connect().await,
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let tag = self.fifo.pop_front().unwrap_or(Tag::Other);
-                if pkid != 0 {
-                    self.inflight.insert(pkid, tag);
-                }
-            }
+            Event::Incoming(Incoming::ConnAck(_)) => self.on_connack().await,
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.delivery.on_outgoing_publish(pkid),
             Event::Incoming(Incoming::PubAck(ack)) => {
-                if let Some(tag) = self.inflight.remove(&ack.pkid) {
-                    self.on_puback(tag).await;
+                let acked = self.delivery.on_puback(ack.pkid, instant());
+                if !acked.mark.is_empty() {
+                    self.mark_sent(acked.mark).await;
+                }
+                if let Some(key) = acked.result {
+                    self.result_published(key).await;
                 }
             }
             Event::Incoming(Incoming::Publish(p)) => self.on_incoming(p).await,
@@ -365,11 +480,31 @@ impl Driver {
         }
     }
 
-    async fn on_connect(&mut self) {
-        tracing::info!(host = %self.cfg.host, port = self.cfg.port, "uplink connected");
-        self.on_down();
-        self.connected = true;
+    async fn on_connack(&mut self) {
+        self.link_log
+            .connected(&self.cfg.host, self.cfg.port, instant());
+        // Resume from the oldest unsent seq; without the status, from the start of the
+        // unsent ones (the read skips sent events), never past one.
+        let cursor = self
+            .outbox_status()
+            .await
+            .map_or(0, |s| s.oldest_unsent.map_or(s.last_seq, |o| o - 1));
+        self.delivery.on_connack(cursor);
+        self.acks.clear();
+        self.live.clear();
+        self.published_state = None;
         self.online.store(true, Ordering::Relaxed);
+        if std::mem::take(&mut self.clear_retained) {
+            // An empty retained message deletes the retained one at the broker. Queued
+            // before the SUBSCRIBE, so the broker handles it first and has nothing to hand
+            // us again.
+            let topic = self.topics.cmd();
+            if self.publish_other(topic, QoS::AtLeastOnce, true, Vec::new()) {
+                tracing::info!("cleared the retained command on {}", self.topics.cmd());
+            } else {
+                tracing::warn!("could not queue the clear of the retained command");
+            }
+        }
         for topic in [self.topics.cmd(), self.topics.ack()] {
             if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
                 tracing::warn!("subscribe: {e}");
@@ -377,113 +512,13 @@ impl Driver {
         }
         self.publish_state(true).await;
         self.publish_connectors(None).await;
-        match self.store.unpublished_results().await {
-            Ok(results) => {
-                for (key, result) in results {
-                    self.publish_result(key, result);
-                }
-            }
-            Err(e) => tracing::error!("reading unpublished results: {e}"),
-        }
-        match self.store.outbox_status().await {
-            Ok(s) => self.cursor = s.oldest_unsent.map_or(s.last_seq, |o| o - 1),
-            Err(e) => tracing::error!("outbox status: {e}"),
-        }
-        self.fill().await;
     }
 
-    async fn on_puback(&mut self, tag: Tag) {
-        match tag {
-            Tag::Events { first, last } => {
-                self.batches = self.batches.saturating_sub(1);
-                self.acked.push((first, last));
-                if self.acked.len() >= MARK_EVERY {
-                    self.mark_sent().await;
-                }
-                self.fill().await;
-            }
-            Tag::Replay => {
-                self.batches = self.batches.saturating_sub(1);
-                self.fill().await;
-            }
-            Tag::Result { key } => {
-                if let Err(e) = self.store.result_published(key, now()).await {
-                    tracing::error!("marking a result published: {e}");
-                }
-            }
-            _ => {}
+    /// Acknowledges a received message to the broker, now or on the next pass.
+    fn ack(&mut self, p: &rumqttc::Publish) {
+        if self.client.try_ack(p).is_err() {
+            self.acks.push_back(p.pkid);
         }
-    }
-
-    /// Publishes event batches while the window has room: unsent events first, then any
-    /// replay in progress.
-    async fn fill(&mut self) {
-        while self.connected && self.batches < WINDOW {
-            let batch = match self.pending.take() {
-                Some(b) => Some((b, false)),
-                None => self.next_batch().await,
-            };
-            let Some((batch, replay)) = batch else { break };
-            let tag = if replay {
-                Tag::Replay
-            } else {
-                Tag::Events {
-                    first: batch.first,
-                    last: batch.last,
-                }
-            };
-            let topic = self.topics.events();
-            if self.publish(topic, QoS::AtLeastOnce, false, batch.payload.clone(), tag) {
-                self.batches += 1;
-            } else {
-                // rumqttc's channel is full: keep the batch and try again on the next
-                // PUBACK (never for a replay: that can simply be asked for again).
-                if !replay {
-                    self.pending = Some(batch);
-                }
-                break;
-            }
-        }
-    }
-
-    async fn next_batch(&mut self) -> Option<(batch::Batch, bool)> {
-        if self.queue.is_empty() {
-            match self.store.fetch_events(self.cursor, FETCH, true).await {
-                Ok(rows) => {
-                    if let Some(last) = rows.last() {
-                        self.cursor = last.seq;
-                    }
-                    self.queue.extend(rows.iter().map(batch::encode));
-                }
-                Err(e) => {
-                    tracing::error!("reading the outbox: {e}");
-                    return None;
-                }
-            }
-        }
-        if let Some(b) = batch::take(&self.site, &mut self.queue, self.cfg.max_payload_bytes) {
-            return Some((b, false));
-        }
-        let (after, to) = self.replay?;
-        let limit = FETCH.min(usize::try_from(to - after).unwrap_or(FETCH));
-        let rows = match self.store.fetch_events(after, limit, false).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!("reading the outbox for a replay: {e}");
-                return None;
-            }
-        };
-        let mut q: VecDeque<Encoded> = rows
-            .iter()
-            .filter(|r| r.seq <= to)
-            .map(batch::encode)
-            .collect();
-        let b = batch::take(&self.site, &mut q, self.cfg.max_payload_bytes);
-        match &b {
-            Some(b) if b.last < to => self.replay = Some((b.last, to)),
-            _ => self.replay = None,
-        }
-        b.map(|b| (b, true))
     }
 
     async fn on_incoming(&mut self, p: rumqttc::Publish) {
@@ -492,49 +527,44 @@ impl Driver {
                 .ok()
                 .and_then(|v| v.get("seq").and_then(Value::as_i64))
             {
-                Some(seq) => match self.store.ack(seq).await {
-                    Ok(_) => tracing::debug!(seq, "BPP acked"),
-                    Err(e) => {
-                        // Not acknowledged to the broker: it will redeliver.
-                        tracing::error!("storing an ack: {e}");
-                        return;
+                Some(seq) => {
+                    if !self.store_ack(seq).await {
+                        return; // not acknowledged to the broker: it will redeliver
                     }
-                },
+                    tracing::debug!(seq, "BPP acked");
+                }
                 None => tracing::warn!("malformed ack ignored"),
             }
-            let _ = self.client.try_ack(&p);
+            self.ack(&p);
             return;
         }
-        if p.topic != self.topics.cmd() {
-            let _ = self.client.try_ack(&p);
+        if p.topic != self.topics.cmd() || p.payload.is_empty() {
+            // An empty message on cmd is a retained command being cleared (by us after an
+            // oversized one, or by the BPP): nothing to answer.
+            self.ack(&p);
             return;
         }
-        let parsed = commands::parse(&p.payload, &self.executor.secret);
-        let intake = self
-            .store
-            .command_received(
-                parsed.id.clone(),
-                parsed.kind.clone(),
-                parsed.stored.clone(),
-                now(),
-            )
-            .await;
+        let parsed = if p.payload.len() > self.cfg.max_command_bytes {
+            commands::too_large(&p.payload, self.cfg.max_command_bytes)
+        } else {
+            commands::parse(&p.payload, &self.executor.secret)
+        };
+        let Some(intake) = self.command_received(&parsed).await else {
+            return; // not acknowledged: the broker redelivers it after a reconnect
+        };
         // Stored (or known): only now is it acknowledged to the broker.
+        self.ack(&p);
+        // The payload (up to the read limit) is not kept while the command runs.
+        drop(p);
         let key = match intake {
-            Ok(Intake::New { key }) => key,
-            Ok(Intake::Repeat { key, result }) => {
-                let _ = self.client.try_ack(&p);
+            Intake::New { key } => key,
+            Intake::Repeat { key, result } => {
                 if let Some(r) = result {
-                    self.publish_result(key, r);
+                    self.delivery.on_repeat_result(key, r);
                 }
                 return;
             }
-            Err(e) => {
-                tracing::error!("storing a command failed, not acknowledging it: {e}");
-                return;
-            }
         };
-        let _ = self.client.try_ack(&p);
         let executor = self.executor.clone();
         let results = self.results_tx.clone();
         let replay = self.replay_tx.clone();
@@ -544,38 +574,33 @@ impl Driver {
                 Err(e) => Err(e),
             };
             let result = commands::result_json(parsed.id.as_deref(), outcome).to_string();
-            match executor
-                .store
-                .command_done(key.clone(), result.clone(), now())
-                .await
+            if store_result(&executor.store, key.clone(), result.clone()).await
+                && results.send((key, result)).await.is_err()
             {
-                Ok(_) => {
-                    let _ = results.send((key, result)).await;
-                }
-                Err(e) => tracing::error!("storing a command result: {e}"),
+                tracing::debug!("uplink stopped; the stored result goes out after a restart");
             }
         });
     }
 
-    fn publish_result(&mut self, key: String, result: String) {
-        if !self.connected {
-            return; // stored; published after the next ConnAck
+    /// Stores a command that is answered without running (nothing to execute) and queues
+    /// its result.
+    async fn answer(&mut self, parsed: Parsed) {
+        let Some(Intake::New { key }) = self.command_received(&parsed).await else {
+            return;
+        };
+        let result =
+            commands::result_json(parsed.id.as_deref(), parsed.cmd.map(|_| json!({}))).to_string();
+        if store_result(&self.store, key.clone(), result.clone()).await {
+            self.delivery.on_result(key, result);
         }
-        // Stored already: if rumqttc's channel is full it goes out after the next ConnAck.
-        let topic = self.topics.result();
-        self.publish(topic, QoS::AtLeastOnce, false, result, Tag::Result { key });
     }
 
     async fn publish_state(&mut self, force: bool) {
-        if !self.connected {
+        if !self.delivery.connected() {
             return;
         }
-        let s = match self.store.outbox_status().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("outbox status for the state topic: {e}");
-                return;
-            }
+        let Some(s) = self.outbox_status().await else {
+            return;
         };
         if !force && self.published_state == Some((s.last_seq, s.backlog)) {
             return;
@@ -583,40 +608,24 @@ impl Driver {
         let payload = json!({"online": true, "version": env!("CARGO_PKG_VERSION"),
             "started_at": self.started_at, "last_seq": s.last_seq, "backlog": s.backlog});
         let topic = self.topics.state();
-        if self.publish(
-            topic,
-            QoS::AtLeastOnce,
-            true,
-            payload.to_string(),
-            Tag::Other,
-        ) {
+        if self.publish_other(topic, QoS::AtLeastOnce, true, payload.to_string().into()) {
             self.published_state = Some((s.last_seq, s.backlog));
         }
     }
 
     async fn publish_connectors(&mut self, cp_id: Option<String>) {
-        if !self.connected {
+        if !self.delivery.connected() {
             return;
         }
-        let rows = match self.store.connectors(cp_id).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::error!("reading connectors for their topics: {e}");
-                return;
-            }
+        let Some(rows) = self.connectors(cp_id).await else {
+            return;
         };
         for r in rows {
             let payload = json!({"status": r.status, "error_code": r.error_code,
                 "charger_online": r.charger_online, "at": r.at});
             // A snapshot: the next change or reconnect republishes it if this one is dropped.
             let topic = self.topics.connector(&r.cp_id, r.connector_id);
-            self.publish(
-                topic,
-                QoS::AtLeastOnce,
-                true,
-                payload.to_string(),
-                Tag::Other,
-            );
+            self.publish_other(topic, QoS::AtLeastOnce, true, payload.to_string().into());
         }
     }
 
@@ -628,7 +637,7 @@ impl Driver {
                 snapshot,
             } => {
                 // Never buffered: while offline the snapshot is simply dropped.
-                if self.connected {
+                if self.delivery.connected() {
                     self.live.insert(session_id, snapshot);
                 }
             }
@@ -639,20 +648,145 @@ impl Driver {
     }
 
     fn publish_live(&mut self) {
-        if !self.connected {
+        if !self.delivery.connected() {
             self.live.clear();
             return;
         }
         for (session, snapshot) in std::mem::take(&mut self.live) {
             // QoS 0 and never buffered: a snapshot that finds the channel full is dropped
             let topic = self.topics.live(&session);
-            self.publish(
-                topic,
-                QoS::AtMostOnce,
-                false,
-                snapshot.to_string(),
-                Tag::Other,
-            );
+            self.publish_other(topic, QoS::AtMostOnce, false, snapshot.to_string().into());
         }
     }
+
+    // The store, one small method per operation; each logs its own failure.
+
+    fn store_failed(&mut self, op: &'static str, e: impl std::fmt::Display) {
+        let throttle = self
+            .store_log
+            .entry(op)
+            .or_insert_with(|| Throttle::new(1, STORE_LOG_WINDOW));
+        match throttle.allow(instant()) {
+            Some(suppressed) => tracing::error!(suppressed, "store: {op}: {e}"),
+            None => tracing::debug!("store: {op}: {e}"),
+        }
+    }
+
+    async fn outbox_status(&mut self) -> Option<OutboxStatus> {
+        match self.store.outbox_status().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.store_failed("reading the outbox status", e);
+                None
+            }
+        }
+    }
+
+    async fn fetch_events(
+        &mut self,
+        after: i64,
+        limit: usize,
+        unsent_only: bool,
+    ) -> Option<Vec<EventRow>> {
+        match self.store.fetch_events(after, limit, unsent_only).await {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                let what = if unsent_only {
+                    "reading the outbox"
+                } else {
+                    "reading events to replay"
+                };
+                self.store_failed(what, e);
+                None
+            }
+        }
+    }
+
+    /// Records PUBACKed batches as sent, in one commit. Marking lags a PUBACK by at most
+    /// `MARK_INTERVAL`: a crash in that window re-sends those batches (the BPP
+    /// de-duplicates by seq); never the reverse, nothing is marked sent before its PUBACK.
+    async fn mark_sent(&mut self, ranges: Vec<(i64, i64)>) {
+        if ranges.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.mark_sent(ranges, now()).await {
+            // Not lost: unmarked events are sent again (at least once).
+            self.store_failed("marking batches sent", e);
+        }
+    }
+
+    async fn store_ack(&mut self, seq: i64) -> bool {
+        match self.store.ack(seq).await {
+            Ok(_) => true,
+            Err(e) => {
+                self.store_failed("storing an ack", e);
+                false
+            }
+        }
+    }
+
+    async fn command_received(&mut self, parsed: &Parsed) -> Option<Intake> {
+        let received = self
+            .store
+            .command_received(
+                parsed.id.clone(),
+                parsed.kind.clone(),
+                parsed.stored.clone(),
+                now(),
+            )
+            .await;
+        match received {
+            Ok(i) => Some(i),
+            Err(e) => {
+                self.store_failed("storing a command (not acknowledged to the broker)", e);
+                None
+            }
+        }
+    }
+
+    async fn result_published(&mut self, key: String) {
+        if let Err(e) = self.store.result_published(key, now()).await {
+            // Not lost: the result is published again after the next ConnAck.
+            self.store_failed("marking a result published", e);
+        }
+    }
+
+    async fn unpublished_results(&mut self) -> Option<Vec<(String, String)>> {
+        match self.store.unpublished_results().await {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                self.store_failed("reading unpublished results", e);
+                None
+            }
+        }
+    }
+
+    async fn connectors(&mut self, cp_id: Option<String>) -> Option<Vec<ConnectorRow>> {
+        match self.store.connectors(cp_id).await {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                self.store_failed("reading connector states", e);
+                None
+            }
+        }
+    }
+}
+
+/// Stores a command's result (before it is published); false when that failed (logged).
+/// A free function: the executor's tasks call it too.
+async fn store_result(store: &Store, key: String, result: String) -> bool {
+    match store.command_done(key, result, now()).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!("store: storing a command result: {e}");
+            false
+        }
+    }
+}
+
+/// A stand-in for a received QoS 1 publish, enough for rumqttc to build its PUBACK.
+fn ack_stub(pkid: u16) -> rumqttc::Publish {
+    let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
+    p.pkid = pkid;
+    p
 }

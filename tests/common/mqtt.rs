@@ -271,6 +271,28 @@ pub struct Seen {
     pub batch_sizes: Vec<usize>,
 }
 
+/// Options for a test client of `broker` (over TLS when the broker is), taking messages
+/// up to 16 MiB both ways: the tests publish (and see) oversized commands on purpose.
+pub fn client_options(broker: &Broker, client_id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+    if let Some(p) = &broker.tls {
+        let cfg = chargesite::config::parse(&format!(
+            "[site]\nid='bpp'\n[uplink]\nurl='mqtts://localhost:{}'\nca_file='{}'\ncert_file='{}'\nkey_file='{}'\n",
+            broker.port,
+            p.ca.display(),
+            p.client_cert.display(),
+            p.client_key.display()
+        ))
+        .unwrap();
+        o = chargesite::uplink::link::options(cfg.uplink.as_ref().unwrap(), client_id, "bpp/will")
+            .unwrap();
+        o.set_manual_acks(false);
+    }
+    o.set_keep_alive(Duration::from_secs(5));
+    o.set_max_packet_size(16 << 20, 16 << 20);
+    o
+}
+
 /// The BPP side of the link.
 pub struct Bpp {
     pub client: AsyncClient,
@@ -280,31 +302,7 @@ pub struct Bpp {
 
 impl Bpp {
     pub async fn connect(broker: &Broker, root: &str) -> Bpp {
-        let mut o = MqttOptions::new(
-            format!("bpp-{}", std::process::id()),
-            "127.0.0.1",
-            broker.port,
-        );
-        o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(1 << 20, 1 << 20);
-        if let Some(p) = &broker.tls {
-            let cfg = chargesite::config::parse(&format!(
-                "[site]\nid='bpp'\n[uplink]\nurl='mqtts://localhost:{}'\nca_file='{}'\ncert_file='{}'\nkey_file='{}'\n",
-                broker.port,
-                p.ca.display(),
-                p.client_cert.display(),
-                p.client_key.display()
-            ))
-            .unwrap();
-            o = chargesite::uplink::link::options(
-                cfg.uplink.as_ref().unwrap(),
-                &format!("bpp-{}", std::process::id()),
-                "bpp/will",
-            )
-            .unwrap();
-            o.set_manual_acks(false);
-            o.set_keep_alive(Duration::from_secs(5));
-        }
+        let o = client_options(broker, &format!("bpp-{}", std::process::id()));
         let (client, mut eventloop) = AsyncClient::new(o, 1000);
         let seen: Arc<Mutex<Seen>> = Arc::default();
         let s = seen.clone();
@@ -401,6 +399,20 @@ impl Bpp {
                 QoS::AtLeastOnce,
                 false,
                 payload.to_string(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publishes a command as a retained message: the broker hands it to the agent again
+    /// on every subscribe.
+    pub async fn retained_command(&self, payload: Vec<u8>) {
+        self.client
+            .publish(
+                format!("{}/cmd", self.root),
+                QoS::AtLeastOnce,
+                true,
+                payload,
             )
             .await
             .unwrap();
