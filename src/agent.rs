@@ -127,7 +127,9 @@ pub async fn run(
     let uplink_token = CancellationToken::new();
     let uplink = tokio::spawn(crate::uplink::run(
         crate::uplink::Parts {
-            config: config.clone(),
+            uplink: config.uplink.clone(),
+            site_id: config.site_id.clone(),
+            call_timeout: config.ocpp.call_timeout,
             store: store.clone(),
             registry: registry.clone(),
             online: uplink_online.clone(),

@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, UplinkConfig};
+use crate::config::UplinkConfig;
 use crate::ocpp::registry::Registry;
 use crate::store::{ConnectorRow, EventRow, Intake, OutboxStatus, Store};
 use crate::time::{fmt_ts, now};
@@ -85,8 +85,12 @@ impl Topics {
 
 /// Everything the driver needs.
 pub struct Parts {
-    /// Config.
-    pub config: Arc<Config>,
+    /// `[uplink]`; `None`: no uplink, buffer only.
+    pub uplink: Option<UplinkConfig>,
+    /// `[site] id`.
+    pub site_id: String,
+    /// How long a command's CALL to a charger may take (`[ocpp] call_timeout_secs`).
+    pub call_timeout: Duration,
     /// Store.
     pub store: Store,
     /// Connected chargers (for `session.*` commands).
@@ -105,10 +109,10 @@ pub struct Parts {
 /// # Errors
 /// [`UplinkError`] when the link cannot be configured (TLS files).
 pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), UplinkError> {
-    let Some(cfg) = parts.config.uplink.clone() else {
+    let Some(cfg) = parts.uplink else {
         return Ok(());
     };
-    let site = parts.config.site_id.clone();
+    let site = parts.site_id;
     let topics = Topics {
         root: format!("{}/{}", cfg.topic_prefix, site),
     };
@@ -135,7 +139,7 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
             store: parts.store,
             secret: parts.secret,
             registry: parts.registry,
-            call_timeout: parts.config.ocpp.call_timeout,
+            call_timeout: parts.call_timeout,
         }),
         results_tx,
         replay_tx,
