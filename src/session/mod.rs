@@ -109,7 +109,15 @@ impl Flags {
 
     /// The stored form: names joined by commas, empty for none.
     pub fn to_stored(self) -> String {
-        self.names().join(",")
+        // Every stored reading carries its flags, nearly always none: no allocation then.
+        let mut out = String::new();
+        for f in self.iter() {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(f.as_str());
+        }
+        out
     }
 
     /// Reads the stored form back.

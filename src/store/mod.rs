@@ -555,14 +555,15 @@ pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-/// A stored millisecond timestamp back; `what` names it in the error.
+/// A stored millisecond timestamp back; `what` names it in the error (built only then:
+/// this runs for every reading).
 ///
 /// # Errors
 /// [`StoreError::Corrupt`] when it is no representable instant.
-pub(crate) fn from_ms(v: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn from_ms(v: i64, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, StoreError> {
     Utc.timestamp_millis_opt(v)
         .single()
-        .ok_or_else(|| StoreError::Corrupt(format!("{what}: {v} is no timestamp")))
+        .ok_or_else(|| StoreError::Corrupt(format!("{}: {v} is no timestamp", what())))
 }
 
 /// The id of this database's life, part of every session id so that ids stay unique

@@ -81,8 +81,8 @@ fn candidates(c: &Connection, now: DateTime<Utc>) -> Result<Vec<OtpRecord>, Stor
             Ok::<_, StoreError>(OtpRecord {
                 order_id: order_id.clone(),
                 otp_hash,
-                valid_from: from.map(|f| from_ms(f, &what)).transpose()?,
-                valid_until: from_ms(until, &what)?,
+                valid_from: from.map(|f| from_ms(f, || what.clone())).transpose()?,
+                valid_until: from_ms(until, || what.clone())?,
                 cp_id,
                 connector_id,
                 max_uses,
@@ -182,7 +182,7 @@ fn locked(
     let failures: Vec<DateTime<Utc>> = c
         .prepare_cached("SELECT at_ms FROM otp_failures WHERE cp_id = ?1 AND at_ms >= ?2")?
         .query_map(params![cp_id, since], |r| r.get::<_, i64>(0))?
-        .map(|r| from_ms(r?, "otp_failures.at_ms"))
+        .map(|r| from_ms(r?, || "otp_failures.at_ms".into()))
         .collect::<Result<_, _>>()?;
     Ok(lockout.locked_until(&failures, now).is_some())
 }

@@ -388,11 +388,10 @@ fn load_session(
         Flags::from_stored(&flags).map_err(|name| corrupt(&format!("flag {name:?}")))?;
     let register = Register {
         last_wh,
-        last_at: from_ms(last_ms, &format!("session {session_id} last_reading_ms"))?,
-        last_received: from_ms(
-            received_ms,
-            &format!("session {session_id} last_received_ms"),
-        )?,
+        last_at: from_ms(last_ms, || format!("session {session_id} last_reading_ms"))?,
+        last_received: from_ms(received_ms, || {
+            format!("session {session_id} last_received_ms")
+        })?,
         energy_wh,
     };
     let budget = match (budget_currency, budget_minor) {
