@@ -311,13 +311,23 @@ fn load_billing(
     }
 }
 
-/// A stored session, with what only the stop needs.
+/// A stored session and its connector.
 struct Loaded {
     session: Session,
     connector_id: u32,
-    meter_start_wh: i64,
-    started_at: String,
-    order_id: Option<String>,
+}
+
+/// What only the stop's bill needs: read then, not on every reading.
+fn stop_details(
+    c: &Connection,
+    transaction_id: i64,
+) -> Result<(i64, String, Option<String>), StoreError> {
+    Ok(c.prepare_cached(
+        "SELECT meter_start_wh, started_at, order_id FROM sessions WHERE transaction_id = ?1",
+    )?
+    .query_row(params![transaction_id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })?)
 }
 
 fn load_session(
@@ -329,7 +339,7 @@ fn load_session(
     type Raw = (
         (i64, String, String, i64, i64, i64, i64, String),
         (Option<String>, Option<String>, Option<String>, Option<i64>),
-        (Option<bool>, bool, u32, i64, String, Option<String>),
+        (Option<bool>, bool, u32),
     );
     let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Raw> {
         Ok((
@@ -344,20 +354,12 @@ fn load_session(
                 r.get(7)?,
             ),
             (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
-            (
-                r.get(12)?,
-                r.get(13)?,
-                r.get(14)?,
-                r.get(15)?,
-                r.get(16)?,
-                r.get(17)?,
-            ),
+            (r.get(12)?, r.get(13)?, r.get(14)?),
         ))
     };
     const COLS: &str = "transaction_id, session_id, state, last_register_wh, last_reading_ms,
                         last_received_ms, energy_wh, flags, tariff, accrual, budget_currency,
-                        budget_minor, prepaid, budget_stop, connector_id, meter_start_wh,
-                        started_at, order_id";
+                        budget_minor, prepaid, budget_stop, connector_id";
     let raw = match (transaction_id, connector_id) {
         (Some(tx), _) => c
             .prepare_cached(&format!(
@@ -377,7 +379,7 @@ fn load_session(
     let Some((
         (transaction_id, session_id, state, last_wh, last_ms, received_ms, energy_wh, flags),
         (tariff, accrual, budget_currency, budget_minor),
-        (prepaid, budget_stop, connector_id, meter_start_wh, started_at, order_id),
+        (prepaid, budget_stop, connector_id),
     )) = raw
     else {
         return Ok(None);
@@ -420,9 +422,6 @@ fn load_session(
             billing,
         },
         connector_id,
-        meter_start_wh,
-        started_at,
-        order_id,
     }))
 }
 
@@ -485,8 +484,11 @@ fn meter_events(
     Ok(())
 }
 
-/// Writes back what the session core changed. A pricing this build could not read is
-/// left as stored (`coalesce`), so a later build can still bill it.
+/// Writes back what the session core changed on a running session (the register, flags,
+/// accrual, budget stop; its state changes only at the stop, whose own UPDATE writes it:
+/// `state` is indexed, and rewriting an index entry on every reading costs pages). A
+/// pricing this build could not read is left as stored (`coalesce`), so a later build can
+/// still bill it.
 fn save_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
     let accrual = match &s.billing {
         Some(b) => Some(serde_json::to_string(&b.accrual)?),
@@ -494,8 +496,8 @@ fn save_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
     };
     c.prepare_cached(
         "UPDATE sessions SET last_register_wh = ?2, last_reading_ms = ?3, last_received_ms = ?4,
-            energy_wh = ?5, flags = ?6, accrual = coalesce(?7, accrual), budget_stop = ?8,
-            state = ?9 WHERE transaction_id = ?1",
+            energy_wh = ?5, flags = ?6, accrual = coalesce(?7, accrual), budget_stop = ?8
+         WHERE transaction_id = ?1",
     )?
     .execute(params![
         s.transaction_id,
@@ -505,8 +507,7 @@ fn save_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
         s.register.energy_wh,
         s.flags.to_stored(),
         accrual,
-        s.billing.as_ref().is_some_and(|b| b.budget_stop),
-        s.state.as_str()
+        s.billing.as_ref().is_some_and(|b| b.budget_stop)
     ])?;
     Ok(())
 }
@@ -628,13 +629,11 @@ pub(super) fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<StopOutcome, 
     let Some(Loaded {
         mut session,
         connector_id,
-        meter_start_wh,
-        started_at,
-        order_id,
     }) = loaded
     else {
         return Ok(StopOutcome::Unknown);
     };
+    let (meter_start_wh, started_at, order_id) = stop_details(c, session.transaction_id)?;
     let facts = session::StopFacts {
         meter_stop_wh: s.meter_stop_wh,
         timestamp: &s.timestamp,
@@ -668,7 +667,7 @@ pub(super) fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<StopOutcome, 
         .map(serde_json::to_string)
         .transpose()?;
     c.prepare_cached(
-        "UPDATE sessions SET interrupted = 0, meter_stop_wh = ?2, stopped_raw = ?3,
+        "UPDATE sessions SET state = ?8, interrupted = 0, meter_stop_wh = ?2, stopped_raw = ?3,
             stopped_at = ?4, stop_received_at = ?5, stop_reason = ?6, cost = ?7 WHERE transaction_id = ?1",
     )?
     .execute(params![
@@ -678,7 +677,8 @@ pub(super) fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<StopOutcome, 
         stopped_at,
         fmt_ts(s.received),
         closing.reason,
-        cost_json
+        cost_json,
+        session.state.as_str()
     ])?;
     let body = SessionStopped {
         session_id: session.session_id.clone(),
