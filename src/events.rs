@@ -264,31 +264,53 @@ pub fn meter_bodies<'a>(
     })
 }
 
-/// The `<root>/live/<session_id>` snapshot: the latest reading (the contract's sample
-/// object, its register as `meter_wh`), the session's delivered energy and running cost.
-pub fn live_snapshot(
-    mut reading: serde_json::Map<String, serde_json::Value>,
-    session_id: &str,
-    cp_id: &str,
-    connector_id: u32,
-    energy_wh: i64,
-    running: Option<&crate::session::RunningCost>,
-) -> serde_json::Value {
-    use serde_json::Value;
-    if let Some(r) = running {
-        reading.insert(
-            "cost".into(),
-            serde_json::json!({"currency": r.currency, "total_minor": r.total_minor}),
-        );
+/// The `<root>/live/<session_id>` snapshot: the latest reading (its register as
+/// `meter_wh`), the session's delivered energy and running cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LiveSnapshot<'a> {
+    /// Session.
+    pub session_id: &'a str,
+    /// Charger.
+    pub cp_id: &'a str,
+    /// Connector (2.0.1: EVSE).
+    pub connector_id: u32,
+    /// The latest reading; its `energy_wh` (the register) is `meter_wh` here.
+    #[serde(flatten, serialize_with = "ser_reading")]
+    pub reading: crate::reading::Values,
+    /// Energy the session delivered so far, Wh.
+    pub energy_wh: i64,
+    /// The running cost, when a tariff applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<&'a crate::session::RunningCost>,
+}
+
+/// The reading without its register, which the snapshot names `meter_wh` (null when the
+/// charger did not report it).
+fn ser_reading<S: serde::Serializer>(v: &crate::reading::Values, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(None)?;
+    m.serialize_entry("at", &crate::time::fmt_ts(v.at))?;
+    m.serialize_entry("meter_wh", &v.energy_wh)?;
+    for (k, x) in [
+        ("current_a", v.current_a),
+        ("voltage_v", v.voltage_v),
+        ("soc_pct", v.soc_pct),
+    ] {
+        if let Some(x) = x {
+            m.serialize_entry(k, &x)?;
+        }
     }
-    reading.insert("session_id".into(), Value::from(session_id));
-    reading.insert("cp_id".into(), Value::from(cp_id));
-    reading.insert("connector_id".into(), Value::from(connector_id));
-    // the register reading becomes `meter_wh`; `energy_wh` is what the session delivered
-    let register = reading.remove("energy_wh").unwrap_or(Value::Null);
-    reading.insert("meter_wh".into(), register);
-    reading.insert("energy_wh".into(), Value::from(energy_wh));
-    Value::Object(reading)
+    if let Some(p) = v.power_w {
+        m.serialize_entry("power_w", &p)?;
+    }
+    m.end()
+}
+
+impl LiveSnapshot<'_> {
+    /// The payload.
+    pub fn body(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
 }
 
 /// `session.meter`'s type.
@@ -361,5 +383,49 @@ mod tests {
         assert_eq!(bodies[0]["session_id"], "s\"1");
         assert_eq!(bodies[0]["samples"].as_array().unwrap().len(), 20);
         assert_eq!(bodies[2]["samples"][4]["energy_wh"], 44);
+    }
+
+    #[test]
+    fn a_live_snapshot_names_the_register_meter_wh_and_the_delivered_energy_energy_wh() {
+        use chrono::TimeZone;
+        let reading = crate::reading::Values {
+            at: chrono::Utc.timestamp_millis_opt(1_795_000_000_000).unwrap(),
+            energy_wh: Some(1_002_000),
+            power_w: Some(7_400),
+            current_a: Some(32.0),
+            voltage_v: None,
+            soc_pct: None,
+        };
+        let cost = crate::session::RunningCost {
+            currency: "INR".into(),
+            total_minor: 3600,
+        };
+        let live = LiveSnapshot {
+            session_id: "s-1",
+            cp_id: "CP1",
+            connector_id: 1,
+            reading,
+            energy_wh: 2000,
+            cost: Some(&cost),
+        };
+        let v: Value = serde_json::from_str(&live.body()).unwrap();
+        assert_eq!(
+            v,
+            json!({"session_id": "s-1", "cp_id": "CP1", "connector_id": 1,
+                   "at": "2026-11-18T11:06:40.000Z", "meter_wh": 1_002_000, "power_w": 7400,
+                   "current_a": 32.0, "energy_wh": 2000,
+                   "cost": {"currency": "INR", "total_minor": 3600}})
+        );
+        let bare = LiveSnapshot {
+            reading: crate::reading::Values {
+                energy_wh: None,
+                ..reading
+            },
+            cost: None,
+            ..live
+        };
+        let v: Value = serde_json::from_str(&bare.body()).unwrap();
+        assert_eq!(v["meter_wh"], Value::Null);
+        assert!(v.get("cost").is_none());
     }
 }

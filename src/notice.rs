@@ -3,7 +3,6 @@
 //! (the facts themselves are in the outbox). Its own small module so that the OCPP driver
 //! and the uplink driver both depend on it, not on each other.
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 /// Something the OCPP side tells the uplink; best effort (a snapshot, not a fact: the facts
@@ -19,8 +18,8 @@ pub enum Notice {
     Live {
         /// Session.
         session_id: String,
-        /// The snapshot payload.
-        snapshot: Value,
+        /// The snapshot payload, serialized.
+        snapshot: String,
     },
     /// A session ended: stop publishing its live topic.
     SessionEnded {
@@ -39,6 +38,12 @@ impl Notices {
     pub fn channel() -> (Notices, mpsc::Receiver<Notice>) {
         let (tx, rx) = mpsc::channel(4096);
         (Notices(tx), rx)
+    }
+
+    /// Whether anyone listens: without an uplink (or while it is offline) a live snapshot
+    /// is not worth building.
+    pub fn is_open(&self) -> bool {
+        !self.0.is_closed()
     }
 
     /// Sends without waiting.

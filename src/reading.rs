@@ -1,7 +1,9 @@
 //! One instant's meter readings, in the contract's units, whichever OCPP version sent
 //! them: what the OCPP decoders produce and the session core consumes.
 
-use serde_json::{Map, Value};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::time::{fmt_ts, ChargerTime};
 
@@ -24,32 +26,62 @@ pub struct Sample {
     pub context: Option<String>,
     /// The element as received (re-serialized compactly), kept for audit.
     pub raw: String,
-    /// [`Sample::to_event_json`], serialized where the frame is decoded: the store thread,
+    /// [`Sample::event_body`], serialized where the frame is decoded: the store thread,
     /// which every charger shares, only splices it into the `session.meter` event.
     pub event: String,
 }
 
+/// The contract's `session.meter` sample object: what a reading says, absent fields
+/// omitted. Small and `Copy`, so the live snapshot can keep it while the sample itself
+/// goes to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Values {
+    /// When it was measured (charger clock), as the contract writes it.
+    #[serde(serialize_with = "ser_ts")]
+    pub at: DateTime<Utc>,
+    /// The energy register, Wh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy_wh: Option<i64>,
+    /// Power, W.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_w: Option<i64>,
+    /// Current, A (two decimals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_a: Option<f64>,
+    /// Voltage, V (two decimals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voltage_v: Option<f64>,
+    /// State of charge, percent (two decimals).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soc_pct: Option<f64>,
+}
+
+fn ser_ts<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&fmt_ts(*t))
+}
+
 impl Sample {
-    /// The contract's `session.meter` sample object (absent fields omitted).
+    /// What the reading says, in the contract's units and precision.
+    pub fn values(&self) -> Values {
+        Values {
+            at: self.at.at,
+            energy_wh: self.energy_wh,
+            power_w: self.power_w,
+            current_a: self.current_a.map(round2),
+            voltage_v: self.voltage_v.map(round2),
+            soc_pct: self.soc_pct.map(round2),
+        }
+    }
+
+    /// The `session.meter` sample object, serialized (see [`Sample::event`]).
+    pub fn event_body(&self) -> String {
+        // A derived Serialize of numbers and a string cannot fail.
+        serde_json::to_string(&self.values()).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// The same object as a JSON value.
     pub fn to_event_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("at".into(), Value::from(fmt_ts(self.at.at)));
-        if let Some(v) = self.energy_wh {
-            m.insert("energy_wh".into(), Value::from(v));
-        }
-        if let Some(v) = self.power_w {
-            m.insert("power_w".into(), Value::from(v));
-        }
-        if let Some(v) = self.current_a {
-            m.insert("current_a".into(), Value::from(round2(v)));
-        }
-        if let Some(v) = self.voltage_v {
-            m.insert("voltage_v".into(), Value::from(round2(v)));
-        }
-        if let Some(v) = self.soc_pct {
-            m.insert("soc_pct".into(), Value::from(round2(v)));
-        }
-        Value::Object(m)
+        serde_json::to_value(self.values()).unwrap_or(Value::Null)
     }
 }
 

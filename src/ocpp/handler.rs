@@ -16,7 +16,9 @@ use super::messages::{self, Request};
 use super::registry::Registry;
 use crate::auth;
 use crate::config::OcppConfig;
+use crate::events::LiveSnapshot;
 use crate::notice::{Notice, Notices};
+use crate::reading::Sample;
 use crate::store::{Boot, MeterIn, StartTx, StatusIn, StopOutcome, StopTx, Store};
 use crate::time::{fmt_ts, now};
 
@@ -203,7 +205,11 @@ async fn answer(
             transaction_id,
             samples,
         } => {
-            let last = samples.last().map(|s| s.to_event_json());
+            // The live topic is never buffered: without a listening uplink, or while it is
+            // offline, the snapshot is not built at all.
+            let live = (ctx.notices.is_open() && ctx.uplink_online.load(Ordering::Relaxed))
+                .then(|| samples.last().map(Sample::values))
+                .flatten();
             let metered = ctx
                 .store
                 .record_meter(MeterIn {
@@ -217,17 +223,18 @@ async fn answer(
             if let Some(transaction_id) = metered.budget_stop {
                 budget_stop(ctx, &cp, transaction_id);
             }
-            if let (Some(session_id), Some(energy_wh), Some(Value::Object(reading))) =
-                (metered.session_id, metered.energy_wh, last)
+            if let (Some(session_id), Some(energy_wh), Some(reading)) =
+                (metered.session_id, metered.energy_wh, live)
             {
-                let snapshot = crate::events::live_snapshot(
-                    reading,
-                    &session_id,
-                    &cp,
+                let snapshot = LiveSnapshot {
+                    session_id: &session_id,
+                    cp_id: &cp,
                     connector_id,
+                    reading,
                     energy_wh,
-                    metered.running.as_ref(),
-                );
+                    cost: metered.running.as_ref(),
+                }
+                .body();
                 ctx.notices.send(Notice::Live {
                     session_id,
                     snapshot,

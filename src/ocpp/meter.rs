@@ -83,6 +83,6 @@ pub fn sample_from(mv: &MeterValue, at: ChargerTime, raw: String) -> Sample {
         raw,
         event: String::new(),
     };
-    sample.event = sample.to_event_json().to_string();
+    sample.event = sample.event_body();
     sample
 }

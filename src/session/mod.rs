@@ -250,8 +250,8 @@ pub fn start_flags(f: &StartFacts<'_>, limits: &Limits) -> Flags {
     flags
 }
 
-/// A session's running cost.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A session's running cost (the live snapshot's `cost`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RunningCost {
     /// ISO 4217.
     pub currency: String,

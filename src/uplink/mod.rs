@@ -239,7 +239,7 @@ struct Driver {
     /// inflight slots for us, and enough of them stall its deliveries).
     acks: VecDeque<u16>,
     /// Latest live snapshots not yet published.
-    live: HashMap<String, Value>,
+    live: HashMap<String, String>,
     started_at: String,
     published_state: Option<(i64, i64)>,
     /// The link was dropped for a message too large to read: on the next ConnAck, clear a
@@ -659,7 +659,7 @@ impl Driver {
         for (session, snapshot) in std::mem::take(&mut self.live) {
             // QoS 0 and never buffered: a snapshot that finds the channel full is dropped
             let topic = self.topics.live(&session);
-            self.publish_other(topic, QoS::AtMostOnce, false, snapshot.to_string().into());
+            self.publish_other(topic, QoS::AtMostOnce, false, snapshot.into());
         }
     }
 
