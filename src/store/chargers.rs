@@ -84,6 +84,7 @@ pub(super) fn connected(
         let e = Event::ChargerDisconnected {
             cp_id: cp_id.to_string(),
             reason: "replaced".into(),
+            last_seen: None,
         };
         insert_event(c, at, &e)?;
     }
@@ -113,6 +114,7 @@ pub(super) fn disconnected(
     let e = Event::ChargerDisconnected {
         cp_id: cp_id.to_string(),
         reason: reason.to_string(),
+        last_seen: None,
     };
     insert_event(c, at, &e)?;
     link_sessions(c, cp_id, false, at)
