@@ -11,6 +11,9 @@ use serde::Serialize;
 
 use crate::billing::{Cost, Settlement};
 
+/// Which side of a session lost or regained its link: the session core decides it.
+pub use crate::session::Link;
+
 /// Most samples in one `session.meter` event, so that no event approaches the payload
 /// limit even when a StopTransaction carries hours of transactionData.
 pub const SAMPLES_PER_EVENT: usize = 20;
@@ -28,16 +31,6 @@ pub struct EventRow {
     pub body: String,
 }
 
-/// Which side of a session lost or regained its link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Link {
-    /// The charger's socket to the agent.
-    Charger,
-    /// The agent itself restarted.
-    Agent,
-}
-
 /// One upstream event body, by type.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -53,8 +46,13 @@ pub enum Event {
     ChargerDisconnected {
         /// Charger.
         cp_id: String,
-        /// `closed`, `dead`, `error`, `shutdown`, `replaced`, `protocol`, …
+        /// `closed`, `dead`, `error`, `shutdown`, `replaced`, `protocol`, or
+        /// `agent_restart` (closed at start, after a crash).
         reason: String,
+        /// When the charger was last seen (RFC 3339, ms, UTC): only with `agent_restart`,
+        /// where the disconnect's own `at` is the restart, not the moment it went away.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_seen: Option<String>,
     },
     /// `charger.booted`, as the charger reports itself.
     ChargerBooted {
@@ -370,6 +368,35 @@ mod tests {
             json!({"session_id": "s-1", "cp_id": "CP1", "link": "charger"})
         );
         assert!(mk(true).billable());
+    }
+
+    #[test]
+    fn a_disconnect_names_last_seen_only_when_it_is_known() {
+        let mk = |reason: &str, last_seen: Option<&str>| Event::ChargerDisconnected {
+            cp_id: "CP1".into(),
+            reason: reason.into(),
+            last_seen: last_seen.map(String::from),
+        };
+        assert_eq!(
+            parsed(&mk("closed", None)),
+            json!({"cp_id": "CP1", "reason": "closed"})
+        );
+        assert_eq!(
+            parsed(&mk("agent_restart", Some("2026-11-21T10:00:00.000Z"))),
+            json!({"cp_id": "CP1", "reason": "agent_restart",
+                   "last_seen": "2026-11-21T10:00:00.000Z"})
+        );
+    }
+
+    #[test]
+    fn an_interruption_by_the_agent_says_so() {
+        let e = Event::SessionLink {
+            session_id: "s-1".into(),
+            cp_id: "CP1".into(),
+            link: Link::Agent,
+            resumed: false,
+        };
+        assert_eq!(parsed(&e)["link"], "agent");
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //!
 //! Pure cores (state, input and `now` in; decisions out):
 //! - [`session`]: one charging session's rules for every OCPP version: start flags, the
-//!   energy register, accrual and the budget stop, stop matching, the final bill.
+//!   energy register, accrual and the budget stop, stop matching, the final bill, which
+//!   link broke a session and what a crash of the agent left open.
 //! - [`events`]: the upstream event bodies (CONTRACT §4) as typed values.
 //! - [`auth`]: OTP and id-tag decisions. [`billing`]: tariffs, cost, budgets, settlement
 //!   (integer money). [`notice`]: what the OCPP side tells the uplink.

@@ -1,6 +1,9 @@
 //! Durability against a crash: the real binary SIGKILLed while chargers stream
 //! MeterValues. Every value a charger got a CALLRESULT for must be in the store after a
-//! restart, and the outbox seqs must run without a gap.
+//! restart, and the outbox seqs must run without a gap. And a crash is visible upstream:
+//! at restart the agent closes what the crash left open (`charger.disconnected` reason
+//! `agent_restart`, `session.interrupted` link `agent`), so every connect has its
+//! disconnect and every interruption its resume.
 
 mod common;
 
@@ -9,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{ts, Agent, Charger};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const CHARGERS: usize = 16;
 const PER_CHARGER: i64 = 400;
@@ -105,4 +108,179 @@ async fn every_acknowledged_meter_value_survives_sigkill_and_seqs_have_no_gap() 
     let seqs: Vec<i64> = after.iter().map(|e| e.0).collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
     assert!(seqs.len() > events.len());
+}
+
+const OPEN: &str = "allow_unknown_chargers = true";
+const FREE: &str = "[auth]\nfree_vend = true\n";
+
+/// The session id `session.started` gave transaction `tx`.
+fn session_of(agent: &Agent, tx: i64) -> Value {
+    agent
+        .events_of("session.started")
+        .into_iter()
+        .find(|s| s["transaction_id"] == json!(tx))
+        .map(|s| s["session_id"].clone())
+        .expect("session.started for the transaction")
+}
+
+fn parse(t: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(t.as_str().expect("a string"))
+        .expect("RFC 3339")
+        .with_timezone(&chrono::Utc)
+}
+
+fn count(agent: &Agent, kind: &str) -> usize {
+    agent.events_of(kind).len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charger_left_connected_by_sigkill_is_closed_at_restart_and_its_session_resumes_as_agent()
+{
+    let mut agent = Agent::start(OPEN, FREE);
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    cp.boot().await;
+    let tx = cp.start(1, "TAG", 1000, &ts(0)).await;
+    let before_reading = chargesite::time::now();
+    cp.meter(1, tx, &ts(10), 1500).await;
+    let session = session_of(&agent, tx);
+    agent.sigkill();
+    let killed = chargesite::time::now();
+    drop(cp);
+
+    let agent = agent.restart();
+    let gone = agent.events_of("charger.disconnected");
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0]["cp_id"], "CP001");
+    assert_eq!(gone[0]["reason"], "agent_restart");
+    // the last trace of it is the reading it got a CALLRESULT for, in the contract's form
+    let last_seen = &gone[0]["last_seen"];
+    assert_eq!(last_seen.as_str().map(str::len), Some(24), "{last_seen}");
+    let last_seen = parse(last_seen);
+    assert!(
+        last_seen >= before_reading - chrono::Duration::milliseconds(1) && last_seen <= killed,
+        "last_seen {last_seen} outside [{before_reading}, {killed}]"
+    );
+    let interrupted = agent.events_of("session.interrupted");
+    assert_eq!(interrupted.len(), 1, "{interrupted:?}");
+    assert_eq!(interrupted[0]["session_id"], session);
+    assert_eq!(interrupted[0]["link"], "agent");
+    let online: i64 = agent
+        .db()
+        .query_row(
+            "SELECT online FROM chargers WHERE cp_id = 'CP001'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(online, 0);
+
+    // it comes back without a new boot and carries on with the same transaction
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    cp.meter(1, tx, &ts(20), 2500).await;
+    let resumed = agent.events_of("session.resumed");
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0]["session_id"], session);
+    assert_eq!(resumed[0]["link"], "agent");
+    cp.stop(tx, 3000, &ts(30)).await;
+    let stopped = agent.events_of("session.stopped");
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0]["session_id"], session);
+    assert_eq!(stopped[0]["energy_wh"], 2000);
+    assert_eq!(count(&agent, "charger.booted"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_repeated_sigkills_every_connect_has_its_disconnect_and_every_interruption_its_resume(
+) {
+    const CYCLES: usize = 3;
+    const STATIONS: usize = 3;
+    let mut agent = Agent::start(OPEN, FREE);
+    let mut tx = None;
+    for cycle in 0..CYCLES {
+        let mut chargers = Vec::new();
+        for c in 0..STATIONS {
+            let mut cp = Charger::connect(&agent.url(&format!("CP{c:03}"))).await;
+            // answered only after the connect is committed
+            cp.ok("Heartbeat", json!({})).await;
+            chargers.push(cp);
+        }
+        let cp0 = &mut chargers[0];
+        let t = match tx {
+            None => *tx.insert(cp0.start(1, "TAG", 0, &ts(0)).await),
+            Some(t) => t,
+        };
+        let wh = (cycle as i64 + 1) * 100;
+        cp0.meter(1, t, &ts(cycle as i64 + 1), wh).await;
+        agent.sigkill();
+        drop(chargers);
+        agent = agent.restart();
+        assert_eq!(
+            count(&agent, "charger.connected"),
+            count(&agent, "charger.disconnected"),
+            "after crash {}",
+            cycle + 1
+        );
+        assert_eq!(
+            count(&agent, "session.interrupted"),
+            count(&agent, "session.resumed") + 1,
+            "after crash {}: the running session is interrupted once more",
+            cycle + 1
+        );
+    }
+    let closed = agent.events_of("charger.disconnected");
+    assert!(closed.iter().all(|d| d["reason"] == "agent_restart"));
+    assert!(closed.iter().all(|d| d.get("last_seen").is_some()));
+    assert!(agent
+        .events_of("session.interrupted")
+        .iter()
+        .all(|i| i["link"] == "agent"));
+
+    let mut cp = Charger::connect(&agent.url("CP000")).await;
+    cp.ok("Heartbeat", json!({})).await;
+    assert_eq!(
+        count(&agent, "charger.connected"),
+        count(&agent, "charger.disconnected") + 1,
+        "one charger is connected now"
+    );
+    assert_eq!(
+        count(&agent, "session.interrupted"),
+        count(&agent, "session.resumed")
+    );
+    let t = tx.expect("a session was started");
+    cp.stop(t, 400, &ts(10)).await;
+    assert_eq!(agent.events_of("session.stopped")[0]["energy_wh"], 400);
+    let seqs: Vec<i64> = agent.events().iter().map(|e| e.0).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "seq gap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_graceful_stop_writes_nothing_and_the_session_resumes_as_agent() {
+    let mut agent = Agent::start(OPEN, FREE);
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    let tx = cp.start(1, "TAG", 0, &ts(0)).await;
+    cp.meter(1, tx, &ts(10), 500).await;
+    assert_eq!(agent.terminate(), Some(0));
+    drop(cp);
+    let gone = agent.events_of("charger.disconnected");
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0]["reason"], "shutdown");
+    assert!(gone[0].get("last_seen").is_none());
+    let interrupted = agent.events_of("session.interrupted");
+    assert_eq!(interrupted.len(), 1);
+    assert_eq!(interrupted[0]["link"], "agent", "the agent went away");
+    let before = agent.events().len();
+
+    let agent = agent.restart();
+    assert_eq!(
+        agent.events().len(),
+        before,
+        "nothing was left open to close"
+    );
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    cp.meter(1, tx, &ts(20), 1000).await;
+    let resumed = agent.events_of("session.resumed");
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0]["link"], "agent");
+    cp.stop(tx, 1500, &ts(30)).await;
+    assert_eq!(agent.events_of("session.stopped")[0]["energy_wh"], 1500);
 }

@@ -116,7 +116,14 @@ async fn answer(
                 "interval": ctx.ocpp.heartbeat_interval.as_secs(),
             })
         }
-        Request::Heartbeat => json!({"currentTime": fmt_ts(now())}),
+        Request::Heartbeat => {
+            // Only "last seen" depends on this write; a charger must not be told to retry
+            // its heartbeat (and get no time) because of it.
+            if let Err(e) = ctx.store.charger_seen(cp, received).await {
+                tracing::warn!(cp_id, "cannot record the heartbeat: {e}");
+            }
+            json!({"currentTime": fmt_ts(now())})
+        }
         Request::StatusNotification {
             connector_id,
             status,

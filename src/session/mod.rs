@@ -15,11 +15,15 @@
 //! - [`stop`]: the last readings and `meterStop`, the final cost and the settlement.
 //! - [`match_stop`]: a stop for a session that already ended is a duplicate, one for a
 //!   transaction never seen is unknown; both are recorded and answered, never refused.
+//! - [`link`]: which link broke a session (the charger's or the agent's), and what a
+//!   crash of the agent left open to close at the next start ([`link::after_restart`]).
 
+pub mod link;
 pub mod register;
 
 use chrono::{DateTime, Utc};
 
+pub use link::Link;
 pub use register::{Anomaly, Register};
 
 use crate::billing::{self, Accrual, Budget, Cost, Settlement, Tariff};

@@ -1,11 +1,13 @@
 //! Chargers and connectors as stored: connections, boots, status notifications, and the
-//! interruptions they mean for running sessions. Runs on the store thread only.
+//! interruptions they mean for running sessions, and what a crash left open, closed at
+//! the next start. Runs on the store thread only (and once in [`super::open`], before it).
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
 
-use super::{insert_event, Ctx, StoreError};
-use crate::events::{Event, Link};
+use super::{from_ms, insert_event, Ctx, StoreError};
+use crate::events::Event;
+use crate::session::link::{self, Found, FoundSession, Link};
 use crate::session::{self, Flag};
 use crate::time::{fmt_ts, ChargerTime};
 
@@ -45,32 +47,76 @@ pub struct StatusIn {
     pub at: DateTime<Utc>,
 }
 
-/// Marks the charger's running sessions interrupted (`resumed` false) or resumed, with
-/// one `session.interrupted` / `session.resumed` each.
-fn link_sessions(
+/// Marks the charger's running sessions that are not yet interrupted as interrupted by
+/// `link`, with one `session.interrupted` each.
+fn interrupt_sessions(
     c: &Connection,
     cp_id: &str,
-    resumed: bool,
+    link: Link,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let affected: Vec<String> = c
         .prepare_cached(
-            "SELECT session_id FROM sessions WHERE cp_id = ?1 AND state = 'active' AND interrupted = ?2",
+            "SELECT session_id FROM sessions WHERE cp_id = ?1 AND state = 'active' AND interrupted = 0",
         )?
-        .query_map(params![cp_id, resumed], |r| r.get(0))?
+        .query_map(params![cp_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for session_id in affected {
-        c.prepare_cached("UPDATE sessions SET interrupted = ?2 WHERE session_id = ?1")?
-            .execute(params![session_id, !resumed])?;
+        interrupt(c, cp_id, session_id, link, at)?;
+    }
+    Ok(())
+}
+
+/// Records one session as interrupted by `link`, with its `session.interrupted`.
+fn interrupt(
+    c: &Connection,
+    cp_id: &str,
+    session_id: String,
+    link: Link,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    c.prepare_cached("UPDATE sessions SET interrupted = ?2 WHERE session_id = ?1")?
+        .execute(params![session_id, link.to_stored()])?;
+    let e = Event::SessionLink {
+        session_id,
+        cp_id: cp_id.to_string(),
+        link,
+        resumed: false,
+    };
+    insert_event(c, at, &e)
+}
+
+/// Marks the charger's interrupted sessions resumed, each with a `session.resumed` that
+/// names the link that broke it: the BPP pairs it with its `session.interrupted`.
+fn resume_sessions(c: &Connection, cp_id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+    let affected: Vec<(String, i64)> = c
+        .prepare_cached(
+            "SELECT session_id, interrupted FROM sessions
+             WHERE cp_id = ?1 AND state = 'active' AND interrupted <> 0",
+        )?
+        .query_map(params![cp_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (session_id, stored) in affected {
+        // `None` cannot come back: the query only selects interrupted sessions.
+        let link = stored_link(&session_id, stored)?.unwrap_or(Link::Charger);
+        c.prepare_cached("UPDATE sessions SET interrupted = 0 WHERE session_id = ?1")?
+            .execute(params![session_id])?;
         let e = Event::SessionLink {
             session_id,
             cp_id: cp_id.to_string(),
-            link: Link::Charger,
-            resumed,
+            link,
+            resumed: true,
         };
         insert_event(c, at, &e)?;
     }
     Ok(())
+}
+
+/// A stored `sessions.interrupted`, read back; a value this build never wrote is an
+/// error, not a guess.
+fn stored_link(session_id: &str, stored: i64) -> Result<Option<Link>, StoreError> {
+    Link::from_stored(stored)
+        .map_err(|v| StoreError::Corrupt(format!("session {session_id}: interrupted {v}")))
 }
 
 pub(super) fn connected(
@@ -84,12 +130,15 @@ pub(super) fn connected(
         let e = Event::ChargerDisconnected {
             cp_id: cp_id.to_string(),
             reason: "replaced".into(),
+            last_seen: None,
         };
         insert_event(c, at, &e)?;
     }
     c.prepare_cached(
-        "INSERT INTO chargers (cp_id, online, ocpp_version, connected_at) VALUES (?1, 1, ?2, ?3)
-         ON CONFLICT (cp_id) DO UPDATE SET online = 1, ocpp_version = ?2, connected_at = ?3",
+        "INSERT INTO chargers (cp_id, online, ocpp_version, connected_at, last_seen)
+         VALUES (?1, 1, ?2, ?3, ?3)
+         ON CONFLICT (cp_id) DO UPDATE SET online = 1, ocpp_version = ?2, connected_at = ?3,
+             last_seen = ?3",
     )?
     .execute(params![cp_id, ocpp_version, fmt_ts(at)])?;
     let e = Event::ChargerConnected {
@@ -97,7 +146,7 @@ pub(super) fn connected(
         ocpp_version: ocpp_version.to_string(),
     };
     insert_event(c, at, &e)?;
-    link_sessions(c, cp_id, true, at)
+    resume_sessions(c, cp_id, at)
 }
 
 pub(super) fn disconnected(
@@ -113,17 +162,106 @@ pub(super) fn disconnected(
     let e = Event::ChargerDisconnected {
         cp_id: cp_id.to_string(),
         reason: reason.to_string(),
+        last_seen: None,
     };
     insert_event(c, at, &e)?;
-    link_sessions(c, cp_id, false, at)
+    interrupt_sessions(c, cp_id, Link::of_disconnect(reason), at)
+}
+
+/// A Heartbeat: the one message that leaves no other trace of the charger, so the one
+/// write done only to know when it was last seen (once per heartbeat interval, 5 minutes
+/// by default; never per MeterValues, whose time the session already stores).
+pub(super) fn seen(c: &Connection, cp_id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+    c.prepare_cached("UPDATE chargers SET last_seen = ?2 WHERE cp_id = ?1")?
+        .execute(params![cp_id, fmt_ts(at)])?;
+    Ok(())
+}
+
+/// Closes what a crash left open, once at open, before any charger can connect: loads
+/// every charger with its traces and running sessions, lets
+/// [`session::link::after_restart`] decide, and writes what it decided. Returns how many
+/// chargers it closed.
+///
+/// "Last seen" is the latest of: `chargers.last_seen` (connect, boot, heartbeat),
+/// `connectors.received_at` (statuses) and `sessions.last_received_ms` of its running
+/// sessions (every reading and start). Each is already written with the message it
+/// describes, so only the heartbeat costs a write of its own, and MeterValues none; it is
+/// a lower bound (the socket's pings and readings outside a session leave no time), never
+/// a time the charger was not there.
+pub(super) fn close_after_restart(c: &Connection, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    let chargers: Vec<(String, bool, Option<String>)> = c
+        .prepare("SELECT cp_id, online, last_seen FROM chargers ORDER BY cp_id")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut found = Vec::with_capacity(chargers.len());
+    for (cp_id, online, last_seen) in chargers {
+        let mut seen = Vec::new();
+        if let Some(t) = last_seen {
+            seen.push(parse_stored(&t, || format!("charger {cp_id} last_seen"))?);
+        }
+        let status: Option<String> = c
+            .prepare_cached("SELECT max(received_at) FROM connectors WHERE cp_id = ?1")?
+            .query_row(params![cp_id], |r| r.get(0))?;
+        if let Some(t) = status {
+            seen.push(parse_stored(&t, || format!("charger {cp_id} status time"))?);
+        }
+        let running: Vec<(String, i64, i64)> = c
+            .prepare_cached(
+                "SELECT session_id, interrupted, last_received_ms FROM sessions
+                 WHERE cp_id = ?1 AND state = 'active' ORDER BY transaction_id",
+            )?
+            .query_map(params![cp_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut sessions = Vec::with_capacity(running.len());
+        for (session_id, interrupted, received_ms) in running {
+            seen.push(from_ms(received_ms, || {
+                format!("session {session_id} last_received_ms")
+            })?);
+            sessions.push(FoundSession {
+                interrupted: stored_link(&session_id, interrupted)?,
+                session_id,
+            });
+        }
+        found.push(Found {
+            cp_id,
+            online,
+            seen,
+            sessions,
+        });
+    }
+    let closed = link::after_restart(found);
+    for ch in &closed {
+        c.prepare_cached(
+            "UPDATE chargers SET online = 0, disconnected_at = ?2, disconnect_reason = ?3
+             WHERE cp_id = ?1",
+        )?
+        .execute(params![ch.cp_id, fmt_ts(now), link::AGENT_RESTART])?;
+        let e = Event::ChargerDisconnected {
+            cp_id: ch.cp_id.clone(),
+            reason: link::AGENT_RESTART.into(),
+            last_seen: ch.last_seen.map(fmt_ts),
+        };
+        insert_event(c, now, &e)?;
+        for session_id in &ch.interrupt {
+            interrupt(c, &ch.cp_id, session_id.clone(), Link::Agent, now)?;
+        }
+    }
+    Ok(closed.len())
+}
+
+/// A timestamp this store wrote with [`fmt_ts`], read back.
+fn parse_stored(v: &str, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("{}: {v:?}: {e}", what())))
 }
 
 pub(super) fn booted(c: &Connection, b: &Boot) -> Result<(), StoreError> {
     c.prepare_cached(
-        "INSERT INTO chargers (cp_id, vendor, model, serial, firmware, booted_at, online)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)
+        "INSERT INTO chargers (cp_id, vendor, model, serial, firmware, booted_at, online, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?6)
          ON CONFLICT (cp_id) DO UPDATE SET vendor = ?2, model = ?3, serial = ?4,
-             firmware = ?5, booted_at = ?6",
+             firmware = ?5, booted_at = ?6, last_seen = ?6",
     )?
     .execute(params![
         b.cp_id,

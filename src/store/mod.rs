@@ -239,6 +239,15 @@ impl Store {
         .await
     }
 
+    /// A Heartbeat: records when the charger was last seen (nothing else is stored).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn charger_seen(&self, cp_id: String, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.call(false, move |c, _| chargers::seen(c, &cp_id, at))
+            .await
+    }
+
     /// BootNotification.
     ///
     /// # Errors
@@ -608,6 +617,17 @@ pub fn open(path: &Path, settings: StoreSettings) -> Result<(Store, StoreThread)
     let mut conn = connect(path)?;
     schema::migrate(&mut conn)?;
     let instance = instance_id(&conn)?;
+    // Before any charger can connect: what a crash left connected is closed first, so a
+    // reconnect finds its sessions interrupted and resumes them.
+    let tx = conn.transaction()?;
+    let closed = chargers::close_after_restart(&tx, crate::time::now())?;
+    tx.commit()?;
+    if closed > 0 {
+        tracing::warn!(
+            chargers = closed,
+            "chargers still recorded connected after a crash were closed as agent_restart"
+        );
+    }
     let interrupted = outbox::close_interrupted_commands(&conn, crate::time::now())?;
     if interrupted > 0 {
         tracing::warn!(
@@ -1049,6 +1069,100 @@ mod tests {
         tokio::task::spawn_blocking(move || thread.join())
             .await
             .unwrap();
+    }
+
+    async fn close_and_join(store: Store, thread: StoreThread) {
+        store.close().await.unwrap();
+        drop(store);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .unwrap();
+    }
+
+    fn bodies(db: &Path, kind: &str) -> Vec<serde_json::Value> {
+        let conn = connect(db).unwrap();
+        let mut st = conn
+            .prepare("SELECT body FROM events WHERE type = ?1 ORDER BY seq")
+            .unwrap();
+        st.query_map([kind], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|b| serde_json::from_str(&b.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn opening_after_a_crash_closes_the_chargers_left_connected_and_interrupts_their_sessions(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cs.db");
+        let (store, thread) = open(&db, settings()).unwrap();
+        let t0 = crate::time::now();
+        for cp in ["CP-1", "CP-2"] {
+            store
+                .charger_connected(cp.into(), "ocpp1.6".into(), false, t0)
+                .await
+                .unwrap();
+        }
+        let started = store.start_transaction(start_in("CP-1")).await.unwrap();
+        let seen = t0 + chrono::Duration::seconds(30);
+        store.charger_seen("CP-1".into(), seen).await.unwrap();
+        store
+            .charger_disconnected("CP-2".into(), "closed".into(), t0)
+            .await
+            .unwrap();
+        // CP-1 is never recorded gone: what a SIGKILL leaves behind
+        close_and_join(store, thread).await;
+
+        let (store, thread) = open(&db, settings()).unwrap();
+        let gone = bodies(&db, "charger.disconnected");
+        assert_eq!(gone.len(), 2, "{gone:?}");
+        assert_eq!(
+            gone[1],
+            serde_json::json!({"cp_id": "CP-1", "reason": "agent_restart",
+                               "last_seen": fmt_ts(seen)})
+        );
+        let interrupted = bodies(&db, "session.interrupted");
+        assert_eq!(
+            interrupted,
+            vec![
+                serde_json::json!({"session_id": started.session_id, "cp_id": "CP-1",
+                                    "link": "agent"})
+            ]
+        );
+        store
+            .charger_connected("CP-1".into(), "ocpp1.6".into(), false, seen)
+            .await
+            .unwrap();
+        let resumed = bodies(&db, "session.resumed");
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0]["link"], "agent");
+        store
+            .charger_disconnected("CP-1".into(), "shutdown".into(), seen)
+            .await
+            .unwrap();
+        close_and_join(store, thread).await;
+
+        // nothing is left connected now: a further start closes nothing
+        let before = bodies(&db, "charger.disconnected").len();
+        let (store, thread) = open(&db, settings()).unwrap();
+        assert_eq!(bodies(&db, "charger.disconnected").len(), before);
+        assert_eq!(bodies(&db, "session.interrupted").len(), 2);
+        close_and_join(store, thread).await;
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("cs.db");
+        connect(&db)
+            .unwrap()
+            .pragma_update(None, "user_version", schema::VERSION + 1)
+            .unwrap();
+        assert!(matches!(
+            open(&db, settings()),
+            Err(StoreError::TooNew { found, supported })
+                if found == schema::VERSION + 1 && supported == schema::VERSION
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -181,6 +181,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE sessions ADD COLUMN budget_stop INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sessions ADD COLUMN cost TEXT;
     "#,
+    // 4: when each charger was last seen, for the `charger.disconnected` an agent restart
+    // writes on its behalf. Written with its connect, boot and heartbeats only; statuses
+    // and readings already leave their time in `connectors` and `sessions` (see
+    // `chargers::close_after_restart`). From this version on `sessions.interrupted` also
+    // says which link broke the session: 0 none, 1 the charger's, 2 the agent's (builds
+    // before it wrote 0/1 only, and refuse this version).
+    r#"
+    ALTER TABLE chargers ADD COLUMN last_seen TEXT;
+    UPDATE chargers SET last_seen = connected_at;
+    "#,
 ];
 
 /// The schema version this build writes.
