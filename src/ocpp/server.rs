@@ -537,7 +537,9 @@ async fn close_and_linger<S: AsyncRead + AsyncWrite + Unpin>(
 /// Reads and discards until EOF, [`LINGER`] or [`LINGER_BYTES`], whichever comes first.
 async fn linger<S: AsyncRead + Unpin>(stream: &mut S) {
     let drain = async {
-        let mut buf = [0u8; 4096];
+        // On the heap, allocated only here: an array would sit in every connection's
+        // future for its whole life (this future is part of it), 4 KiB x 1,000 chargers.
+        let mut buf = vec![0u8; 4096];
         let mut total = 0;
         while total < LINGER_BYTES {
             match stream.read(&mut buf).await {
