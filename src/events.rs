@@ -455,4 +455,37 @@ mod tests {
         assert_eq!(v["meter_wh"], Value::Null);
         assert!(v.get("cost").is_none());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any number of samples: bodies of 1 to 20 samples, for this session, that
+            /// concatenate to the input in order.
+            #[test]
+            fn meter_bodies_split_into_at_most_twenty_in_order(
+                n in 0usize..200,
+                session_id in proptest::collection::vec(
+                    proptest::sample::select(vec!['s', '-', '1', '"', '\\', '\u{e9}']), 1..12
+                ).prop_map(String::from_iter),
+            ) {
+                let samples: Vec<String> =
+                    (0..n).map(|i| format!(r#"{{"energy_wh":{i}}}"#)).collect();
+                let refs: Vec<&str> = samples.iter().map(String::as_str).collect();
+                let mut all = Vec::new();
+                let mut bodies = 0;
+                for body in meter_bodies(&session_id, &refs) {
+                    let v: Value = serde_json::from_str(&body).unwrap();
+                    prop_assert_eq!(v["session_id"].as_str(), Some(session_id.as_str()));
+                    let chunk = v["samples"].as_array().unwrap();
+                    prop_assert!((1..=SAMPLES_PER_EVENT).contains(&chunk.len()));
+                    all.extend(chunk.iter().map(|s| s["energy_wh"].as_u64().unwrap() as usize));
+                    bodies += 1;
+                }
+                prop_assert_eq!(bodies, n.div_ceil(SAMPLES_PER_EVENT));
+                prop_assert_eq!(all, (0..n).collect::<Vec<_>>());
+            }
+        }
+    }
 }

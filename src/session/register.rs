@@ -77,7 +77,10 @@ impl Register {
         received: DateTime<Utc>,
         max_power_w: i64,
     ) -> (Register, Option<Anomaly>) {
-        let delta = reading_wh - self.last_wh;
+        // Saturating: a charger's `-1e30 Wh` decodes to `i64::MIN`, and the step from there
+        // to any real reading does not fit an i64. Saturated, it is still a jump (or a
+        // backwards step), never a count.
+        let delta = reading_wh.saturating_sub(self.last_wh);
         let charger_secs = (at - self.last_at).num_seconds().max(0);
         let site_secs = (received - self.last_received).num_seconds().max(0);
         let secs = charger_secs.max(site_secs);
@@ -101,7 +104,7 @@ impl Register {
             };
             (next(self.energy_wh), Some(a))
         } else {
-            (next(self.energy_wh + delta), None)
+            (next(self.energy_wh.saturating_add(delta)), None)
         }
     }
 }
@@ -160,5 +163,91 @@ mod tests {
         let r = Register::start(0, t(0), t(0));
         let (r, a) = r.advance(40_000, t(3 * 3600), t(3 * 3600 + 5), MAX);
         assert_eq!((r.energy_wh, a), (40_000, None));
+    }
+
+    #[test]
+    fn a_register_at_the_end_of_the_i64_range_is_an_anomaly_not_an_overflow() {
+        // Found by `energy_is_never_negative_and_never_decreases` (minimal input): the step
+        // from i64::MIN to 0 overflowed `reading - last` (a panic with overflow checks).
+        let r = Register::start(0, t(0), t(0));
+        let (r, a) = r.advance(i64::MIN, t(0), t(0), 0);
+        assert!(matches!(a, Some(Anomaly::Backwards { .. })));
+        let (r, a) = r.advance(0, t(0), t(0), 0);
+        assert_eq!(
+            a,
+            Some(Anomaly::Jump {
+                from_wh: i64::MIN,
+                to_wh: 0
+            })
+        );
+        let (r, a) = r.advance(i64::MAX, t(1), t(1), MAX);
+        assert!(matches!(a, Some(Anomaly::Jump { .. })));
+        let (r, a) = r.advance(i64::MIN, t(2), t(2), MAX);
+        assert!(matches!(a, Some(Anomaly::Backwards { .. })));
+        assert_eq!(r.energy_wh, 0);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Seconds either side of the epoch that chrono can represent (±262 000 years,
+        /// rounded down).
+        const SPAN: i64 = 8_000_000_000_000;
+
+        fn at(secs: i64) -> DateTime<Utc> {
+            Utc.timestamp_opt(secs, 0).unwrap()
+        }
+
+        /// A reading: a register value from anywhere in i64 (a saturated `-1e30 Wh` decodes
+        /// to `i64::MIN`), and charger and site times that jump either way.
+        fn reading() -> impl Strategy<Value = (i64, i64, i64)> {
+            (
+                prop_oneof![
+                    any::<i64>(),
+                    -1_000_000i64..1_000_000_000,
+                    Just(i64::MIN),
+                    Just(i64::MAX),
+                ],
+                -SPAN..SPAN,
+                -SPAN..SPAN,
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn energy_is_never_negative_and_never_decreases(
+                start in any::<i64>(),
+                t0 in -SPAN..SPAN,
+                // The limit comes from the config (kW, as W): never negative.
+                max_power_w in prop_oneof![0..=i64::MAX, 0i64..1_000_000_000],
+                readings in proptest::collection::vec(reading(), 0..64),
+            ) {
+                let mut r = Register::start(start, at(t0), at(t0));
+                for (wh, charger, site) in readings {
+                    let (next, anomaly) = r.advance(wh, at(charger), at(site), max_power_w);
+                    prop_assert!(next.energy_wh >= 0, "{next:?}");
+                    prop_assert!(next.energy_wh >= r.energy_wh, "{r:?} -> {next:?}");
+                    prop_assert_eq!(next.last_wh, wh);
+                    prop_assert!(next.last_at >= r.last_at && next.last_received >= r.last_received);
+                    match anomaly {
+                        // Counted: exactly the forward step.
+                        None => prop_assert_eq!(
+                            i128::from(next.energy_wh) - i128::from(r.energy_wh),
+                            i128::from(wh) - i128::from(r.last_wh)
+                        ),
+                        Some(Anomaly::Backwards { from_wh, to_wh }) => {
+                            prop_assert!(to_wh < from_wh);
+                            prop_assert_eq!(next.energy_wh, r.energy_wh);
+                        }
+                        Some(Anomaly::Jump { from_wh, to_wh }) => {
+                            prop_assert!(to_wh > from_wh);
+                            prop_assert_eq!(next.energy_wh, r.energy_wh);
+                        }
+                    }
+                    r = next;
+                }
+            }
+        }
     }
 }

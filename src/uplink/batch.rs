@@ -140,4 +140,87 @@ mod tests {
         }
         assert_eq!(seen, (1..=500).collect::<Vec<_>>());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text(chars: &'static str, len: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+            let chars: Vec<char> = chars.chars().collect();
+            proptest::collection::vec(proptest::sample::select(chars), len)
+                .prop_map(String::from_iter)
+        }
+
+        /// Rows with consecutive seqs from `first`, bodies from empty to a few KB (some
+        /// with quotes and non-ASCII, escaped as the store writes them).
+        fn rows() -> impl Strategy<Value = Vec<EventRow>> {
+            (
+                1i64..1_000_000_000,
+                proptest::collection::vec(
+                    (
+                        proptest::sample::select(vec![
+                            "session.meter",
+                            "session.started",
+                            "charger.status",
+                        ]),
+                        text("ab\"\u{e9}\u{1F50C}x ", 0..3000),
+                    ),
+                    0..80,
+                ),
+            )
+                .prop_map(|(first, bodies)| {
+                    bodies
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (kind, pad))| EventRow {
+                            seq: first + i as i64,
+                            kind: kind.into(),
+                            at: "2026-11-21T10:00:00.000Z".into(),
+                            body: serde_json::json!({ "pad": pad }).to_string(),
+                        })
+                        .collect()
+                })
+        }
+
+        proptest! {
+            /// Batches are contiguous, in seq order, cover every event exactly once, parse as
+            /// the contract's `{"site":…,"events":[…]}`, and stay within `max_bytes` unless
+            /// one event alone is larger (then it goes alone).
+            #[test]
+            fn batches_are_contiguous_ordered_complete_and_within_the_limit(
+                site in text("site-01\"\u{e9}", 1..16),
+                rows in rows(),
+                max_bytes in 0usize..20_000,
+            ) {
+                let encoded: Vec<Encoded> = rows.iter().map(encode).collect();
+                let mut queue: VecDeque<Encoded> = encoded.iter().cloned().collect();
+                let mut seen: Vec<i64> = Vec::new();
+                let mut previous_last: Option<i64> = None;
+                while let Some(b) = take(&site, &mut queue, max_bytes) {
+                    let v: serde_json::Value = serde_json::from_str(&b.payload).unwrap();
+                    prop_assert_eq!(v["site"].as_str(), Some(site.as_str()));
+                    let events = v["events"].as_array().unwrap();
+                    prop_assert!(!events.is_empty());
+                    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+                    prop_assert_eq!(seqs.first().copied(), Some(b.first));
+                    prop_assert_eq!(seqs.last().copied(), Some(b.last));
+                    prop_assert_eq!(&seqs, &(b.first..=b.last).collect::<Vec<_>>());
+                    if let Some(last) = previous_last {
+                        prop_assert_eq!(b.first, last + 1);
+                    }
+                    if b.payload.len() > max_bytes {
+                        prop_assert_eq!(events.len(), 1, "an oversized batch holds one event");
+                    }
+                    // Greedy: the next event would not have fitted.
+                    if let Some(next) = queue.front() {
+                        prop_assert!(b.payload.len() + 1 + next.json.len() > max_bytes);
+                    }
+                    previous_last = Some(b.last);
+                    seen.extend(seqs);
+                }
+                prop_assert!(queue.is_empty());
+                prop_assert_eq!(seen, encoded.iter().map(|e| e.seq).collect::<Vec<_>>());
+            }
+        }
+    }
 }

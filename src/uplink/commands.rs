@@ -88,7 +88,8 @@ pub struct Parsed {
     pub cmd: Result<Cmd, CmdError>,
 }
 
-/// Parses a `cmd` payload; an OTP in it is kept only as its keyed hash.
+/// Parses a `cmd` payload; an OTP in it is kept only as its keyed hash. A payload that is
+/// not a JSON object is stored only as a summary (its size), never as text.
 pub fn parse(payload: &[u8], secret: &Secret) -> Parsed {
     let value: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
@@ -96,19 +97,19 @@ pub fn parse(payload: &[u8], secret: &Secret) -> Parsed {
             return Parsed {
                 id: None,
                 kind: None,
-                stored: String::from_utf8_lossy(payload)
-                    .chars()
-                    .take(4096)
-                    .collect(),
+                // A summary, not the text: without JSON there is no `otp` field to redact,
+                // and an OTP may be anywhere in it.
+                stored: json!({"not_json": true, "bytes": payload.len()}).to_string(),
                 cmd: Err(CmdError::new("bad_request", format!("not JSON: {e}"))),
-            }
+            };
         }
     };
     let Value::Object(mut obj) = value else {
         return Parsed {
             id: None,
             kind: None,
-            stored: value.to_string(),
+            // Likewise: an array or a string may hold an OTP that no field names.
+            stored: json!({"not_object": true, "bytes": payload.len()}).to_string(),
             cmd: Err(CmdError::new("bad_request", "a command is a JSON object")),
         };
     };
@@ -685,6 +686,24 @@ mod tests {
                 "bad_request",
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn an_otp_in_a_payload_that_is_not_a_command_object_is_not_stored_in_clear() {
+        // Found by the `uplink_command` fuzz target (minimized): not JSON, stored as text.
+        let p = parse(br#":"otp":"4891","#);
+        assert_eq!(p.cmd.unwrap_err().code, "bad_request");
+        assert!(!p.stored.contains("4891"), "{}", p.stored);
+        // A JSON array (or string) around a command: valid JSON, but no field to redact.
+        for payload in [
+            &br#"[{"id":"x","type":"session.start","otp":"482913"}]"#[..],
+            br#""\"otp\":\"482913\"""#,
+        ] {
+            let p = parse(payload);
+            assert_eq!(p.cmd.unwrap_err().code, "bad_request");
+            assert!(!p.stored.contains("482913"), "{}", p.stored);
+            assert!(p.stored.contains(&format!("\"bytes\":{}", payload.len())));
         }
     }
 

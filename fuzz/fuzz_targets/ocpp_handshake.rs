@@ -1,0 +1,96 @@
+//! The WebSocket handshake decision, `ocpp::handshake::{decide, basic_credentials,
+//! cp_id_from_path}`, on arbitrary requests and charger lists. Beyond "no panic":
+//! - `cp_id_from_path` only yields ids `valid_cp_id` accepts;
+//! - `decide` calls the password check at most once, only for a listed charger with a
+//!   hash, with credentials whose user is that charger's id;
+//! - an accepted (or subprotocol-less) charger is the one named in the path, and is
+//!   listed unless unknown chargers are allowed.
+#![no_main]
+
+use std::cell::Cell;
+use std::collections::HashMap;
+
+use arbitrary::Arbitrary;
+use chargesite::ocpp::handshake::{
+    basic_credentials, cp_id_from_path, decide, valid_cp_id, Chargers, Decision, Refusal, Upgrade,
+    MAX_CP_ID_LEN,
+};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Debug, Arbitrary)]
+struct Input<'a> {
+    path: &'a str,
+    /// Appended to `/ocpp/` for a second path, so valid ids are common.
+    id: &'a str,
+    use_id: bool,
+    authorization: Vec<&'a [u8]>,
+    protocols: Vec<&'a [u8]>,
+    allow_unknown: bool,
+    listed: Vec<(&'a str, Option<&'a str>)>,
+    /// List the path's own id too (with this hash), so the auth branch is reached.
+    list_self: Option<Option<&'a str>>,
+    verify_answer: bool,
+    header: &'a str,
+}
+
+fuzz_target!(|input: Input<'_>| {
+    if let Some((user, pass)) = basic_credentials(input.header) {
+        assert!(!user.contains(':'));
+        let _ = pass;
+    }
+    let own_path = format!("/ocpp/{}", input.id);
+    let path = if input.use_id {
+        own_path.as_str()
+    } else {
+        input.path
+    };
+    let from_path = cp_id_from_path(path);
+    if let Some(id) = from_path {
+        assert!(valid_cp_id(id) && id.len() <= MAX_CP_ID_LEN);
+    }
+
+    let mut listed: HashMap<String, Option<String>> = input
+        .listed
+        .iter()
+        .map(|(id, h)| (id.to_string(), h.map(str::to_string)))
+        .collect();
+    if let (Some(hash), Some(id)) = (input.list_self, from_path) {
+        listed.insert(id.to_string(), hash.map(str::to_string));
+    }
+    let req = Upgrade {
+        path,
+        authorization: input.authorization.clone(),
+        protocols: input.protocols.clone(),
+    };
+    let calls = Cell::new(0u32);
+    let decision = decide(
+        &req,
+        Chargers {
+            allow_unknown: input.allow_unknown,
+            listed: &listed,
+        },
+        |c| {
+            calls.set(calls.get() + 1);
+            let id = from_path.expect("verify called without an id in the path");
+            assert_eq!(c.cp_id, id);
+            assert_eq!(listed.get(id).and_then(|h| h.as_deref()), Some(c.hash));
+            input.verify_answer
+        },
+    );
+    assert!(calls.get() <= 1);
+    match &decision {
+        Decision::Accept { cp_id, .. } | Decision::NoSubprotocol { cp_id } => {
+            assert_eq!(Some(cp_id.as_str()), from_path);
+            assert!(input.allow_unknown || listed.contains_key(cp_id));
+            if let Some(Some(_)) = listed.get(cp_id) {
+                assert_eq!(calls.get(), 1, "a charger with a hash accepted unverified");
+                assert!(input.verify_answer);
+            }
+        }
+        Decision::Refuse(Refusal::BadPath) => assert!(from_path.is_none()),
+        Decision::Refuse(r) => {
+            assert!(from_path.is_some());
+            assert!(matches!(r.status(), 401 | 404));
+        }
+    }
+});
