@@ -132,10 +132,15 @@ async fn an_otp_works_offline_stops_at_the_budget_and_the_bpp_gets_the_settlemen
     broker.restart();
     let n = agent.events().last().unwrap().0;
     let bpp = Bpp::connect(&broker, ROOT).await;
-    // The agent retries with a backoff capped at 30 s plus up to half of it in jitter; an
-    // attempt that lands while the broker is still coming up costs a second cycle.
+    // The agent retries with a backoff capped at 30 s plus up to half of it in jitter. If
+    // it reconnects and drains before this BPP's subscription is in place, the events went
+    // to nobody: a BPP that sees a gap asks for a replay (CONTRACT §4), and so does this one.
+    if !bpp.wait_complete(n, 60).await {
+        bpp.command(json!({"id": "replay-1", "type": "events.replay", "from_seq": 1}))
+            .await;
+    }
     assert!(
-        bpp.wait_complete(n, 120).await,
+        bpp.wait_complete(n, 60).await,
         "have {} of {n}",
         bpp.max_contiguous()
     );

@@ -18,6 +18,24 @@ use serde_json::{json, Value};
 
 const BROKER_ENV: &str = "CHARGESITE_TEST_BROKER_PORT";
 
+/// A free port below the kernel's ephemeral range (32768-60999 by default), unique within
+/// this test process. A broker that is killed and restarted re-binds its port; an
+/// ephemeral port could meanwhile be taken by another test's socket (a listener on port 0,
+/// even an outgoing connection), and the agent would then reconnect to someone else's
+/// broker. No kernel-chosen port comes from below the range.
+fn broker_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 600) as u16 * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base - 20_000 + n) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Runs an embedded rumqttd on the port in `CHARGESITE_TEST_BROKER_PORT`, forever, when
 /// this test binary was re-executed for that; otherwise returns at once. Each test file
 /// that uses [`Broker`] has a `#[test]` calling this.
@@ -164,11 +182,7 @@ pub fn use_tls() -> bool {
 
 impl Broker {
     pub fn start() -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = broker_port();
         let dir = tempfile::tempdir().unwrap();
         let tls = (use_mosquitto() && use_tls()).then(|| Pki::generate(dir.path()));
         let mut b = Broker {
