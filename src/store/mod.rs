@@ -506,12 +506,15 @@ impl Store {
             .await
     }
 
-    /// Results stored but not yet PUBACKed: (key, result JSON).
+    /// Results stored but not yet PUBACKed, oldest first, at most `limit`: (key, result JSON).
     ///
     /// # Errors
     /// As [`Store::probe`].
-    pub async fn unpublished_results(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.call(false, |c, _| outbox::unpublished_results(c))
+    pub async fn unpublished_results(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(false, move |c, _| outbox::unpublished_results(c, limit))
             .await
     }
 

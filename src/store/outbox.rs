@@ -310,12 +310,16 @@ pub(super) fn result_published(
     Ok(())
 }
 
-pub(super) fn unpublished_results(c: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+pub(super) fn unpublished_results(
+    c: &Connection,
+    limit: usize,
+) -> Result<Vec<(String, String)>, StoreError> {
     let rows = c
         .prepare_cached(
-            "SELECT id, result FROM commands WHERE state = 'done' AND published_at IS NULL ORDER BY rowid",
+            "SELECT id, result FROM commands WHERE state = 'done' AND published_at IS NULL
+             ORDER BY rowid LIMIT ?1",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }

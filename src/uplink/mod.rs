@@ -756,7 +756,10 @@ impl Driver {
     }
 
     async fn unpublished_results(&mut self) -> Option<Vec<(String, String)>> {
-        match self.store.unpublished_results().await {
+        // Only results queued or in flight are skipped when these come back, so this many
+        // always fill the queue when the store holds more: the rest are read next time.
+        let limit = delivery::RESULT_QUEUE + delivery::RESULT_WINDOW;
+        match self.store.unpublished_results(limit).await {
             Ok(rows) => Some(rows),
             Err(e) => {
                 self.store_failed("reading unpublished results", e);
