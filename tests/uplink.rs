@@ -25,6 +25,20 @@ fn agent(broker: &Broker, extra: &str) -> Agent {
     )
 }
 
+/// A broker, a BPP subscribed to it, and an agent the BPP has seen come online.
+async fn online_site() -> (Broker, Bpp, Agent) {
+    let broker = Broker::start();
+    let bpp = Bpp::connect(&broker, ROOT).await;
+    let agent = agent(&broker, "");
+    assert!(
+        eventually(30, || bpp
+            .topic("state")
+            .is_some_and(|s| s["online"] == true))
+        .await
+    );
+    (broker, bpp, agent)
+}
+
 fn last_seq(agent: &Agent) -> i64 {
     agent.events().last().map_or(0, |e| e.0)
 }
@@ -45,15 +59,7 @@ fn first_arrivals_in_order(bpp: &Bpp) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_state_and_connectors_reach_the_bpp_in_order() {
-    let broker = Broker::start();
-    let bpp = Bpp::connect(&broker, ROOT).await;
-    let agent = agent(&broker, "");
-    assert!(
-        eventually(30, || bpp
-            .topic("state")
-            .is_some_and(|s| s["online"] == true))
-        .await
-    );
+    let (_broker, bpp, agent) = online_site().await;
     let mut cp = Charger::connect(&agent.url("CP001")).await;
     cp.boot().await;
     cp.ok(
@@ -467,15 +473,7 @@ async fn retained_command(broker: &Broker) -> Option<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_retained_commands_are_answered_too_large_without_a_reconnect_loop() {
-    let broker = Broker::start();
-    let bpp = Bpp::connect(&broker, ROOT).await;
-    let agent = agent(&broker, "");
-    assert!(
-        eventually(30, || bpp
-            .topic("state")
-            .is_some_and(|s| s["online"] == true))
-        .await
-    );
+    let (broker, bpp, agent) = online_site().await;
     for (i, bytes) in [100_000usize, 1_000_000, 8_000_000].into_iter().enumerate() {
         let before = connects(&agent);
         let id = format!("big-{bytes}");
@@ -560,15 +558,7 @@ async fn oversized_retained_commands_are_answered_too_large_without_a_reconnect_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_a_thousand_commands_gets_a_thousand_results() {
-    let broker = Broker::start();
-    let bpp = Bpp::connect(&broker, ROOT).await;
-    let agent = agent(&broker, "");
-    assert!(
-        eventually(30, || bpp
-            .topic("state")
-            .is_some_and(|s| s["online"] == true))
-        .await
-    );
+    let (_broker, bpp, agent) = online_site().await;
     let started = std::time::Instant::now();
     for i in 0..1000 {
         bpp.command(
