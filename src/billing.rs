@@ -285,13 +285,6 @@ pub struct Cost {
     pub components: Vec<Component>,
 }
 
-impl Cost {
-    /// The contract's `cost` object.
-    pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-}
-
 /// Rounds nano-minor units half-up to minor units.
 fn round_half_up(nano: i128) -> i64 {
     let r = (nano + NANO / 2).div_euclid(NANO);

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::time::{fmt_ts, ChargerTime};
 
@@ -78,11 +77,6 @@ impl Sample {
         // A derived Serialize of numbers and a string cannot fail.
         serde_json::to_string(&self.values()).unwrap_or_else(|_| String::from("{}"))
     }
-
-    /// The same object as a JSON value.
-    pub fn to_event_json(&self) -> Value {
-        serde_json::to_value(self.values()).unwrap_or(Value::Null)
-    }
 }
 
 fn round2(v: f64) -> f64 {
@@ -93,6 +87,7 @@ fn round2(v: f64) -> f64 {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
+    use serde_json::Value;
 
     #[test]
     fn event_json_omits_absent_fields() {
@@ -110,7 +105,7 @@ mod tests {
             raw: "null".into(),
             event: String::new(),
         };
-        let v = s.to_event_json();
+        let v: Value = serde_json::from_str(&s.event_body()).unwrap();
         assert_eq!(v["energy_wh"], 12);
         assert_eq!(v["current_a"], 15.46);
         assert!(v.get("power_w").is_none());
