@@ -97,6 +97,8 @@ struct RawOcpp {
     clock_tolerance_secs: u64,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default)]
+    assume_subprotocol: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -141,6 +143,7 @@ impl Default for RawOcpp {
             max_charger_power_kw: default_max_power(),
             clock_tolerance_secs: default_clock_tolerance(),
             max_connections: default_max_connections(),
+            assume_subprotocol: None,
         }
     }
 }
@@ -307,6 +310,9 @@ pub struct OcppConfig {
     pub clock_tolerance_secs: i64,
     /// Concurrent WebSocket connections accepted.
     pub max_connections: usize,
+    /// The version a charger that offers no subprotocol is taken to speak (`None`: such a
+    /// charger is closed after the handshake, as OCPP-J says).
+    pub assume_subprotocol: Option<&'static str>,
 }
 
 /// `[auth]`.
@@ -461,6 +467,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if o.max_connections == 0 {
         return Err(invalid("ocpp.max_connections", "must be at least 1"));
     }
+    let assume_subprotocol = match o.assume_subprotocol.as_deref() {
+        None => None,
+        Some(p) => Some(
+            crate::ocpp::frame::Version::from_subprotocol(p)
+                .ok_or_else(|| {
+                    invalid(
+                        "ocpp.assume_subprotocol",
+                        format!("`{p}` is not a subprotocol served here (ocpp1.6, ocpp2.0.1)"),
+                    )
+                })?
+                .subprotocol(),
+        ),
+    };
     let ocpp = OcppConfig {
         listen,
         allow_unknown_chargers: o.allow_unknown_chargers,
@@ -474,6 +493,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         clock_tolerance_secs: i64::try_from(o.clock_tolerance_secs)
             .map_err(|_| invalid("ocpp.clock_tolerance_secs", "too large"))?,
         max_connections: o.max_connections,
+        assume_subprotocol,
     };
     if raw.store.path.as_os_str().is_empty() {
         return Err(invalid("store.path", "must not be empty"));

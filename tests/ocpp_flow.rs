@@ -198,18 +198,24 @@ fn b64(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subprotocol_is_negotiated_per_ocpp_j() {
     let agent = Agent::start(OPEN, FREE);
-    // offered among others: ocpp1.6 is chosen and echoed
-    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        agent.url("CP1"),
-    )
-    .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "ocpp2.0.1, ocpp1.6".parse().unwrap(),
-    );
-    let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
-    let (_ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-    assert_eq!(resp.headers()["sec-websocket-protocol"], "ocpp1.6");
+    // offered among others: ocpp1.6 is chosen and echoed; offered with ocpp2.0.1, in
+    // either order, ocpp2.0.1 wins
+    for (offer, chosen) in [
+        ("ocpp9.9, ocpp1.6", "ocpp1.6"),
+        ("ocpp1.6, ocpp2.0.1", "ocpp2.0.1"),
+        ("ocpp2.0.1, ocpp1.6", "ocpp2.0.1"),
+    ] {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                agent.url("CP1"),
+            )
+            .unwrap();
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", offer.parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(agent.addr).await.unwrap();
+        let (_ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], chosen, "{offer}");
+    }
 
     // only an unsupported one offered: handshake completes without the header, then close
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(

@@ -8,11 +8,49 @@
 
 use serde_json::{Map, Value};
 
+/// The OCPP version spoken on a connection, fixed by the WebSocket subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// OCPP 1.6J (`ocpp1.6`).
+    V16,
+    /// OCPP 2.0.1 (`ocpp2.0.1`).
+    V201,
+}
+
+impl Version {
+    /// The WebSocket subprotocol name.
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Version::V16 => "ocpp1.6",
+            Version::V201 => "ocpp2.0.1",
+        }
+    }
+
+    /// The version as the contract writes it (`charger.connected.ocpp_version`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::V16 => "1.6",
+            Version::V201 => "2.0.1",
+        }
+    }
+
+    /// The version of a subprotocol name (lowercase, as negotiated).
+    pub fn from_subprotocol(p: &str) -> Option<Self> {
+        match p {
+            "ocpp1.6" => Some(Version::V16),
+            "ocpp2.0.1" => Some(Version::V201),
+            _ => None,
+        }
+    }
+}
+
 /// Longest message id OCPP-J allows.
 pub const MAX_MESSAGE_ID_LEN: usize = 36;
 
-/// CALLERROR codes as OCPP-J 1.6 spells them (including the spec's own spellings
-/// `FormationViolation` and `OccurenceConstraintViolation`).
+/// CALLERROR codes. [`ErrorCode::as_str`] spells them as OCPP-J 1.6 does (including its
+/// own `FormationViolation` and `OccurenceConstraintViolation`); [`ErrorCode::spelled`]
+/// as the connection's version does (2.0.1: `FormatViolation`,
+/// `OccurrenceConstraintViolation`, and two codes 1.6 lacks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     /// The requested action is not known by the receiver.
@@ -35,6 +73,12 @@ pub enum ErrorCode {
     TypeConstraintViolation,
     /// Any other error.
     GenericError,
+    /// 2.0.1: a message type number the receiver does not know (1.6 says
+    /// `FormationViolation`).
+    MessageTypeNotSupported,
+    /// 2.0.1: the frame is not a valid OCPP-J RPC frame at all (1.6 says
+    /// `FormationViolation`).
+    RpcFrameworkError,
 }
 
 impl ErrorCode {
@@ -51,6 +95,19 @@ impl ErrorCode {
             Self::OccurenceConstraintViolation => "OccurenceConstraintViolation",
             Self::TypeConstraintViolation => "TypeConstraintViolation",
             Self::GenericError => "GenericError",
+            Self::MessageTypeNotSupported | Self::RpcFrameworkError => "FormationViolation",
+        }
+    }
+
+    /// The wire spelling of this code in `version`'s OCPP-J specification.
+    pub fn spelled(self, version: Version) -> &'static str {
+        match (version, self) {
+            (Version::V16, c) => c.as_str(),
+            (Version::V201, Self::FormationViolation) => "FormatViolation",
+            (Version::V201, Self::OccurenceConstraintViolation) => "OccurrenceConstraintViolation",
+            (Version::V201, Self::MessageTypeNotSupported) => "MessageTypeNotSupported",
+            (Version::V201, Self::RpcFrameworkError) => "RpcFrameworkError",
+            (Version::V201, c) => c.as_str(),
         }
     }
 }
@@ -123,7 +180,7 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
             return Err(FrameError::new(
                 id,
                 was_call,
-                ErrorCode::FormationViolation,
+                ErrorCode::RpcFrameworkError,
                 "frame is not valid JSON",
             ));
         }
@@ -132,7 +189,7 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
         return Err(FrameError::new(
             None,
             false,
-            ErrorCode::FormationViolation,
+            ErrorCode::RpcFrameworkError,
             "frame is not a JSON array",
         ));
     };
@@ -146,7 +203,7 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
         return Err(FrameError::new(
             None,
             was_call,
-            ErrorCode::FormationViolation,
+            ErrorCode::RpcFrameworkError,
             "message id missing or not a string",
         ));
     };
@@ -154,7 +211,7 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
         return Err(FrameError::new(
             Some(id),
             was_call,
-            ErrorCode::FormationViolation,
+            ErrorCode::RpcFrameworkError,
             "message id must be 1 to 36 characters",
         ));
     }
@@ -165,7 +222,7 @@ pub fn parse(text: &str) -> Result<Frame, FrameError> {
         _ => Err(FrameError::new(
             Some(id),
             true,
-            ErrorCode::FormationViolation,
+            ErrorCode::MessageTypeNotSupported,
             "message type id must be 2 (CALL), 3 (CALLRESULT) or 4 (CALLERROR)",
         )),
     }
@@ -176,7 +233,7 @@ fn parse_call(id: String, items: Vec<Value>) -> Result<Frame, FrameError> {
         return Err(FrameError::new(
             Some(id),
             true,
-            ErrorCode::FormationViolation,
+            ErrorCode::RpcFrameworkError,
             "a CALL has exactly 4 elements",
         ));
     }
@@ -187,7 +244,7 @@ fn parse_call(id: String, items: Vec<Value>) -> Result<Frame, FrameError> {
             return Err(FrameError::new(
                 Some(id),
                 true,
-                ErrorCode::FormationViolation,
+                ErrorCode::RpcFrameworkError,
                 "action must be a non-empty string",
             ))
         }
@@ -284,12 +341,17 @@ pub fn call_result(id: &str, payload: Value) -> String {
 
 /// Serializes a CALLERROR.
 pub fn call_error(id: &str, code: ErrorCode, description: &str) -> String {
+    call_error_in(Version::V16, id, code, description)
+}
+
+/// A CALLERROR frame with the code spelled as `version` spells it.
+pub fn call_error_in(version: Version, id: &str, code: ErrorCode, description: &str) -> String {
     // OCPP-J: the description is free text of at most 255 characters.
     let description: String = description.chars().take(255).collect();
     Value::Array(vec![
         Value::from(4),
         Value::from(id),
-        Value::from(code.as_str()),
+        Value::from(code.spelled(version)),
         Value::from(description),
         Value::Object(Map::new()),
     ])
@@ -318,7 +380,8 @@ mod tests {
         let e = parse(r#"[2, "abc", "Heartbeat", {"#).unwrap_err();
         assert_eq!(e.id.as_deref(), Some("abc"));
         assert!(e.was_call);
-        assert_eq!(e.code, ErrorCode::FormationViolation);
+        assert_eq!(e.code.spelled(Version::V16), "FormationViolation");
+        assert_eq!(e.code.spelled(Version::V201), "RpcFrameworkError");
     }
 
     #[test]
@@ -331,7 +394,8 @@ mod tests {
     #[test]
     fn a_call_with_extra_elements_is_a_formation_violation() {
         let e = parse(r#"[2,"1","Heartbeat",{},{}]"#).unwrap_err();
-        assert_eq!(e.code, ErrorCode::FormationViolation);
+        assert_eq!(e.code.as_str(), "FormationViolation");
+        assert_eq!(e.code.spelled(Version::V201), "RpcFrameworkError");
     }
 
     #[test]
@@ -339,13 +403,15 @@ mod tests {
         let e = parse(r#"[7,"9",{}]"#).unwrap_err();
         assert_eq!(e.id.as_deref(), Some("9"));
         assert!(e.was_call);
+        assert_eq!(e.code.spelled(Version::V16), "FormationViolation");
+        assert_eq!(e.code.spelled(Version::V201), "MessageTypeNotSupported");
     }
 
     #[test]
     fn an_id_longer_than_36_characters_is_refused() {
         let id = "x".repeat(37);
         let e = parse(&format!(r#"[2,"{id}","Heartbeat",{{}}]"#)).unwrap_err();
-        assert_eq!(e.code, ErrorCode::FormationViolation);
+        assert_eq!(e.code.as_str(), "FormationViolation");
         assert_eq!(e.id, Some(id));
     }
 
@@ -375,5 +441,21 @@ mod tests {
         let s = call_error("7", ErrorCode::OccurenceConstraintViolation, "missing");
         assert_eq!(s, r#"[4,"7","OccurenceConstraintViolation","missing",{}]"#);
         assert_eq!(ErrorCode::FormationViolation.as_str(), "FormationViolation");
+    }
+
+    #[test]
+    fn callerror_spells_codes_as_ocpp_j_2_0_1_does() {
+        let s = call_error_in(
+            Version::V201,
+            "7",
+            ErrorCode::OccurenceConstraintViolation,
+            "missing",
+        );
+        assert_eq!(s, r#"[4,"7","OccurrenceConstraintViolation","missing",{}]"#);
+        assert_eq!(
+            ErrorCode::FormationViolation.spelled(Version::V201),
+            "FormatViolation"
+        );
+        assert_eq!(ErrorCode::NotSupported.spelled(Version::V201), "NotSupported");
     }
 }

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::commands::{self as ocpp_cmd, Command};
-use super::frame::{self, ErrorCode};
+use super::frame::{self, ErrorCode, Version};
 use super::messages::{self, Request};
+use super::v201;
 use super::registry::Registry;
 use crate::auth;
 use crate::config::OcppConfig;
@@ -40,19 +41,33 @@ pub struct Context {
     pub registry: Registry,
 }
 
+/// A charger's request, decoded for the version its connection speaks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// OCPP 1.6.
+    V16(Request),
+    /// OCPP 2.0.1.
+    V201(v201::messages::Request),
+}
+
 /// Decodes one CALL from charger `cp_id`; a payload that does not decode is answered
-/// with the CALLERROR frame returned as the error.
+/// with the CALLERROR frame returned as the error, spelled as `version` spells it.
 ///
 /// Synchronous on purpose: the connection drops the frame's text and JSON tree before it
 /// awaits the store in [`handle_request`], so a thousand chargers waiting on one group
 /// commit do not each hold their message twice.
 pub fn decode_call(
     cp_id: &str,
+    version: Version,
     id: &str,
     action: &str,
     payload: &Value,
-) -> Result<Request, String> {
-    messages::decode(action, payload).map_err(|e| {
+) -> Result<Decoded, String> {
+    let decoded = match version {
+        Version::V16 => messages::decode(action, payload).map(Decoded::V16),
+        Version::V201 => v201::messages::decode(action, payload).map(Decoded::V201),
+    };
+    decoded.map_err(|e| {
         tracing::info!(
             cp_id,
             action,
@@ -60,7 +75,7 @@ pub fn decode_call(
             "rejected: {}",
             e.description
         );
-        frame::call_error(id, e.code, &e.description)
+        frame::call_error_in(version, id, e.code, &e.description)
     })
 }
 
@@ -68,15 +83,21 @@ pub fn decode_call(
 pub async fn handle_request(
     ctx: &Context,
     cp_id: &str,
+    version: Version,
     id: &str,
     action: &str,
-    request: Request,
+    request: Decoded,
 ) -> String {
-    match answer(ctx, cp_id, request).await {
+    let answered = match request {
+        Decoded::V16(r) => answer(ctx, cp_id, r).await,
+        Decoded::V201(r) => v201::handler::answer(ctx, cp_id, r).await,
+    };
+    match answered {
         Ok(payload) => frame::call_result(id, payload),
         Err(e) => {
             tracing::error!(cp_id, action, "store failed, answering InternalError: {e}");
-            frame::call_error(
+            frame::call_error_in(
+                version,
                 id,
                 ErrorCode::InternalError,
                 "could not record the message; retry later",

@@ -19,13 +19,12 @@ use base64::Engine as _;
 
 /// The OCPP 1.6 subprotocol name.
 pub const OCPP16: &str = "ocpp1.6";
+/// The OCPP 2.0.1 subprotocol name.
+pub const OCPP201: &str = "ocpp2.0.1";
 
-/// The subprotocols this server speaks, most preferred first.
-pub const SUPPORTED: &[&str] = &[OCPP16];
-
-/// What a charger that offers no subprotocol at all is taken to speak: such chargers
-/// break OCPP-J, but old 1.6 firmware does it and 1.6 is the only version it can mean.
-pub const ASSUME_WHEN_NONE_OFFERED: Option<&str> = Some(OCPP16);
+/// The subprotocols this server speaks, most preferred first: a charger offering both
+/// gets 2.0.1.
+pub const SUPPORTED: &[&str] = &[OCPP201, OCPP16];
 
 /// Longest charger id accepted in the path.
 pub const MAX_CP_ID_LEN: usize = 48;
@@ -49,6 +48,8 @@ pub struct Chargers<'a> {
     pub allow_unknown: bool,
     /// Listed chargers: id -> optional argon2 PHC hash.
     pub listed: &'a HashMap<String, Option<String>>,
+    /// `[ocpp] assume_subprotocol`: what a charger offering none is taken to speak.
+    pub assume: Option<&'static str>,
 }
 
 /// A password to check against a listed charger's hash.
@@ -179,7 +180,7 @@ pub fn decide(
         .filter(|p| !p.is_empty())
         .collect();
     let cp_id = cp_id.to_string();
-    match select_subprotocol(&offered, SUPPORTED, ASSUME_WHEN_NONE_OFFERED) {
+    match select_subprotocol(&offered, SUPPORTED, chargers.assume) {
         Some(subprotocol) => Decision::Accept { cp_id, subprotocol },
         None => Decision::NoSubprotocol { cp_id },
     }
@@ -273,6 +274,17 @@ mod tests {
         allow_unknown: bool,
         chargers: &HashMap<String, Option<String>>,
     ) -> (Decision, usize) {
+        decide_assuming(path, auth, protocols, allow_unknown, chargers, None)
+    }
+
+    fn decide_assuming(
+        path: &str,
+        auth: &[&str],
+        protocols: &[&str],
+        allow_unknown: bool,
+        chargers: &HashMap<String, Option<String>>,
+        assume: Option<&'static str>,
+    ) -> (Decision, usize) {
         let req = Upgrade {
             path,
             authorization: auth.iter().map(|a| a.as_bytes()).collect(),
@@ -284,6 +296,7 @@ mod tests {
             Chargers {
                 allow_unknown,
                 listed: chargers,
+                assume,
             },
             |c| {
                 calls += 1;
@@ -411,6 +424,7 @@ mod tests {
         let chargers = Chargers {
             allow_unknown: false,
             listed: &cfg,
+            assume: None,
         };
         assert_eq!(
             decide(&req, chargers, |_| true),
@@ -447,18 +461,39 @@ mod tests {
     #[test]
     fn a_charger_offering_ocpp16_among_others_gets_it_echoed() {
         let none = listed(&[]);
-        let (d, _) = decide_with("/ocpp/CP1", &[], &["ocpp2.0.1, ocpp1.6"], true, &none);
+        let (d, _) = decide_with("/ocpp/CP1", &[], &["ocpp9, ocpp1.6"], true, &none);
         assert_eq!(d, accepted("CP1", AGREED));
-        let (d, _) = decide_with("/ocpp/CP1", &[], &["ocpp2.0.1", "OCPP1.6"], true, &none);
+        let (d, _) = decide_with("/ocpp/CP1", &[], &["ocpp2.0", "OCPP1.6"], true, &none);
         assert_eq!(d, accepted("CP1", AGREED));
     }
 
     #[test]
-    fn a_charger_offering_no_subprotocol_is_assumed_to_speak_ocpp16() {
+    fn a_charger_offering_both_versions_gets_ocpp201_whatever_its_order() {
         let none = listed(&[]);
-        let (d, _) = decide_with("/ocpp/CP1", &[], &[], true, &none);
-        assert_eq!(d, accepted("CP1", Subprotocol::Assumed(OCPP16)));
-        let (d, _) = decide_with("/ocpp/CP1", &[], &[" , "], true, &none);
+        for offer in [&["ocpp1.6, ocpp2.0.1"][..], &["ocpp2.0.1", "ocpp1.6"][..]] {
+            let (d, _) = decide_with("/ocpp/CP1", &[], offer, true, &none);
+            assert_eq!(d, accepted("CP1", Subprotocol::Agreed(OCPP201)));
+        }
+    }
+
+    #[test]
+    fn a_charger_offering_no_subprotocol_is_not_guessed_at() {
+        let none = listed(&[]);
+        for offer in [&[][..], &[" , "][..]] {
+            let (d, _) = decide_with("/ocpp/CP1", &[], offer, true, &none);
+            assert_eq!(
+                d,
+                Decision::NoSubprotocol {
+                    cp_id: "CP1".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_charger_offering_no_subprotocol_speaks_the_assumed_one_when_configured() {
+        let none = listed(&[]);
+        let (d, _) = decide_assuming("/ocpp/CP1", &[], &[], true, &none, Some(OCPP16));
         assert_eq!(d, accepted("CP1", Subprotocol::Assumed(OCPP16)));
     }
 

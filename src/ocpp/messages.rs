@@ -127,7 +127,8 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(code: ErrorCode, description: impl Into<String>) -> Self {
+    /// An error with this code and description.
+    pub fn new(code: ErrorCode, description: impl Into<String>) -> Self {
         Self {
             code,
             description: description.into(),

@@ -10,6 +10,7 @@
 //! - [`registry`]: the connected chargers and outbound CALLs to them.
 //! - [`commands`]: typed outbound commands (RemoteStart/Stop, Reset, …) over the registry.
 //! - [`server`]: the WebSocket listener and per-connection driver.
+//! - [`v201`]: OCPP 2.0.1 requests and answers, beside 1.6.
 
 pub mod commands;
 pub mod frame;
@@ -20,3 +21,4 @@ pub mod meter;
 pub mod registry;
 pub mod rpc;
 pub mod server;
+pub mod v201;

@@ -13,6 +13,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::frame::Version;
+
 /// Why an outbound CALL got no CALLRESULT.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CallFailure {
@@ -52,6 +54,7 @@ pub struct OutboundCall {
 
 struct Entry {
     conn_id: u64,
+    version: Version,
     calls: mpsc::Sender<OutboundCall>,
     cancel: CancellationToken,
 }
@@ -85,8 +88,14 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connection for `cp_id`, replacing (and cancelling) any older one.
-    pub fn register(&self, cp_id: &str, parent: &CancellationToken) -> Registration {
+    /// Registers a connection for `cp_id` speaking `version`, replacing (and cancelling)
+    /// any older one.
+    pub fn register(
+        &self,
+        cp_id: &str,
+        version: Version,
+        parent: &CancellationToken,
+    ) -> Registration {
         let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(QUEUE);
         let cancel = parent.child_token();
@@ -94,6 +103,7 @@ impl Registry {
             cp_id.to_string(),
             Entry {
                 conn_id,
+                version,
                 calls: tx,
                 cancel: cancel.clone(),
             },
@@ -125,6 +135,11 @@ impl Registry {
     /// Whether the charger is connected now.
     pub fn is_connected(&self, cp_id: &str) -> bool {
         self.map().contains_key(cp_id)
+    }
+
+    /// The OCPP version the charger's current connection speaks, if it is connected.
+    pub fn version(&self, cp_id: &str) -> Option<Version> {
+        self.map().get(cp_id).map(|e| e.version)
     }
 
     /// How many chargers are connected now.

@@ -29,7 +29,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{self, ErrorCode, Frame};
+use super::frame::{self, ErrorCode, Frame, Version};
 use super::handler::{self, Context};
 use super::handshake::{self, Chargers, Decision, Refusal, Subprotocol, Upgrade};
 use super::registry::{CallFailure, OutboundCall, Registry};
@@ -173,8 +173,10 @@ impl Server {
         };
         match decided {
             Some(Decision::Accept { cp_id, subprotocol }) => {
-                self.run(ws, cp_id, subprotocol.name(), peer, shutdown)
-                    .await;
+                // `name()` is one of `handshake::SUPPORTED`, each a known version.
+                let version =
+                    Version::from_subprotocol(subprotocol.name()).unwrap_or(Version::V16);
+                self.run(ws, cp_id, version, peer, shutdown).await;
             }
             Some(Decision::NoSubprotocol { cp_id }) => {
                 tracing::warn!(cp_id, "no supported subprotocol offered; closing");
@@ -217,6 +219,7 @@ impl Server {
         let chargers = Chargers {
             allow_unknown: ocpp.allow_unknown_chargers,
             listed: &ocpp.chargers,
+            assume: ocpp.assume_subprotocol,
         };
         let decision = handshake::decide(&upgrade, chargers, |c| {
             self.verify(c.cp_id, c.password, c.hash)
@@ -283,19 +286,19 @@ impl Server {
         &self,
         mut ws: WebSocketStream<S>,
         cp_id: String,
-        version: &'static str,
+        version: Version,
         peer: SocketAddr,
         shutdown: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let reg = self.registry.register(&cp_id, &shutdown);
+        let reg = self.registry.register(&cp_id, version, &shutdown);
         let cancel = reg.cancel.clone();
         let mut calls = reg.calls;
         if let Err(e) = self
             .ctx
             .store
-            .charger_connected(cp_id.clone(), version.to_string(), reg.replaced, now())
+            .charger_connected(cp_id.clone(), version.as_str().to_string(), reg.replaced, now())
             .await
         {
             tracing::error!(cp_id, "cannot record connection: {e}");
@@ -303,7 +306,7 @@ impl Server {
         self.ctx.notices.send(Notice::Connectors {
             cp_id: cp_id.clone(),
         });
-        tracing::info!(cp_id, %peer, replaced = reg.replaced, "charger connected");
+        tracing::info!(cp_id, %peer, version = version.as_str(), replaced = reg.replaced, "charger connected");
 
         let cfg = &self.ctx.ocpp;
         let mut ping =
@@ -351,7 +354,7 @@ impl Server {
                         }
                         _ => continue, // ping (answered by tungstenite), pong
                     };
-                    if let Some(reply) = self.on_text(&cp_id, &mut rpc, text).await {
+                    if let Some(reply) = self.on_text(&cp_id, version, &mut rpc, text).await {
                         if !send(&mut ws, reply).await {
                             break EndReason::Error;
                         }
@@ -422,6 +425,7 @@ impl Server {
     async fn on_text(
         &self,
         cp_id: &str,
+        version: Version,
         rpc: &mut Outbound<Waiter>,
         text: Utf8Bytes,
     ) -> Option<String> {
@@ -433,11 +437,12 @@ impl Server {
                 action,
                 payload,
             }) => {
-                let decoded = handler::decode_call(cp_id, &id, &action, &payload);
+                let decoded = handler::decode_call(cp_id, version, &id, &action, &payload);
                 drop(payload); // not held while the store commits
                 Some(match decoded {
                     Ok(request) => {
-                        handler::handle_request(&self.ctx, cp_id, &id, &action, request).await
+                        handler::handle_request(&self.ctx, cp_id, version, &id, &action, request)
+                            .await
                     }
                     Err(call_error) => call_error,
                 })
@@ -467,7 +472,9 @@ impl Server {
                     e.description
                 );
                 match (&e.id, e.was_call) {
-                    (Some(id), true) => Some(frame::call_error(id, e.code, &e.description)),
+                    (Some(id), true) => {
+                        Some(frame::call_error_in(version, id, e.code, &e.description))
+                    }
                     (Some(id), false) => {
                         let failure = CallFailure::Rejected {
                             code: ErrorCode::FormationViolation.as_str().into(),
