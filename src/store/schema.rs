@@ -191,6 +191,72 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE chargers ADD COLUMN last_seen TEXT;
     UPDATE chargers SET last_seen = connected_at;
     "#,
+    // 5: OCPP 2.0.1. A 2.0.1 transaction is a session like a 1.6 one (its integer
+    // `transaction_id` stays the store's key; the charger's own string id is
+    // `charger_tx_id`, its EVSE the session's `connector_id`). `tx_events` makes
+    // TransactionEvents idempotent on (charger, transactionId, seqNo) and keeps those that
+    // came after `Ended` (recorded, never applied). `announced` is 0 while a transaction
+    // that began without an idToken has not yet had its `session.started` published.
+    r#"
+    ALTER TABLE sessions ADD COLUMN charger_tx_id TEXT;
+    ALTER TABLE sessions ADD COLUMN last_seq_no INTEGER;
+    ALTER TABLE sessions ADD COLUMN remote_start_id INTEGER;
+    ALTER TABLE sessions ADD COLUMN announced INTEGER NOT NULL DEFAULT 1;
+    CREATE UNIQUE INDEX sessions_by_charger_tx ON sessions (cp_id, charger_tx_id)
+        WHERE charger_tx_id IS NOT NULL;
+    ALTER TABLE remote_starts ADD COLUMN remote_start_id INTEGER;
+    CREATE TABLE tx_events (
+        cp_id           TEXT NOT NULL,
+        charger_tx_id   TEXT NOT NULL,
+        seq_no          INTEGER NOT NULL,
+        event_type      TEXT NOT NULL,
+        trigger_reason  TEXT NOT NULL,
+        offline         INTEGER NOT NULL,
+        charger_ts_raw  TEXT NOT NULL,
+        received_at     TEXT NOT NULL,
+        applied         INTEGER NOT NULL,
+        PRIMARY KEY (cp_id, charger_tx_id, seq_no)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE evse_connectors (
+        cp_id         TEXT NOT NULL,
+        evse_id       INTEGER NOT NULL,
+        connector_id  INTEGER NOT NULL,
+        status        TEXT NOT NULL,
+        charger_ts    TEXT,
+        received_at   TEXT NOT NULL,
+        PRIMARY KEY (cp_id, evse_id, connector_id)
+    ) STRICT;
+    CREATE TABLE security_events (
+        id              INTEGER PRIMARY KEY,
+        cp_id           TEXT NOT NULL,
+        type            TEXT NOT NULL,
+        charger_ts_raw  TEXT NOT NULL,
+        tech_info       TEXT,
+        received_at     TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE report_parts (
+        cp_id        TEXT NOT NULL,
+        request_id   INTEGER NOT NULL,
+        seq_no       INTEGER NOT NULL,
+        tbc          INTEGER NOT NULL,
+        body         TEXT NOT NULL,
+        received_at  TEXT NOT NULL,
+        PRIMARY KEY (cp_id, request_id, seq_no)
+    ) STRICT;
+    CREATE TABLE device_model (
+        cp_id      TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        component  TEXT NOT NULL,
+        variable   TEXT NOT NULL,
+        attribute  TEXT NOT NULL,
+        value      TEXT,
+        mutability TEXT,
+        detail     TEXT NOT NULL,
+        report_id  INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (cp_id, key)
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.
