@@ -123,6 +123,8 @@ pub async fn run() -> Result<bool, String> {
         url: format!("ws://{ocpp_addr}/ocpp"),
         chargers: 3,
         id_prefix: "DEMO".into(),
+        // DEMO0002 speaks 2.0.1, the other two 1.6
+        ocpp: crate::sim::Fleet::Mixed,
         sessions: 1,
         session: Duration::from_secs(16),
         meter_interval: Duration::from_millis(1000),

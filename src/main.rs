@@ -67,7 +67,8 @@ enum Command {
     },
     /// Read a password on stdin and print the `password_hash` for it.
     HashPassword,
-    /// Simulated OCPP 1.6 chargers against any central system (test rigs, field checks).
+    /// Simulated OCPP 1.6 or 2.0.1 chargers against any central system (test rigs, field
+    /// checks).
     Simulate(SimulateArgs),
     /// The whole story on this machine, no configuration: an embedded broker, the agent,
     /// simulated chargers with OTP orders, a link outage and its recovery.
@@ -86,6 +87,9 @@ struct SimulateArgs {
     /// Charger ids are PREFIX0001, PREFIX0002, ...
     #[arg(long, default_value = "SIM")]
     id_prefix: String,
+    /// OCPP version of the chargers: 1.6, 2.0.1, or mixed (alternating, the first 1.6).
+    #[arg(long, default_value = "1.6")]
+    ocpp: chargesite::sim::Fleet,
     /// Sessions per charger.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     sessions: u32,
@@ -269,6 +273,7 @@ fn simulate(a: SimulateArgs) -> ExitCode {
         url: a.url,
         chargers: a.chargers as usize,
         id_prefix: a.id_prefix,
+        ocpp: a.ocpp,
         sessions: a.sessions,
         session: std::time::Duration::from_secs(a.session_secs),
         meter_interval: std::time::Duration::from_millis(a.meter_interval_ms),

@@ -1,14 +1,20 @@
-//! Simulated OCPP 1.6 chargers (`chargesite simulate`), for test rigs and field checks
-//! against any central system.
+//! Simulated OCPP chargers (`chargesite simulate`), 1.6 or 2.0.1 or a mixed fleet, for
+//! test rigs and field checks against any central system.
 //!
-//! Each charger boots, reports status, has a car plugged in, authorizes, starts, sends
-//! MeterValues on a charging curve ([`model`]), stops, and answers the central system's
-//! CALLs (RemoteStart/Stop, Reset, TriggerMessage, …) meanwhile. Faults on request: a
+//! Each charger boots, reports status, has a car plugged in, authorizes, starts, reports
+//! its meter on a charging curve ([`model`]), stops, and answers the central system's
+//! CALLs (remote start/stop, Reset, TriggerMessage, …) meanwhile. Faults on request: a
 //! charger that drops its connection mid-session and comes back later with the messages
 //! it queued meanwhile, one whose clock is unset, one that reboots mid-session. Everything
 //! is bounded by count and time; any protocol error makes the run fail.
+//!
+//! The session, the charging curve and the fault schedule are written once, here, for
+//! both versions; only the words on the wire differ: [`v16`] and [`v201`] build each
+//! version's payloads and answers, pure.
 
 pub mod model;
+pub mod v16;
+pub mod v201;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -25,7 +31,151 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::time::fmt_ts;
-use model::Car;
+use model::{Car, Reading};
+
+/// The OCPP version one simulated charger speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// OCPP 1.6J.
+    V16,
+    /// OCPP 2.0.1.
+    V201,
+}
+
+impl Version {
+    /// The WebSocket subprotocol the charger offers.
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Version::V16 => "ocpp1.6",
+            Version::V201 => v201::SUBPROTOCOL,
+        }
+    }
+}
+
+/// The versions a simulated fleet speaks (`--ocpp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fleet {
+    /// Every charger 1.6 (the default).
+    #[default]
+    V16,
+    /// Every charger 2.0.1.
+    V201,
+    /// Alternating: charger 0 speaks 1.6, charger 1 2.0.1, and so on.
+    Mixed,
+}
+
+impl Fleet {
+    /// The version of charger `index` (0-based).
+    pub fn version_of(self, index: usize) -> Version {
+        match self {
+            Fleet::V16 => Version::V16,
+            Fleet::V201 => Version::V201,
+            Fleet::Mixed if index % 2 == 1 => Version::V201,
+            Fleet::Mixed => Version::V16,
+        }
+    }
+}
+
+impl std::str::FromStr for Fleet {
+    type Err = String;
+    /// `1.6`, `2.0.1` or `mixed`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "1.6" => Ok(Fleet::V16),
+            "2.0.1" => Ok(Fleet::V201),
+            "mixed" => Ok(Fleet::Mixed),
+            other => Err(format!(
+                "unknown OCPP version `{other}` (1.6, 2.0.1, mixed)"
+            )),
+        }
+    }
+}
+
+/// Where the connector is in a session, as both versions report it in their own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plug {
+    /// No car.
+    Available,
+    /// A car is plugged in, not yet charging.
+    Preparing,
+    /// Charging.
+    Charging,
+    /// The transaction is over, the car still plugged in.
+    Finishing,
+}
+
+/// Why a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// The driver unplugged (the session ran its course).
+    EvDisconnected,
+    /// The central system stopped it.
+    Remote,
+    /// The charger rebooted on its own (the `reboot` fault).
+    PowerLoss,
+    /// The central system reset the charger mid-transaction.
+    Reset {
+        /// 1.6's Hard (else Soft) reset.
+        hard: bool,
+    },
+}
+
+/// What a charger's answer to a CALL may depend on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct View {
+    /// Seconds between periodic readings.
+    pub meter_interval_secs: u64,
+    /// The running transaction's id, if any.
+    pub transaction_id: Option<String>,
+    /// Transaction messages waiting in the offline queue.
+    pub queued: usize,
+}
+
+/// What an answered CALL makes the charger do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Start the next transaction with this token (2.0.1: and this `remoteStartId`).
+    RemoteStart {
+        /// The token to start with.
+        id_token: String,
+        /// 2.0.1's `remoteStartId`, echoed in the Started event.
+        remote_start_id: Option<i64>,
+    },
+    /// Stop the running transaction.
+    RemoteStop,
+    /// Reboot (ending a running transaction with a reset reason).
+    Reset {
+        /// 1.6's Hard (else Soft) reset.
+        hard: bool,
+    },
+    /// Send the device model in NotifyReport parts, after the answer (2.0.1).
+    Report {
+        /// The GetBaseReport's `requestId`.
+        request_id: i64,
+    },
+    /// Send this message, after the answer (2.0.1 TriggerMessage).
+    Trigger(String),
+}
+
+/// A charger's answer to a CALL: the CALLRESULT payload or a CALLERROR (code,
+/// description), and what it makes the charger do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The CALLRESULT payload, or the CALLERROR's code and description.
+    pub reply: Result<Value, (&'static str, String)>,
+    /// What the charger does once it has answered.
+    pub effects: Vec<Effect>,
+}
+
+impl Answer {
+    /// An answer that changes nothing.
+    pub fn reply(reply: Result<Value, (&'static str, String)>) -> Answer {
+        Answer {
+            reply,
+            effects: Vec::new(),
+        }
+    }
+}
 
 /// A fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +184,9 @@ pub enum FaultKind {
     Drop,
     /// Its clock is unset (timestamps from 1970).
     Clock,
-    /// Reboots mid-session: the transaction ends with `Reboot`, the next one starts with a
-    /// `meterStart` of 0 (the classic bad firmware) while the register keeps its value.
+    /// Reboots mid-session: the transaction ends with `Reboot` (2.0.1: `PowerLoss`), the
+    /// next one starts from a register of 0 (the classic bad firmware: 1.6 `meterStart`,
+    /// 2.0.1 `Transaction.Begin`) while the register keeps counting.
     Reboot,
 }
 
@@ -75,6 +226,8 @@ pub struct SimConfig {
     pub chargers: usize,
     /// Charger ids are `<prefix>0001`, `<prefix>0002`, …
     pub id_prefix: String,
+    /// Which OCPP version each charger speaks.
+    pub ocpp: Fleet,
     /// Sessions per charger.
     pub sessions: u32,
     /// Wall-clock length of a session's charging phase.
@@ -102,6 +255,8 @@ pub struct SimConfig {
 pub struct Summary {
     /// Chargers that connected.
     pub connected: usize,
+    /// Of those, chargers speaking 2.0.1.
+    pub connected_v201: usize,
     /// Sessions started (transaction ids received).
     pub sessions_started: u64,
     /// Sessions stopped.
@@ -133,8 +288,9 @@ impl Summary {
     /// Human summary.
     pub fn render(&self) -> String {
         format!(
-            "chargers connected: {}\nsessions: {} started, {} stopped\nenergy delivered: {:.3} kWh\nCALLs sent: {} (received: {})\nlatency: p50 {:.2} ms, p99 {:.2} ms\nprotocol errors: {}{}",
+            "chargers connected: {} (OCPP 2.0.1: {})\nsessions: {} started, {} stopped\nenergy delivered: {:.3} kWh\nCALLs sent: {} (received: {})\nlatency: p50 {:.2} ms, p99 {:.2} ms\nprotocol errors: {}{}",
             self.connected,
+            self.connected_v201,
             self.sessions_started,
             self.sessions_stopped,
             self.energy_wh as f64 / 1000.0,
@@ -190,26 +346,66 @@ fn lock(s: &Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// What the central system asked for.
+/// What the central system asked for, acted on at the session's next step.
 #[derive(Debug, Default)]
 struct Requests {
     remote_stop: bool,
-    remote_start: Option<String>,
+    /// The token (and, 2.0.1, the `remoteStartId`) of a remote start.
+    remote_start: Option<(String, Option<i64>)>,
+    /// A reset during a transaction: the charger reboots (`hard` for 1.6's reason).
+    reset: Option<bool>,
+}
+
+/// The charger's own name for a transaction: 1.6's is the central system's integer,
+/// 2.0.1's the station's string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TxId {
+    Int(i64),
+    Str(String),
+}
+
+/// The running transaction.
+#[derive(Debug, Clone)]
+struct Tx {
+    id: TxId,
+    tag: String,
+    /// The next TransactionEvent's `seqNo` (2.0.1).
+    next_seq: u32,
+}
+
+impl Tx {
+    fn text_id(&self) -> String {
+        match &self.id {
+            TxId::Int(i) => i.to_string(),
+            TxId::Str(s) => s.clone(),
+        }
+    }
 }
 
 struct SimCharger {
     index: usize,
     id: String,
+    version: Version,
     cfg: Arc<SimConfig>,
     summary: Arc<Mutex<Summary>>,
     ws: Option<Ws>,
     next_id: u64,
     register_wh: i64,
+    /// The meter's latest reading (what a triggered message reports).
+    reading: Reading,
     started: Instant,
     epoch: DateTime<Utc>,
+    /// Names this run in 2.0.1 transaction ids, so that ids differ between runs.
+    run: u64,
     requests: Requests,
-    /// Messages queued while offline (as a real charger keeps transaction messages).
-    queue: VecDeque<(String, Value)>,
+    tx: Option<Tx>,
+    /// Transaction messages queued while offline (as a real charger keeps them), in order.
+    queue: VecDeque<(&'static str, Value)>,
+    /// What answered CALLs asked to be sent once the current exchange is over (one
+    /// outstanding CALL per direction): a report, a triggered message.
+    later: VecDeque<Effect>,
+    /// The 2.0.1 device model (GetVariables, SetVariables, GetBaseReport).
+    model: v201::DeviceModel,
 }
 
 type Res<T> = Result<T, String>;
@@ -217,20 +413,31 @@ type Res<T> = Result<T, String>;
 impl SimCharger {
     fn new(index: usize, id: String, cfg: Arc<SimConfig>, summary: Arc<Mutex<Summary>>) -> Self {
         let epoch = crate::time::now() - scaled_run_length(&cfg);
+        let register_wh = 1_000_000 + index as i64 * 1000;
         Self {
             index,
             id,
+            version: cfg.ocpp.version_of(index),
+            model: v201::DeviceModel::new(cfg.meter_interval.as_secs().max(1)),
             cfg,
             summary,
             ws: None,
             next_id: 0,
-            register_wh: 1_000_000 + index as i64 * 1000,
+            register_wh,
+            reading: Reading {
+                register_wh,
+                power_w: 0.0,
+                soc_pct: 0.0,
+            },
             started: Instant::now(),
             // A compressed clock starts in the past, so that it reaches the present about when
             // the run ends instead of running ahead of the central system's clock.
             epoch,
+            run: crate::time::now().timestamp_millis().unsigned_abs(),
             requests: Requests::default(),
+            tx: None,
             queue: VecDeque::new(),
+            later: VecDeque::new(),
         }
     }
 
@@ -252,8 +459,30 @@ impl SimCharger {
         base + chrono::Duration::milliseconds((elapsed * 1000.0) as i64)
     }
 
+    fn ts(&self) -> String {
+        fmt_ts(self.now())
+    }
+
     fn tag(&self) -> String {
         self.cfg.tags[self.index % self.cfg.tags.len()].clone()
+    }
+
+    /// The register the `n`-th transaction (0-based) opens with: a rebooted charger with
+    /// bad firmware reports 0 while its register keeps counting (the "910 kWh bill").
+    fn begin_register(&self, n: u32) -> i64 {
+        if n > 0 && self.has(FaultKind::Reboot) {
+            0
+        } else {
+            self.register_wh
+        }
+    }
+
+    fn view(&self) -> View {
+        View {
+            meter_interval_secs: self.cfg.meter_interval.as_secs(),
+            transaction_id: self.tx.as_ref().map(Tx::text_id),
+            queued: self.queue.len(),
+        }
     }
 
     async fn connect(&mut self) -> Res<()> {
@@ -262,9 +491,10 @@ impl SimCharger {
             .as_str()
             .into_client_request()
             .map_err(|e| format!("bad url {url}: {e}"))?;
+        let subprotocol = self.version.subprotocol();
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
-            HeaderValue::from_static("ocpp1.6"),
+            HeaderValue::from_static(subprotocol),
         );
         if let Some(p) = &self.cfg.password {
             let token = base64(&format!("{}:{p}", self.id));
@@ -286,12 +516,18 @@ impl SimCharger {
             .headers()
             .get("sec-websocket-protocol")
             .and_then(|h| h.to_str().ok())
-            != Some("ocpp1.6")
+            != Some(subprotocol)
         {
-            return Err("central system did not agree to ocpp1.6".into());
+            return Err(format!("central system did not agree to {subprotocol}"));
         }
         self.ws = Some(ws);
         Ok(())
+    }
+
+    async fn disconnect(&mut self) {
+        if let Some(mut ws) = self.ws.take() {
+            let _ = ws.close(None).await;
+        }
     }
 
     /// Sends a CALL and waits for its answer, answering the central system's CALLs meanwhile.
@@ -350,10 +586,15 @@ impl SimCharger {
         }
     }
 
-    /// Waits `d`, answering the central system's CALLs meanwhile.
+    /// Waits `d`, answering the central system's CALLs meanwhile and sending what they
+    /// asked for.
     async fn idle(&mut self, d: Duration) -> Res<()> {
         let until = Instant::now() + d;
-        while Instant::now() < until {
+        loop {
+            self.send_later().await?;
+            if Instant::now() >= until {
+                return Ok(());
+            }
             let Some(ws) = self.ws.as_mut() else {
                 tokio::time::sleep_until(until).await;
                 return Ok(());
@@ -376,37 +617,35 @@ impl SimCharger {
                 Ok(Some(Ok(_))) => {}
             }
         }
-        Ok(())
     }
 
-    /// Answers a CALL from the central system as a real charger would.
+    /// Answers a CALL from the central system as a real charger would, and keeps what it
+    /// asked for.
     async fn answer(&mut self, call: &Value) -> Res<()> {
         lock(&self.summary).calls_received += 1;
         let id = call[1].clone();
         let action = call[2].as_str().unwrap_or_default();
-        let reply = match action {
-            "RemoteStopTransaction" => {
-                self.requests.remote_stop = true;
-                json!([3, id, {"status": "Accepted"}])
+        let view = self.view();
+        let answer = match self.version {
+            Version::V16 => v16::answer(action, &call[3], &view),
+            Version::V201 => v201::answer(action, &call[3], &view, &mut self.model),
+        };
+        for effect in answer.effects {
+            match effect {
+                Effect::RemoteStop => self.requests.remote_stop = true,
+                Effect::RemoteStart {
+                    id_token,
+                    remote_start_id,
+                } => self.requests.remote_start = Some((id_token, remote_start_id)),
+                // a reset between transactions is answered, not simulated
+                Effect::Reset { hard } if self.tx.is_some() => self.requests.reset = Some(hard),
+                Effect::Reset { .. } => {}
+                later @ (Effect::Report { .. } | Effect::Trigger(_)) => self.later.push_back(later),
             }
-            "RemoteStartTransaction" => {
-                self.requests.remote_start = call[3]["idTag"].as_str().map(str::to_string);
-                json!([3, id, {"status": "Accepted"}])
-            }
-            "Reset" | "ChangeAvailability" | "ChangeConfiguration" => {
-                json!([3, id, {"status": "Accepted"}])
-            }
-            "UnlockConnector" => json!([3, id, {"status": "Unlocked"}]),
-            "TriggerMessage" => json!([3, id, {"status": "Accepted"}]),
-            "GetConfiguration" => json!([3, id, {"configurationKey": [
-                {"key": "MeterValueSampleInterval", "readonly": false, "value": self.cfg.meter_interval.as_secs().to_string()}]}]),
-            _ => json!([
-                4,
-                id,
-                "NotImplemented",
-                format!("{action} is not simulated"),
-                {}
-            ]),
+        }
+        let reply = match answer.reply {
+            Ok(payload) => json!([3, id, payload]),
+            Err((code, description)) => json!([4, id, code, description, {}]),
         };
         let ws = self.ws.as_mut().ok_or("not connected")?;
         ws.send(Message::Text(reply.to_string().into()))
@@ -414,165 +653,339 @@ impl SimCharger {
             .map_err(|e| e.to_string())
     }
 
+    /// Sends what answered CALLs asked for (a report's parts, a triggered message).
+    async fn send_later(&mut self) -> Res<()> {
+        while self.ws.is_some() {
+            let Some(effect) = self.later.pop_front() else {
+                return Ok(());
+            };
+            match effect {
+                Effect::Report { request_id } => {
+                    for part in self.model.report(request_id, &self.ts()) {
+                        self.call("NotifyReport", part).await?;
+                    }
+                }
+                Effect::Trigger(message) => self.triggered(&message).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the message a TriggerMessage asked for (2.0.1).
+    async fn triggered(&mut self, message: &str) -> Res<()> {
+        let ts = self.ts();
+        match message {
+            "BootNotification" => self.boot("Triggered").await,
+            "Heartbeat" => self.call("Heartbeat", json!({})).await.map(|_| ()),
+            "StatusNotification" => {
+                let plug = if self.tx.is_some() {
+                    Plug::Preparing
+                } else {
+                    Plug::Available
+                };
+                match v201::status(plug, &ts) {
+                    Some(p) => self.call("StatusNotification", p).await.map(|_| ()),
+                    None => Ok(()),
+                }
+            }
+            "MeterValues" => {
+                let p = v201::meter_values(&self.reading, &ts);
+                self.call("MeterValues", p).await.map(|_| ())
+            }
+            "TransactionEvent" => self.meter("Trigger").await,
+            _ => Ok(()),
+        }
+    }
+
     /// Sends a transaction message now, or queues it while the connection is down.
-    async fn send_or_queue(&mut self, action: &str, payload: Value) -> Res<Option<Value>> {
+    async fn send_or_queue(&mut self, action: &'static str, payload: Value) -> Res<Option<Value>> {
         if self.ws.is_none() {
-            self.queue.push_back((action.to_string(), payload));
+            self.queue.push_back((action, payload));
             return Ok(None);
         }
         self.call(action, payload).await.map(Some)
     }
 
-    async fn status(&mut self, connector: u32, status: &str) -> Res<()> {
-        let ts = fmt_ts(self.now());
-        self.call("StatusNotification", json!({"connectorId": connector, "errorCode": "NoError", "status": status, "timestamp": ts}))
-            .await
-            .map(|_| ())
+    /// Delivers the queue in order (a reconnected charger's first job).
+    async fn send_queue(&mut self) -> Res<()> {
+        while let Some((action, payload)) = self.queue.pop_front() {
+            self.call(action, payload).await?;
+        }
+        Ok(())
     }
 
-    async fn boot(&mut self) -> Res<()> {
-        let r = self
-            .call(
-                "BootNotification",
-                json!({"chargePointVendor": "chargesite-sim", "chargePointModel": "SIM-22",
-                       "chargePointSerialNumber": format!("SN-{}", self.id), "firmwareVersion": env!("CARGO_PKG_VERSION")}),
-            )
-            .await?;
+    async fn status(&mut self, plug: Plug) -> Res<()> {
+        let ts = self.ts();
+        let payload = match self.version {
+            Version::V16 => Some(v16::status(1, plug, &ts)),
+            Version::V201 => v201::status(plug, &ts),
+        };
+        match payload {
+            Some(p) => self.call("StatusNotification", p).await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// BootNotification; `reason` is 2.0.1's BootReason (1.6 has none).
+    async fn boot(&mut self, reason: &str) -> Res<()> {
+        let payload = match self.version {
+            Version::V16 => v16::boot(&self.id),
+            Version::V201 => v201::boot(&self.id, reason),
+        };
+        let r = self.call("BootNotification", payload).await?;
         if r["status"] != "Accepted" {
             return Err(format!("BootNotification answered {}", r["status"]));
         }
         Ok(())
     }
 
-    async fn life(&mut self) -> Res<()> {
-        self.connect().await?;
-        lock(&self.summary).connected += 1;
-        self.boot().await?;
-        self.status(0, "Available").await?;
-        self.status(1, "Available").await?;
-        for n in 0..self.cfg.sessions {
-            let tag = self
-                .requests
-                .remote_start
-                .take()
-                .unwrap_or_else(|| self.tag());
-            self.session(n, &tag).await?;
-            self.idle(Duration::from_millis(200)).await?;
-        }
-        self.call("Heartbeat", json!({})).await?;
-        if let Some(mut ws) = self.ws.take() {
-            let _ = ws.close(None).await;
+    async fn authorize(&mut self, tag: &str) -> Res<()> {
+        let (payload, info) = match self.version {
+            Version::V16 => (v16::authorize(tag), "idTagInfo"),
+            Version::V201 => (v201::authorize(tag), "idTokenInfo"),
+        };
+        let a = self.call("Authorize", payload).await?;
+        if a[info]["status"] != "Accepted" {
+            return Err(format!("tag refused: {}", a[info]["status"]));
         }
         Ok(())
     }
 
-    async fn session(&mut self, n: u32, tag: &str) -> Res<()> {
-        self.status(1, "Preparing").await?;
-        let a = self.call("Authorize", json!({"idTag": tag})).await?;
-        if a["idTagInfo"]["status"] != "Accepted" {
-            return Err(format!("tag refused: {}", a["idTagInfo"]["status"]));
-        }
-        // A rebooted charger with bad firmware starts its next transaction from 0.
-        let meter_start = if n > 0 && self.has(FaultKind::Reboot) {
-            0
-        } else {
-            self.register_wh
+    /// Starts the `n`-th transaction: StartTransaction (1.6) or TransactionEvent Started
+    /// (2.0.1).
+    async fn start(
+        &mut self,
+        n: u32,
+        tag: &str,
+        remote_start_id: Option<i64>,
+        begin: &Reading,
+    ) -> Res<()> {
+        let ts = self.ts();
+        let (id, info) = match self.version {
+            Version::V16 => {
+                let r = self
+                    .call("StartTransaction", v16::start(tag, begin.register_wh, &ts))
+                    .await?;
+                let id = r["transactionId"]
+                    .as_i64()
+                    .ok_or("StartTransaction without transactionId")?;
+                (TxId::Int(id), r["idTagInfo"]["status"].clone())
+            }
+            Version::V201 => {
+                let id = v201::transaction_id(self.run, n);
+                let e = v201::Event {
+                    tx_id: &id,
+                    seq_no: 0,
+                    ts: &ts,
+                    offline: false,
+                };
+                let p = v201::started(&e, tag, remote_start_id, begin);
+                let r = self.call("TransactionEvent", p).await?;
+                // idTokenInfo is optional in the answer: no news is acceptance
+                let status = r
+                    .get("idTokenInfo")
+                    .map_or(json!("Accepted"), |i| i["status"].clone());
+                (TxId::Str(id), status)
+            }
         };
-        let start = self
-            .call("StartTransaction", json!({"connectorId": 1, "idTag": tag, "meterStart": meter_start, "timestamp": fmt_ts(self.now())}))
-            .await?;
-        let tx = start["transactionId"]
-            .as_i64()
-            .ok_or("StartTransaction without transactionId")?;
-        if start["idTagInfo"]["status"] != "Accepted" {
-            return Err(format!(
-                "StartTransaction refused the tag: {}",
-                start["idTagInfo"]["status"]
-            ));
+        if info != "Accepted" {
+            return Err(format!("the transaction's start refused the tag: {info}"));
         }
-        lock(&self.summary).sessions_started += 1;
-        self.status(1, "Charging").await?;
+        self.tx = Some(Tx {
+            id,
+            tag: tag.to_string(),
+            next_seq: 1,
+        });
+        Ok(())
+    }
+
+    /// Reports the meter's latest reading for the running transaction: MeterValues (1.6)
+    /// or TransactionEvent Updated (2.0.1), queued while disconnected.
+    async fn meter(&mut self, trigger: &str) -> Res<()> {
+        let ts = self.ts();
+        let offline = self.ws.is_none();
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(());
+        };
+        let (action, payload) = match &tx.id {
+            TxId::Int(id) => ("MeterValues", v16::meter(*id, &self.reading, &ts)),
+            TxId::Str(id) => {
+                let e = v201::Event {
+                    tx_id: id,
+                    seq_no: tx.next_seq,
+                    ts: &ts,
+                    offline,
+                };
+                tx.next_seq += 1;
+                (
+                    "TransactionEvent",
+                    v201::updated(&e, trigger, &self.reading),
+                )
+            }
+        };
+        self.send_or_queue(action, payload).await.map(|_| ())
+    }
+
+    /// Ends the running transaction: StopTransaction (1.6) or TransactionEvent Ended
+    /// (2.0.1), queued while disconnected.
+    async fn stop(&mut self, cause: StopCause) -> Res<()> {
+        let ts = self.ts();
+        let offline = self.ws.is_none();
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        let end = Reading {
+            power_w: 0.0,
+            ..self.reading
+        };
+        let payload = match &tx.id {
+            TxId::Int(id) => ("StopTransaction", v16::stop(*id, &tx.tag, &end, cause, &ts)),
+            TxId::Str(id) => {
+                let e = v201::Event {
+                    tx_id: id,
+                    seq_no: tx.next_seq,
+                    ts: &ts,
+                    offline,
+                };
+                ("TransactionEvent", v201::ended(&e, cause, &end))
+            }
+        };
+        self.send_or_queue(payload.0, payload.1).await.map(|_| ())
+    }
+
+    async fn life(&mut self) -> Res<()> {
+        self.connect().await?;
+        {
+            let mut s = lock(&self.summary);
+            s.connected += 1;
+            s.connected_v201 += usize::from(self.version == Version::V201);
+        }
+        self.boot("PowerUp").await?;
+        if self.version == Version::V16 {
+            // 1.6 reports the charger as a whole (connector 0) too
+            let ts = self.ts();
+            self.call("StatusNotification", v16::status(0, Plug::Available, &ts))
+                .await?;
+        }
+        self.status(Plug::Available).await?;
+        for n in 0..self.cfg.sessions {
+            self.session(n).await?;
+            self.idle(Duration::from_millis(200)).await?;
+        }
+        self.call("Heartbeat", json!({})).await?;
+        self.disconnect().await;
+        Ok(())
+    }
+
+    /// One session, the same for both versions: plug in, authorize, start, charge on the
+    /// curve (with the charger's faults at mid-session), stop, unplug.
+    async fn session(&mut self, n: u32) -> Res<()> {
+        let remote = self.requests.remote_start.take();
+        let tag = remote
+            .as_ref()
+            .map_or_else(|| self.tag(), |(t, _)| t.clone());
+        self.status(Plug::Preparing).await?;
+        // A 2.0.1 station does not authorize a remote start again (its AuthorizeRemoteStart
+        // is false); the 1.6 simulator always has.
+        if remote.is_none() || self.version == Version::V16 {
+            self.authorize(&tag).await?;
+        }
         let mut car = Car {
             capacity_wh: 60_000.0,
             soc_pct: 20.0 + (self.index % 5) as f64 * 10.0,
             max_power_w: self.cfg.max_power_w,
         };
+        let begin = Reading {
+            register_wh: self.begin_register(n),
+            power_w: 0.0,
+            soc_pct: car.soc_pct,
+        };
+        self.reading = Reading {
+            register_wh: self.register_wh,
+            ..begin
+        };
+        self.start(n, &tag, remote.and_then(|(_, id)| id), &begin)
+            .await?;
+        lock(&self.summary).sessions_started += 1;
+        self.status(Plug::Charging).await?;
         let session_start = Instant::now();
         let start_register = self.register_wh;
         let midpoint = self.cfg.session / 2;
         let mut faulted = false;
-        let mut reason = "EVDisconnected";
-        while session_start.elapsed() < self.cfg.session && !self.requests.remote_stop {
+        let mut cause = StopCause::EvDisconnected;
+        while session_start.elapsed() < self.cfg.session {
             self.idle(self.cfg.meter_interval).await?;
-            let secs = self.cfg.meter_interval.as_secs_f64() * self.cfg.time_scale;
-            let wh = car.charge(secs);
-            self.register_wh += wh.round() as i64;
-            let mv = json!({"connectorId": 1, "transactionId": tx, "meterValue": [{
-                "timestamp": fmt_ts(self.now()),
-                "sampledValue": model::sampled_values(self.register_wh, car.power_w(), car.soc_pct, "Sample.Periodic")}]});
-            self.send_or_queue("MeterValues", mv).await?;
+            if self.requests.remote_stop {
+                self.requests.remote_stop = false;
+                cause = StopCause::Remote;
+                break;
+            }
+            if let Some(hard) = self.requests.reset.take() {
+                cause = StopCause::Reset { hard };
+                break;
+            }
+            self.charge(&mut car, self.cfg.meter_interval);
+            self.meter("MeterValuePeriodic").await?;
             if !faulted && session_start.elapsed() >= midpoint {
                 faulted = true;
                 if self.has(FaultKind::Drop) {
-                    self.drop_and_return(tx, &mut car).await?;
+                    self.drop_and_return(&mut car).await?;
                 } else if self.has(FaultKind::Reboot) && n + 1 < self.cfg.sessions {
-                    reason = "Reboot";
+                    cause = StopCause::PowerLoss;
                     break;
                 }
             }
         }
-        if self.requests.remote_stop {
-            reason = "Remote";
-            self.requests.remote_stop = false;
-        }
-        if reason == "Reboot" {
+        let reboots = matches!(cause, StopCause::PowerLoss | StopCause::Reset { .. });
+        if reboots {
             // the charger goes away, comes back, boots, and reports the transaction it lost
-            if let Some(mut ws) = self.ws.take() {
-                let _ = ws.close(None).await;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            self.connect().await?;
-            self.boot().await?;
-            self.status(1, "Available").await?;
+            self.disconnect().await;
         }
-        let stop = json!({"transactionId": tx, "meterStop": self.register_wh, "timestamp": fmt_ts(self.now()),
-            "reason": reason, "idTag": tag,
-            "transactionData": [{"timestamp": fmt_ts(self.now()),
-                "sampledValue": model::sampled_values(self.register_wh, 0.0, car.soc_pct, "Transaction.End")}]});
-        self.call("StopTransaction", stop).await?;
+        self.stop(cause).await?;
         {
             let mut s = lock(&self.summary);
             s.sessions_stopped += 1;
             s.energy_wh += self.register_wh - start_register;
         }
-        if reason != "Reboot" {
-            self.status(1, "Finishing").await?;
-            self.status(1, "Available").await?;
+        if reboots {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            self.connect().await?;
+            let reason = match cause {
+                StopCause::Reset { .. } => "RemoteReset",
+                _ => "PowerUp",
+            };
+            self.boot(reason).await?;
+            self.send_queue().await?;
+        } else {
+            self.status(Plug::Finishing).await?;
         }
-        Ok(())
+        self.status(Plug::Available).await
     }
 
-    /// Drops the connection, keeps charging and queueing MeterValues for the offline
-    /// period, then reconnects (no BootNotification) and delivers the queue in order.
-    async fn drop_and_return(&mut self, tx: i64, car: &mut Car) -> Res<()> {
-        if let Some(mut ws) = self.ws.take() {
-            let _ = ws.close(None).await;
-        }
+    /// Charges the car for `d` of wall-clock time (scaled) and reads the meter.
+    fn charge(&mut self, car: &mut Car, d: Duration) {
+        let wh = car.charge(d.as_secs_f64() * self.cfg.time_scale);
+        self.register_wh += wh.round() as i64;
+        self.reading = Reading {
+            register_wh: self.register_wh,
+            power_w: car.power_w(),
+            soc_pct: car.soc_pct,
+        };
+    }
+
+    /// Drops the connection, keeps charging and queueing readings for the offline period,
+    /// then reconnects (no BootNotification) and delivers the queue in order.
+    async fn drop_and_return(&mut self, car: &mut Car) -> Res<()> {
+        self.disconnect().await;
         let away = Instant::now();
         while away.elapsed() < self.cfg.offline {
             tokio::time::sleep(self.cfg.meter_interval).await;
-            let wh = car.charge(self.cfg.meter_interval.as_secs_f64() * self.cfg.time_scale);
-            self.register_wh += wh.round() as i64;
-            let mv = json!({"connectorId": 1, "transactionId": tx, "meterValue": [{
-                "timestamp": fmt_ts(self.now()),
-                "sampledValue": model::sampled_values(self.register_wh, car.power_w(), car.soc_pct, "Sample.Periodic")}]});
-            self.send_or_queue("MeterValues", mv).await?;
+            self.charge(car, self.cfg.meter_interval);
+            self.meter("MeterValuePeriodic").await?;
         }
         self.connect().await?;
-        while let Some((action, payload)) = self.queue.pop_front() {
-            self.call(&action, payload).await?;
-        }
-        Ok(())
+        self.send_queue().await
     }
 }
 

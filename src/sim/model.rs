@@ -1,8 +1,6 @@
 //! A charging session as a car and a charger would produce it, pure: power tapering as the
 //! battery fills, the energy register, per-phase current, voltage, state of charge.
 
-use serde_json::{json, Value};
-
 /// An EV being charged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Car {
@@ -13,9 +11,6 @@ pub struct Car {
     /// The charger's (and car's) maximum power, W.
     pub max_power_w: f64,
 }
-
-/// Phase voltage of the simulated grid, V.
-const VOLTAGE: f64 = 230.0;
 
 impl Car {
     /// Power drawn at the current state of charge: full power up to 80 %, then tapering
@@ -41,19 +36,47 @@ impl Car {
     }
 }
 
-/// The OCPP `sampledValue` list for one reading.
-pub fn sampled_values(register_wh: i64, power_w: f64, soc_pct: f64, context: &str) -> Value {
-    let amps = power_w / (3.0 * VOLTAGE);
-    let mut v = vec![
-        json!({"value": register_wh.to_string(), "context": context, "measurand": "Energy.Active.Import.Register", "unit": "Wh", "location": "Outlet"}),
-        json!({"value": format!("{:.0}", power_w), "context": context, "measurand": "Power.Active.Import", "unit": "W"}),
-    ];
-    for phase in ["L1", "L2", "L3"] {
-        v.push(json!({"value": format!("{amps:.1}"), "context": context, "measurand": "Current.Import", "phase": phase, "unit": "A"}));
+/// One meter reading as the charger's meter would take it: what both protocol versions
+/// report, each in its own words (`v16::sampled_values`, `v201::sampled_values`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// The energy register, Wh.
+    pub register_wh: i64,
+    /// Total active power, W.
+    pub power_w: f64,
+    /// The car's state of charge, %.
+    pub soc_pct: f64,
+}
+
+/// One phase of a three-phase reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseReading {
+    /// `L1`, `L2` or `L3`.
+    pub phase: &'static str,
+    /// Line-to-neutral voltage, V.
+    pub voltage_v: f64,
+    /// Current, A.
+    pub current_a: f64,
+    /// Active power on this phase, W.
+    pub power_w: f64,
+}
+
+/// Line-to-neutral voltages of the simulated grid, V: not quite balanced, as a real one.
+const PHASE_VOLTAGES: [(&str, f64); 3] = [("L1", 230.4), ("L2", 229.1), ("L3", 231.0)];
+
+impl Reading {
+    /// The three phases: the power shared equally, each phase's current from its voltage.
+    pub fn phases(&self) -> [PhaseReading; 3] {
+        PHASE_VOLTAGES.map(|(phase, voltage_v)| {
+            let power_w = self.power_w / 3.0;
+            PhaseReading {
+                phase,
+                voltage_v,
+                current_a: power_w / voltage_v,
+                power_w,
+            }
+        })
     }
-    v.push(json!({"value": format!("{VOLTAGE:.1}"), "context": context, "measurand": "Voltage", "phase": "L1-N", "unit": "V"}));
-    v.push(json!({"value": format!("{soc_pct:.0}"), "context": context, "measurand": "SoC", "unit": "Percent", "location": "EV"}));
-    Value::Array(v)
 }
 
 #[cfg(test)]
@@ -87,16 +110,19 @@ mod tests {
     }
 
     #[test]
-    fn a_reading_has_register_power_current_voltage_and_soc() {
-        let v = sampled_values(1234, 6900.0, 55.0, "Sample.Periodic");
-        let measurands: Vec<&str> = v
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["measurand"].as_str().unwrap())
-            .collect();
-        assert_eq!(measurands[0], "Energy.Active.Import.Register");
-        assert!(measurands.contains(&"SoC"));
-        assert_eq!(v[2]["value"], "10.0");
+    fn three_phases_share_the_power_and_carry_what_their_voltage_implies() {
+        let r = Reading {
+            register_wh: 1234,
+            power_w: 6900.0,
+            soc_pct: 55.0,
+        };
+        let phases = r.phases();
+        let total: f64 = phases.iter().map(|p| p.power_w).sum();
+        assert!((total - 6900.0).abs() < 1e-9);
+        for p in phases {
+            assert!((p.current_a * p.voltage_v - 2300.0).abs() < 1e-9);
+            assert!((9.9..10.1).contains(&p.current_a));
+        }
+        assert_eq!(phases.map(|p| p.phase), ["L1", "L2", "L3"]);
     }
 }
