@@ -21,6 +21,13 @@ use tokio_util::sync::CancellationToken;
 const SITE: &str = "demo-site";
 const ROOT: &str = "chargesite/v1/demo-site";
 
+/// The demo's chargers and the OCPP version each speaks (`sim::Fleet::Mixed`).
+const CHARGERS: [(&str, &str); 3] = [
+    ("DEMO0001", "1.6"),
+    ("DEMO0002", "2.0.1"),
+    ("DEMO0003", "1.6"),
+];
+
 /// What the demo needs from the outside: nothing. Returns whether every event arrived.
 ///
 /// # Errors
@@ -138,7 +145,7 @@ pub async fn run() -> Result<bool, String> {
     };
     say(
         "chargers",
-        "3 simulated chargers connect; drivers type their OTPs (22 kW, 1 s = 2 min)",
+        "3 simulated chargers connect (DEMO0002 on OCPP 2.0.1, the others 1.6); drivers type their OTPs (22 kW, 1 s = 2 min)",
     );
     let sim_task = tokio::spawn(crate::sim::run(sim));
 
@@ -209,7 +216,11 @@ pub async fn run() -> Result<bool, String> {
     shutdown.cancel();
     let _ = agent_task.await;
     let _ = std::fs::remove_dir_all(&dir);
-    let ok = complete && summary.errors.is_empty() && bpp.events_of("session.stopped").len() == 3;
+    let failures = check_sessions(&bpp.all_events(), &CHARGERS);
+    for f in &failures {
+        say("bpp", &format!("check failed: {f}"));
+    }
+    let ok = complete && summary.errors.is_empty() && failures.is_empty();
     println!(
         "\n{}",
         if ok {
@@ -219,6 +230,54 @@ pub async fn run() -> Result<bool, String> {
         }
     );
     Ok(ok)
+}
+
+/// What the BPP must have seen of each charger: connected with its OCPP version, one
+/// session started (a 2.0.1 charger's `transaction_id` is its own string, a 1.6 one's the
+/// agent's integer) and stopped. Returns what is wrong, in words.
+fn check_sessions(events: &[Value], chargers: &[(&str, &str)]) -> Vec<String> {
+    let of = |kind: &str, cp: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["type"] == kind && e["cp_id"] == cp)
+            .collect()
+    };
+    let mut failures = Vec::new();
+    for &(cp, version) in chargers {
+        let connected = of("charger.connected", cp);
+        if connected.is_empty() || connected.iter().any(|e| e["ocpp_version"] != version) {
+            failures.push(format!(
+                "{cp}: no charger.connected with ocpp_version {version}"
+            ));
+        }
+        let started = of("session.started", cp);
+        let id_ok = |e: &&Value| match version {
+            "2.0.1" => e["transaction_id"].as_str().is_some_and(|s| !s.is_empty()),
+            _ => e["transaction_id"].is_i64(),
+        };
+        if started.len() != 1 || !started.iter().all(id_ok) {
+            failures.push(format!(
+                "{cp}: expected one session.started with a {} transaction_id, got {started:?}",
+                if version == "2.0.1" {
+                    "string"
+                } else {
+                    "integer"
+                }
+            ));
+        }
+        let stopped = of("session.stopped", cp);
+        let same_session = |e: &&Value| {
+            started
+                .first()
+                .is_some_and(|s| s["session_id"] == e["session_id"])
+        };
+        if stopped.len() != 1 || !stopped.iter().all(same_session) {
+            failures.push(format!(
+                "{cp}: expected its session stopped once, got {stopped:?}"
+            ));
+        }
+    }
+    failures
 }
 
 fn money(v: &Value) -> String {
@@ -463,6 +522,11 @@ impl Bpp {
         self.contiguous() >= last
     }
 
+    fn all_events(&self) -> Vec<Value> {
+        let g = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.values().cloned().collect()
+    }
+
     fn events_of(&self, kind: &str) -> Vec<Value> {
         let g = self.events.lock().unwrap_or_else(|p| p.into_inner());
         g.0.values()
@@ -492,9 +556,10 @@ impl Bpp {
                     e["order_id"].as_str().unwrap_or("")
                 ),
                 "session.started" => format!(
-                    "{} {} meter {} Wh, uplink {}",
+                    "{} {} transaction {}, meter {} Wh, uplink {}",
                     e["cp_id"].as_str().unwrap_or(""),
                     e["order_id"].as_str().unwrap_or(""),
+                    e["transaction_id"],
                     e["meter_start_wh"],
                     if e["uplink_online"] == true {
                         "online"
@@ -508,6 +573,11 @@ impl Bpp {
                     e["order_id"].as_str().unwrap_or(""),
                     e["energy_wh"],
                     e["reason"].as_str().unwrap_or("")
+                ),
+                "charger.connected" => format!(
+                    "{} OCPP {}",
+                    e["cp_id"].as_str().unwrap_or(""),
+                    e["ocpp_version"].as_str().unwrap_or("?")
                 ),
                 _ => e
                     .get("cp_id")
@@ -525,5 +595,39 @@ impl Bpp {
             "(and {meters} session.meter events, plus connector statuses and boots)"
         ));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(cp: &str, version: &str, tx: Value) -> Vec<Value> {
+        vec![
+            json!({"type": "charger.connected", "cp_id": cp, "ocpp_version": version}),
+            json!({"type": "session.started", "cp_id": cp, "session_id": format!("s-{cp}"), "transaction_id": tx}),
+            json!({"type": "session.stopped", "cp_id": cp, "session_id": format!("s-{cp}")}),
+        ]
+    }
+
+    #[test]
+    fn a_mixed_fleet_with_every_session_started_and_stopped_passes() {
+        let mut events = flow("A", "1.6", json!(1));
+        events.extend(flow("B", "2.0.1", json!("18c2a3f-0")));
+        assert!(check_sessions(&events, &[("A", "1.6"), ("B", "2.0.1")]).is_empty());
+    }
+
+    #[test]
+    fn a_2_0_1_charger_seen_as_1_6_or_with_an_integer_transaction_id_fails() {
+        let events = flow("B", "1.6", json!(7));
+        let failures = check_sessions(&events, &[("B", "2.0.1")]);
+        assert_eq!(failures.len(), 2, "{failures:?}");
+    }
+
+    #[test]
+    fn a_session_never_stopped_fails() {
+        let mut events = flow("A", "1.6", json!(1));
+        events.pop();
+        assert_eq!(check_sessions(&events, &[("A", "1.6")]).len(), 1);
     }
 }
