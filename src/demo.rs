@@ -2,9 +2,11 @@
 //!
 //! An embedded MQTT broker stands in for the operator's; a BPP-side subscriber provisions
 //! OTP orders and watches the events; the agent runs on a temporary database; simulated
-//! chargers charge with the OTPs. Mid-session the uplink is cut (a relay between agent and
-//! broker drops its connections and refuses new ones): chargers keep being answered, the
-//! backlog grows; the link is restored and every event arrives, ending with the bills.
+//! chargers charge with the OTPs, one of them (`DEMO0002`) on OCPP 2.0.1, the others on
+//! 1.6. Mid-session the uplink is cut (a relay between agent and broker drops its
+//! connections and refuses new ones): chargers keep being answered, the backlog grows; the link is restored and every event arrives, ending with the bills. It
+//! passes when every event arrived and each charger was seen with its OCPP version, its
+//! session started and stopped.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -9,7 +9,8 @@
 //!   traits), systemd, housekeeping, orderly shutdown.
 //! - `demo`, `broker` (feature `embedded-broker`, off in the gateway build): the one-command
 //!   demo and its embedded MQTT broker.
-//! - [`sim`]: simulated OCPP 1.6 chargers (`chargesite simulate`) and their charging model.
+//! - [`sim`]: simulated OCPP 1.6 and 2.0.1 chargers (`chargesite simulate`), their
+//!   charging model and each version's payloads.
 //!
 //! Drivers (I/O only; they call the pure rules below):
 //! - [`uplink`]: store-and-forward to the BPP over MQTT: the MQTT driver, commands,
