@@ -163,6 +163,118 @@ fn simulated_chargers_with_faults_run_clean_sessions_against_the_agent() {
 }
 
 #[test]
+fn simulated_2_0_1_chargers_with_faults_run_clean_sessions_against_the_agent() {
+    let agent = Agent::start(
+        "allow_unknown_chargers = true",
+        "[auth]\nfree_vend = true\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_chargesite"))
+        .args([
+            "simulate",
+            "--url",
+            &format!("ws://{}/ocpp", agent.addr),
+            "--ocpp",
+            "mixed",
+            "--chargers",
+            "6",
+            "--sessions",
+            "2",
+            "--session-secs",
+            "4",
+            "--meter-interval-ms",
+            "400",
+            "--time-scale",
+            "60",
+            "--fault",
+            "drop=1",
+            "--fault",
+            "clock=3",
+            "--fault",
+            "reboot=5",
+            "--offline-secs",
+            "2",
+            "--duration-secs",
+            "120",
+            "--tag",
+            "482913",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("chargers connected: 6 (OCPP 2.0.1: 3)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sessions: 12 started, 12 stopped"),
+        "{stdout}"
+    );
+
+    let db = agent.db();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    // the odd chargers spoke 2.0.1: their transactions are theirs, named by strings
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM sessions WHERE state = 'stopped' AND charger_tx_id IS NOT NULL"
+        ),
+        6
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM sessions WHERE state = 'stopped'"),
+        12
+    );
+    // the dropped 2.0.1 charger replayed its queued events offline, in seqNo order
+    let replayed: Vec<(i64, i64)> = db
+        .prepare(
+            "SELECT seq_no, offline FROM tx_events WHERE cp_id = 'SIM0002' \
+             ORDER BY charger_tx_id, seq_no",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        replayed.iter().filter(|e| e.1 == 1).count() >= 4,
+        "{replayed:?}"
+    );
+    assert_eq!(replayed.first(), Some(&(0, 0)));
+    let flags = |cp: &str| -> Vec<String> {
+        db.prepare("SELECT flags FROM sessions WHERE cp_id = ?1 ORDER BY started_at")
+            .unwrap()
+            .query_map([cp], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(
+        flags("SIM0002").iter().all(|f| f.is_empty()),
+        "{:?}",
+        flags("SIM0002")
+    );
+    assert!(flags("SIM0004").iter().all(|f| f.contains("clock_unset")));
+    // the rebooted 2.0.1 charger: PowerLoss, then a Transaction.Begin of 0 that is flagged
+    // and not billed as a huge delta
+    assert!(
+        flags("SIM0006")[1].contains("meter_start_zero"),
+        "{:?}",
+        flags("SIM0006")
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM sessions WHERE cp_id = 'SIM0006' AND stop_reason = 'PowerLoss'"
+        ),
+        1
+    );
+    assert!(count("SELECT max(energy_wh) FROM sessions") < 10_000);
+}
+
+#[test]
 fn simulate_fails_with_a_clear_error_when_nothing_listens() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
