@@ -5,6 +5,7 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod mqtt;
+pub mod schema;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
