@@ -6,10 +6,12 @@
 //! the charger's CALLRESULT; both are pure, and [`send`] only puts them around the
 //! registry's CALL. 1.6 requests are built from `ocpp_rs`'s 1.6 types. 2.0.1 ones come
 //! from its `v21` types, which serve 2.0.1 through 2.1 with wider bounds and more enum
-//! values: every 2.0.1 limit that differs (an idToken of at most 36 characters, not 255;
+//! values: the 2.0.1 limits that differ (an idToken of at most 36 characters, not 255;
 //! a SetVariables value of at most 1,000, not 2,500; no `ImmediateAndResume` reset, no
-//! `CustomTrigger`) is guarded here, so what goes on the wire is valid **2.0.1**. An answer
-//! is believed only once it has the action's response shape.
+//! `CustomTrigger`) are guarded here with a message that says which, and then every 2.0.1
+//! payload is held to the official 2.0.1 schema ([`super::v201::schema`]), so what goes
+//! on the wire is valid **2.0.1**. An answer is believed only once it has the action's
+//! response shape (for 2.0.1: its official response schema too).
 
 use std::fmt;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use serde_json::Value;
 
 use super::frame::Version;
 use super::registry::{CallFailure, Registry};
+use super::v201::schema;
 
 /// A transaction at a charger, named as that charger's OCPP version names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,8 +282,8 @@ pub fn request(command: &Command, version: Version) -> Result<Request, CommandEr
     let checked = match version {
         Version::V16 => ocpp_rs::v16::validate_gen::validate_action_payload(action, &payload)
             .map_err(|v| format!("{}: {:?}", v.path, v.kind)),
-        Version::V201 => ocpp_rs::v21::validate_gen::validate_action_payload(action, &payload)
-            .map_err(|v| format!("{}: {:?}", v.path, v.kind)),
+        Version::V201 => schema::validate(&format!("{action}Request"), &payload)
+            .map_err(|v| format!("not valid OCPP 2.0.1: {}", v.description)),
     };
     checked.map_err(CommandError::BadRequest)?;
     Ok(Request { action, payload })
@@ -700,8 +703,8 @@ fn check_v201(action: &str, answer: &Value) -> Result<(), CommandError> {
             "no 2.0.1 response shape for {other}"
         ))),
     }?;
-    ocpp_rs::v21::validate_gen::validate_response_payload(action, answer)
-        .map_err(|v| CommandError::BadResponse(format!("{}: {:?}", v.path, v.kind)))
+    schema::validate(&format!("{action}Response"), answer)
+        .map_err(|v| CommandError::BadResponse(format!("not valid OCPP 2.0.1: {}", v.description)))
 }
 
 /// What a 2.0.1 charger's GetTransactionStatus answer says about a transaction the store
@@ -746,17 +749,19 @@ pub fn transaction_status(answer: &Value) -> Result<TransactionStatus, CommandEr
     })
 }
 
-/// The official 2.0.1 schemas and their checker, shared with the integration tests.
-#[cfg(test)]
-#[path = "../../tests/common/schema.rs"]
-mod schema201;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    use super::schema201 as schema;
+    /// Every way `payload` breaks the official 2.0.1 schema `name` (empty: none).
+    fn violations(name: &str, payload: &Value) -> Vec<String> {
+        schema::validate(name, payload)
+            .err()
+            .map(|v| v.description)
+            .into_iter()
+            .collect()
+    }
 
     fn v201(command: &Command) -> Request {
         request(command, Version::V201).unwrap_or_else(|e| panic!("{command:?}: {e}"))
@@ -945,7 +950,7 @@ mod tests {
             let built = v201(&command);
             assert_eq!(built.action, action, "{command:?}");
             assert_eq!(built.payload, wire, "{command:?}");
-            let broken = schema::request_violations(action, &built.payload);
+            let broken = violations(&format!("{action}Request"), &built.payload);
             assert!(broken.is_empty(), "{action}: {broken:?}");
         }
     }
@@ -976,7 +981,7 @@ mod tests {
         ];
         for (action, payload) in cases {
             assert!(
-                !schema::request_violations(action, &payload).is_empty(),
+                !violations(&format!("{action}Request"), &payload).is_empty(),
                 "{action} {payload}"
             );
         }
@@ -1208,7 +1213,7 @@ mod tests {
         ];
         for (action, answer) in good {
             assert!(
-                schema::response_violations(action, &answer).is_empty(),
+                violations(&format!("{action}Response"), &answer).is_empty(),
                 "the test's own answer must be valid: {action} {answer}"
             );
             check_answer(action, Version::V201, &answer)
@@ -1235,7 +1240,7 @@ mod tests {
         ];
         for (action, answer) in bad {
             assert!(
-                !schema::response_violations(action, &answer).is_empty(),
+                !violations(&format!("{action}Response"), &answer).is_empty(),
                 "the test's own answer must be invalid: {action} {answer}"
             );
             assert!(

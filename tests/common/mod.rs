@@ -5,7 +5,6 @@
 
 #[cfg(feature = "embedded-broker")]
 pub mod mqtt;
-pub mod schema;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -213,6 +212,14 @@ impl Charger {
 
     pub async fn connect(url: &str) -> Charger {
         match Self::try_connect(url, Some("ocpp1.6"), None).await {
+            Connect::Ok(c) => *c,
+            Connect::Refused(s) => panic!("refused with HTTP {s}"),
+        }
+    }
+
+    /// Connects offering only `ocpp2.0.1`.
+    pub async fn connect_v201(url: &str) -> Charger {
+        match Self::try_connect(url, Some("ocpp2.0.1"), None).await {
             Connect::Ok(c) => *c,
             Connect::Refused(s) => panic!("refused with HTTP {s}"),
         }
