@@ -10,10 +10,13 @@ mod common;
 
 use std::time::Duration;
 
+use chargesite::ocpp::commands::{self, Command, CommandError, ReportBase, VariableRef};
+use chargesite::ocpp::registry::Registry;
 use chargesite::ocpp::v201::schema;
 use common::mqtt::{Bpp, Broker};
 use common::{eventually, ts, Agent, Charger};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 const ROOT: &str = "chargesite/v1/site-001";
 const OPEN: &str = "allow_unknown_chargers = true";
@@ -350,4 +353,150 @@ async fn a_1_6_charger_that_reconnects_with_an_open_transaction_is_asked_nothing
     assert!(eventually(10, || agent.events_of("charger.disconnected").len() == 1).await);
     let mut c = Charger::connect(&agent.url("CP16")).await;
     assert!(c.try_recv(Duration::from_millis(800)).await.is_none());
+}
+
+/// The agent in-process, so the test holds its registry as the uplink does.
+async fn agent_in_process() -> (Registry, String, CancellationToken, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::base_config(
+        dir.path(),
+        "[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n",
+    );
+    let config = chargesite::config::parse(&text).unwrap();
+    let token = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let t = token.clone();
+    tokio::spawn(async move {
+        chargesite::agent::run(config, t, move |a| {
+            let _ = tx.send((a.registry.clone(), a.local_addr));
+        })
+        .await
+        .unwrap();
+    });
+    let (registry, addr) = rx.await.unwrap();
+    (registry, format!("ws://{addr}/ocpp/CP201"), token, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_reaches_a_2_0_1_charger_as_valid_2_0_1_and_its_answer_comes_back() {
+    let (registry, url, token, _dir) = agent_in_process().await;
+    let mut c = Charger::connect_v201(&url).await;
+    assert!(eventually(5, || registry.is_connected("CP201")).await);
+    let hb = VariableRef::new("OCPPCommCtrlr", "HeartbeatInterval");
+    let cases = vec![
+        (
+            Command::GetVariables {
+                variables: vec![hb.clone()],
+            },
+            "GetVariables",
+            json!({"getVariableResult": [{"attributeStatus": "Accepted", "attributeValue": "300",
+                "component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}]}),
+        ),
+        (
+            Command::SetVariables {
+                values: vec![(hb, "120".into())],
+            },
+            "SetVariables",
+            json!({"setVariableResult": [{"attributeStatus": "Accepted",
+                "component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}]}),
+        ),
+        (
+            Command::GetBaseReport {
+                request_id: 7,
+                report: ReportBase::FullInventory,
+            },
+            "GetBaseReport",
+            json!({"status": "Accepted"}),
+        ),
+        (
+            Command::Reset {
+                hard: false,
+                evse_id: None,
+            },
+            "Reset",
+            json!({"status": "Scheduled"}),
+        ),
+        (
+            Command::TriggerMessage {
+                message: "StatusNotification".into(),
+                connector_id: Some(1),
+            },
+            "TriggerMessage",
+            json!({"status": "Accepted"}),
+        ),
+        (
+            Command::ChangeAvailability {
+                connector_id: 1,
+                operative: false,
+                evse_connector: None,
+            },
+            "ChangeAvailability",
+            json!({"status": "Accepted"}),
+        ),
+        (
+            Command::UnlockConnector {
+                connector_id: 1,
+                evse_connector: None,
+            },
+            "UnlockConnector",
+            json!({"status": "Unlocked"}),
+        ),
+        (
+            Command::GetTransactionStatus {
+                transaction_id: None,
+            },
+            "GetTransactionStatus",
+            json!({"messagesInQueue": false}),
+        ),
+        (
+            Command::ClearCache,
+            "ClearCache",
+            json!({"status": "Accepted"}),
+        ),
+    ];
+    for (command, action, reply) in cases {
+        let r = registry.clone();
+        let call = tokio::spawn(async move {
+            commands::send(&r, "CP201", command, Duration::from_secs(5)).await
+        });
+        let (id, _) = expect_call(&mut c, action).await;
+        answer(&mut c, action, &id, reply.clone()).await;
+        assert_eq!(call.await.unwrap().unwrap(), reply, "{action}");
+    }
+
+    // a 1.6-only command never reaches a 2.0.1 charger
+    let err = commands::send(
+        &registry,
+        "CP201",
+        Command::GetConfiguration { keys: vec![] },
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, CommandError::BadRequest(_)), "{err:?}");
+    assert!(c.try_recv(Duration::from_millis(300)).await.is_none());
+
+    // an answer outside the 2.0.1 response schema is not believed
+    let r = registry.clone();
+    let call = tokio::spawn(async move {
+        commands::send(
+            &r,
+            "CP201",
+            Command::Reset {
+                hard: true,
+                evse_id: Some(1),
+            },
+            Duration::from_secs(5),
+        )
+        .await
+    });
+    let (id, reset) = expect_call(&mut c, "Reset").await;
+    assert_eq!(reset, json!({"type": "Immediate", "evseId": 1}));
+    c.send_text(&json!([3, id, {"status": "Accepted", "when": "later"}]).to_string())
+        .await;
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(CommandError::BadResponse(_))
+    ));
+    token.cancel();
 }
