@@ -573,6 +573,18 @@ def test_late_event_after_ended_changes_nothing(agent201, bpp):
             after = [e for e in session_events(agent201.db, sid) if e["seq"] > before["seq"]]
             assert not after, f"session events after Ended: {after}"
             assert 22_500 not in [s.get("energy_wh") for s in samples_of(agent201.db, sid)]
+            # "recorded, never applied": the agent's journal of TransactionEvents (schema 5)
+            con = sqlite3.connect(f"file:{agent201.db}?mode=ro", uri=True, timeout=10)
+            try:
+                journal = con.execute(
+                    "SELECT seq_no, event_type, applied FROM tx_events WHERE cp_id = ? AND charger_tx_id = ? ORDER BY seq_no",
+                    (cp_id, tx_id),
+                ).fetchall()
+            finally:
+                con.close()
+            assert [(n, t, bool(a)) for n, t, a in journal] == [
+                (0, "Started", True), (1, "Updated", True), (2, "Ended", True), (3, "Updated", False)
+            ], journal
 
             # CONTRACT / issue 9: the Ended answer carries the cost when a tariff applies
             assert ended.total_cost == pytest.approx(27.0), ended
