@@ -22,6 +22,7 @@ LAYERS = [
     ("events", 3), ("notice", 3), ("config", 3),
     ("ocpp::frame", 3), ("ocpp::messages", 3), ("ocpp::meter", 3),
     ("ocpp::handshake", 3), ("ocpp::rpc", 3),
+    ("ocpp::v201::messages", 3), ("ocpp::v201::schema", 3),
     ("uplink::batch", 3), ("uplink::delivery", 3),
     ("store", 4),
     ("ocpp", 5),

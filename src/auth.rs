@@ -428,6 +428,15 @@ pub fn present(secret: &Secret, id_tag: &str) -> Presented {
     }
 }
 
+/// Prepares an id tag that is never an OTP, whatever its shape (an OCPP 2.0.1 idToken
+/// whose type says it is a card or the agent's own token).
+pub fn present_as_tag(id_tag: &str) -> Presented {
+    Presented {
+        otp_hash: None,
+        tag_key: id_tag.to_string(),
+    }
+}
+
 /// Judges a tag that is not a known OTP: accepted only on a free-vend site.
 pub fn check_tag(tag_key: &str, free_vend: bool) -> AuthDecision {
     AuthDecision {

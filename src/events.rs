@@ -79,6 +79,12 @@ pub enum Event {
         error_code: String,
         /// The charger's timestamp, normalized (null when absent).
         charger_ts: Option<String>,
+        /// 2.0.1: the EVSE (`connector_id` then names it too).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        evse_id: Option<u32>,
+        /// 2.0.1: the EVSE's connectors and their statuses.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        connectors: Option<Vec<EvseConnector>>,
     },
     /// `auth.checked`: never the OTP or tag itself.
     AuthChecked {
@@ -124,6 +130,20 @@ pub enum Event {
         /// As reported.
         reason: String,
     },
+    /// `security.event`.
+    SecurityEvent {
+        /// Charger, if known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cp_id: Option<String>,
+        /// `charger_reported`, `auth_failed`, `tls_refused`, `profile_downgrade`.
+        kind: &'static str,
+        /// What happened; for `charger_reported` the charger's own `type` (e.g.
+        /// `FirmwareUpdated`): `type` is the event's own.
+        detail: String,
+        /// `charger_reported`: the charger's `techInfo`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tech_info: Option<String>,
+    },
     /// `events.gap`: events dropped to keep the store inside its quota.
     Gap {
         /// Why: `storage_quota`.
@@ -139,6 +159,26 @@ pub enum Event {
     },
 }
 
+/// One connector of a 2.0.1 EVSE, as `connector.status` and the retained topic list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EvseConnector {
+    /// The connector on the EVSE.
+    pub connector_id: u32,
+    /// Its status.
+    pub status: String,
+}
+
+/// An OCPP transaction id as its charger knows it: the agent's integer on 1.6, the
+/// charger's own string on 2.0.1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TxId {
+    /// OCPP 1.6: issued by the agent at StartTransaction.
+    V16(i32),
+    /// OCPP 2.0.1: `transactionInfo.transactionId`, chosen by the charger.
+    V201(String),
+}
+
 /// The body of `session.started`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SessionStarted {
@@ -146,10 +186,13 @@ pub struct SessionStarted {
     pub session_id: String,
     /// Charger.
     pub cp_id: String,
-    /// Connector.
+    /// Connector (2.0.1: the EVSE).
     pub connector_id: u32,
+    /// 2.0.1: the EVSE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evse_id: Option<u32>,
     /// The OCPP transaction id.
-    pub transaction_id: i32,
+    pub transaction_id: TxId,
     /// The order, when an OTP started it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
@@ -174,10 +217,13 @@ pub struct SessionStopped {
     pub session_id: String,
     /// Charger.
     pub cp_id: String,
-    /// Connector.
+    /// Connector (2.0.1: the EVSE).
     pub connector_id: u32,
+    /// 2.0.1: the EVSE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evse_id: Option<u32>,
     /// The OCPP transaction id.
-    pub transaction_id: i32,
+    pub transaction_id: TxId,
     /// Charger clock.
     pub started_at: String,
     /// Charger clock.
@@ -218,6 +264,7 @@ impl Event {
             Event::SessionStopped(_) => "session.stopped",
             Event::StopUnmatched { .. } => "session.stop_unmatched",
             Event::Gap { .. } => "events.gap",
+            Event::SecurityEvent { .. } => "security.event",
         }
     }
 

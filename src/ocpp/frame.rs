@@ -456,6 +456,9 @@ mod tests {
             ErrorCode::FormationViolation.spelled(Version::V201),
             "FormatViolation"
         );
-        assert_eq!(ErrorCode::NotSupported.spelled(Version::V201), "NotSupported");
+        assert_eq!(
+            ErrorCode::NotSupported.spelled(Version::V201),
+            "NotSupported"
+        );
     }
 }

@@ -174,8 +174,7 @@ impl Server {
         match decided {
             Some(Decision::Accept { cp_id, subprotocol }) => {
                 // `name()` is one of `handshake::SUPPORTED`, each a known version.
-                let version =
-                    Version::from_subprotocol(subprotocol.name()).unwrap_or(Version::V16);
+                let version = Version::from_subprotocol(subprotocol.name()).unwrap_or(Version::V16);
                 self.run(ws, cp_id, version, peer, shutdown).await;
             }
             Some(Decision::NoSubprotocol { cp_id }) => {
@@ -298,7 +297,12 @@ impl Server {
         if let Err(e) = self
             .ctx
             .store
-            .charger_connected(cp_id.clone(), version.as_str().to_string(), reg.replaced, now())
+            .charger_connected(
+                cp_id.clone(),
+                version.as_str().to_string(),
+                reg.replaced,
+                now(),
+            )
             .await
         {
             tracing::error!(cp_id, "cannot record connection: {e}");

@@ -51,9 +51,16 @@ pub enum Flag {
     NoSession,
     /// The session's stored tariff or accrual could not be read: it is metered, not priced.
     BillingUnreadable,
+    /// OCPP 2.0.1: a TransactionEvent `seqNo` was skipped (an event may be missing).
+    SeqGap,
+    /// OCPP 2.0.1: the reading came in an event after the transaction's `Ended`: recorded,
+    /// never applied.
+    AfterEnded,
+    /// The reading was taken while the charger was offline and delivered later.
+    Offline,
 }
 
-const ALL_FLAGS: [Flag; 9] = [
+const ALL_FLAGS: [Flag; 12] = [
     Flag::MeterBackwards,
     Flag::MeterJump,
     Flag::MeterStartZero,
@@ -63,6 +70,9 @@ const ALL_FLAGS: [Flag; 9] = [
     Flag::BudgetReached,
     Flag::NoSession,
     Flag::BillingUnreadable,
+    Flag::SeqGap,
+    Flag::AfterEnded,
+    Flag::Offline,
 ];
 
 impl Flag {
@@ -78,6 +88,9 @@ impl Flag {
             Flag::BudgetReached => "budget_reached",
             Flag::NoSession => "no_session",
             Flag::BillingUnreadable => "billing_unreadable",
+            Flag::SeqGap => "seq_gap",
+            Flag::AfterEnded => "after_ended",
+            Flag::Offline => "offline",
         }
     }
 
@@ -94,6 +107,11 @@ impl Flags {
     /// Adds a flag (once).
     pub fn insert(&mut self, f: Flag) {
         self.0 |= f.bit();
+    }
+
+    /// Adds every flag of `other`.
+    pub fn insert_all(&mut self, other: Flags) {
+        self.0 |= other.0;
     }
 
     /// Whether `f` is set.
@@ -140,7 +158,8 @@ impl Flags {
         Ok(flags)
     }
 
-    fn single(f: Flag) -> Flags {
+    /// The set holding only `f`.
+    pub fn single(f: Flag) -> Flags {
         let mut s = Flags::default();
         s.insert(f);
         s
@@ -335,13 +354,19 @@ pub fn orphan_flags(samples: &[Sample]) -> Vec<Flags> {
 /// checked two readings ahead at the current pace (the charger keeps delivering for
 /// about one more interval after it is told to stop, so the stop must go out before the
 /// budget is crossed, not one interval after). A stopped session only stores them.
+///
+/// Readings a charger took offline and delivers later (`replayed`) are billed on the
+/// register they carry, in timestamp order: one older than the register already counted
+/// adds nothing (the register is cumulative, so the newer reading already holds its
+/// energy) instead of being taken for a register that stepped back.
 pub fn meter(
     s: &mut Session,
     samples: &[Sample],
     received: DateTime<Utc>,
+    replayed: bool,
     limits: &Limits,
 ) -> Metered {
-    let (row_flags, last_step) = advance(s, samples, received, false, limits);
+    let (row_flags, last_step) = advance(s, samples, received, replayed, limits);
     let mut running = None;
     let mut stop_for_budget = false;
     if let (Some(b), State::Active) = (s.billing.as_mut(), s.state) {
@@ -587,11 +612,11 @@ mod tests {
         );
         assert!(flags.contains(Flag::MeterStartZero));
         let mut s = session(0, priced(inr_per_kwh(1600), None));
-        let m = meter(&mut s, &[reading(60, 910_000)], t(60), &LIMITS);
+        let m = meter(&mut s, &[reading(60, 910_000)], t(60), false, &LIMITS);
         assert!(m.row_flags[0].contains(Flag::MeterJump));
         assert_eq!(s.register.energy_wh, 0);
         assert_eq!(m.running.unwrap().total_minor, 0);
-        meter(&mut s, &[reading(660, 912_000)], t(660), &LIMITS);
+        meter(&mut s, &[reading(660, 912_000)], t(660), false, &LIMITS);
         assert_eq!(s.register.energy_wh, 2000);
     }
 
@@ -646,11 +671,11 @@ mod tests {
     #[test]
     fn a_register_that_steps_back_is_flagged_and_counting_resumes_from_the_new_baseline() {
         let mut s = session(50_000, None);
-        meter(&mut s, &[reading(900, 52_000)], t(900), &LIMITS);
-        let m = meter(&mut s, &[reading(1000, 10)], t(1000), &LIMITS);
+        meter(&mut s, &[reading(900, 52_000)], t(900), false, &LIMITS);
+        let m = meter(&mut s, &[reading(1000, 10)], t(1000), false, &LIMITS);
         assert!(m.row_flags[0].contains(Flag::MeterBackwards));
         assert!(s.flags.contains(Flag::MeterBackwards));
-        meter(&mut s, &[reading(1300, 1010)], t(1300), &LIMITS);
+        meter(&mut s, &[reading(1300, 1010)], t(1300), false, &LIMITS);
         assert_eq!(s.register.energy_wh, 3000);
     }
 
@@ -674,6 +699,7 @@ mod tests {
             &mut s,
             &[r],
             later,
+            false,
             &Limits {
                 max_charger_power_w: 22_000,
                 ..LIMITS
@@ -689,7 +715,13 @@ mod tests {
         let mut s = session(0, priced(inr_per_kwh(1000), Some(2000)));
         let mut stops = 0;
         for i in 1..=6 {
-            let m = meter(&mut s, &[reading(i * 300, i * 500)], t(i * 300), &LIMITS);
+            let m = meter(
+                &mut s,
+                &[reading(i * 300, i * 500)],
+                t(i * 300),
+                false,
+                &LIMITS,
+            );
             stops += usize::from(m.stop_for_budget);
             if i == 4 {
                 assert_eq!(m.running.as_ref().unwrap().total_minor, 2000);
@@ -710,7 +742,14 @@ mod tests {
         let mut s = session(0, priced(inr_per_kwh(1000), Some(2000)));
         let first_stop = (1..=6)
             .find(|i| {
-                meter(&mut s, &[reading(i * 300, i * 500)], t(i * 300), &LIMITS).stop_for_budget
+                meter(
+                    &mut s,
+                    &[reading(i * 300, i * 500)],
+                    t(i * 300),
+                    false,
+                    &LIMITS,
+                )
+                .stop_for_budget
             })
             .unwrap();
         // at 1.0 kWh (1000 minor), two more 0.5 kWh steps reach the 2000 budget
@@ -730,7 +769,7 @@ mod tests {
         let (ts, wh) = stop_at(600, 2000);
         stop(&mut s, &facts(&ts, wh, &[]), &LIMITS);
         let before = s.clone();
-        let m = meter(&mut s, &[reading(700, 9000)], t(700), &LIMITS);
+        let m = meter(&mut s, &[reading(700, 9000)], t(700), false, &LIMITS);
         assert_eq!(s, before);
         assert_eq!(m.running, None);
         assert!(!m.stop_for_budget);
@@ -741,7 +780,13 @@ mod tests {
         let mut s = session(0, priced(inr_per_kwh(1000), Some(100_000)));
         // already sent live: 30 minutes
         for i in 1..=6 {
-            meter(&mut s, &[reading(i * 300, i * 1000)], t(i * 300), &LIMITS);
+            meter(
+                &mut s,
+                &[reading(i * 300, i * 1000)],
+                t(i * 300),
+                false,
+                &LIMITS,
+            );
         }
         assert_eq!(s.register.energy_wh, 6000);
         // the stop repeats all of it, then three more hours at 7 kW, every 5 minutes

@@ -306,6 +306,8 @@ pub(super) fn status(c: &Connection, ctx: &Ctx, s: &StatusIn) -> Result<(), Stor
         status: s.status.clone(),
         error_code: s.error_code.clone(),
         charger_ts: s.charger_ts.as_ref().map(|t| fmt_ts(t.at)),
+        evse_id: None,
+        connectors: None,
     };
     insert_event(c, s.at, &e)
 }

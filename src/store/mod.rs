@@ -9,10 +9,12 @@
 //! an fsync; grouping is what lets a gateway keep up with a thousand chargers.
 
 mod chargers;
+mod device;
 mod orders;
 mod outbox;
 pub mod schema;
 mod sessions;
+mod transactions;
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -28,9 +30,11 @@ use crate::time::fmt_ts;
 
 pub use crate::events::EventRow;
 pub use chargers::{Boot, StatusIn};
+pub use device::{EvseStatusIn, ReportPart, SecurityEventIn};
 pub use orders::NewAuthorization;
 pub use outbox::{ConnectorRow, Intake, OutboxStatus, SessionRef};
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
+pub use transactions::{TxEventIn, TxEventOutcome};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -394,6 +398,43 @@ impl Store {
     /// As [`Store::probe`].
     pub async fn stop_transaction(&self, s: StopTx) -> Result<StopOutcome, StoreError> {
         self.call(false, move |c, ctx| sessions::stop(c, ctx, s))
+            .await
+    }
+
+    /// OCPP 2.0.1 TransactionEvent.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn transaction_event(&self, e: TxEventIn) -> Result<TxEventOutcome, StoreError> {
+        self.call(false, move |c, ctx| transactions::event(c, ctx, e))
+            .await
+    }
+
+    /// OCPP 2.0.1 StatusNotification (or NotifyEvent AvailabilityState) of EVSE connectors.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn evse_status(&self, s: EvseStatusIn) -> Result<(), StoreError> {
+        self.call(false, move |c, ctx| device::evse_status(c, ctx, &s))
+            .await
+    }
+
+    /// OCPP 2.0.1 SecurityEventNotification.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn security_event(&self, s: SecurityEventIn) -> Result<(), StoreError> {
+        self.call(false, move |c, _| device::security_event(c, &s))
+            .await
+    }
+
+    /// One part of an OCPP 2.0.1 NotifyReport; returns how many variables the device model
+    /// of the charger now holds when this part completed the report, else `None`.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn report_part(&self, p: ReportPart) -> Result<Option<usize>, StoreError> {
+        self.call(false, move |c, _| device::report_part(c, &p))
             .await
     }
 

@@ -54,6 +54,8 @@ pub struct ConnectorRow {
     pub charger_online: bool,
     /// When the status was received.
     pub at: String,
+    /// 2.0.1: the EVSE's connectors (the row is the EVSE); empty for 1.6.
+    pub evse_connectors: Vec<crate::events::EvseConnector>,
 }
 
 /// The session a command refers to.
@@ -364,9 +366,16 @@ pub(super) fn connectors(
                 error_code: r.get(3)?,
                 charger_online: r.get::<_, i64>(4)? != 0,
                 at: r.get(5)?,
+                evse_connectors: Vec::new(),
             })
         })?
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<ConnectorRow>, _>>()?;
+    let mut rows = rows;
+    for row in &mut rows {
+        if let Ok(evse) = u32::try_from(row.connector_id) {
+            row.evse_connectors = super::device::evse_connectors(c, &row.cp_id, evse)?;
+        }
+    }
     Ok(rows)
 }
 

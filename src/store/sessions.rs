@@ -11,7 +11,7 @@ use super::orders;
 use super::{from_ms, insert_event, insert_event_text, ms, Ctx, StoreError};
 use crate::auth::{AuthDecision, AuthResult, Presented};
 use crate::billing::{Accrual, Budget, Tariff};
-use crate::events::{self, Event, SessionStarted, SessionStopped};
+use crate::events::{self, Event, SessionStarted, SessionStopped, TxId};
 use crate::reading::Sample;
 use crate::session::{
     self, Billing, Flag, Flags, Register, RunningCost, Session, State, StopMatch,
@@ -254,7 +254,8 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
         session_id: session_id.clone(),
         cp_id: s.cp_id.clone(),
         connector_id: s.connector_id,
-        transaction_id,
+        evse_id: None,
+        transaction_id: TxId::V16(transaction_id),
         order_id: auth.order_id.clone(),
         auth_method: auth.method.as_str(),
         auth_result: auth.result.as_str(),
@@ -312,13 +313,13 @@ fn load_billing(
 }
 
 /// A stored session and its connector.
-struct Loaded {
-    session: Session,
-    connector_id: u32,
+pub(super) struct Loaded {
+    pub(super) session: Session,
+    pub(super) connector_id: u32,
 }
 
 /// What only the stop's bill needs: read then, not on every reading.
-fn stop_details(
+pub(super) fn stop_details(
     c: &Connection,
     transaction_id: i64,
 ) -> Result<(i64, String, Option<String>), StoreError> {
@@ -330,7 +331,7 @@ fn stop_details(
     })?)
 }
 
-fn load_session(
+pub(super) fn load_session(
     c: &Connection,
     cp_id: &str,
     connector_id: Option<u32>,
@@ -426,20 +427,20 @@ fn load_session(
 }
 
 /// Readings to store, from one message.
-struct Readings<'a> {
-    cp_id: &'a str,
-    connector_id: u32,
-    transaction_id: Option<i64>,
-    samples: &'a [Sample],
+pub(super) struct Readings<'a> {
+    pub(super) cp_id: &'a str,
+    pub(super) connector_id: u32,
+    pub(super) transaction_id: Option<i64>,
+    pub(super) samples: &'a [Sample],
     /// The flags the session core put on each reading.
-    flags: &'a [Flags],
-    /// `MeterValues` or `StopTransaction`.
-    source: &'static str,
-    received: DateTime<Utc>,
+    pub(super) flags: &'a [Flags],
+    /// `MeterValues`, `StopTransaction` or `TransactionEvent`.
+    pub(super) source: &'static str,
+    pub(super) received: DateTime<Utc>,
 }
 
 /// Stores the readings as received (raw and parsed, with their flags).
-fn store_readings(c: &Connection, r: &Readings<'_>) -> Result<(), StoreError> {
+pub(super) fn store_readings(c: &Connection, r: &Readings<'_>) -> Result<(), StoreError> {
     let received = fmt_ts(r.received);
     let mut insert = c.prepare_cached(
         "INSERT INTO meter_values (cp_id, connector_id, transaction_id, source, charger_ts_raw,
@@ -471,7 +472,7 @@ fn store_readings(c: &Connection, r: &Readings<'_>) -> Result<(), StoreError> {
 
 /// `session.meter` events for the samples (each already serialized, see
 /// [`Sample::event`]).
-fn meter_events(
+pub(super) fn meter_events(
     c: &Connection,
     session_id: &str,
     at: DateTime<Utc>,
@@ -489,7 +490,7 @@ fn meter_events(
 /// `state` is indexed, and rewriting an index entry on every reading costs pages). A
 /// pricing this build could not read is left as stored (`coalesce`), so a later build can
 /// still bill it.
-fn save_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
+pub(super) fn save_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
     let accrual = match &s.billing {
         Some(b) => Some(serde_json::to_string(&b.accrual)?),
         None => None,
@@ -535,7 +536,7 @@ pub(super) fn meter(c: &Connection, ctx: &Ctx, m: MeterIn) -> Result<MeterOutcom
             budget_stop: None,
         });
     };
-    let decided = session::meter(&mut session, &m.samples, m.received, &ctx.limits);
+    let decided = session::meter(&mut session, &m.samples, m.received, false, &ctx.limits);
     store_readings(
         c,
         &Readings {
@@ -684,7 +685,8 @@ pub(super) fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<StopOutcome, 
         session_id: session.session_id.clone(),
         cp_id: s.cp_id.clone(),
         connector_id,
-        transaction_id: s.transaction_id,
+        evse_id: None,
+        transaction_id: TxId::V16(s.transaction_id),
         started_at,
         stopped_at,
         meter_start_wh,

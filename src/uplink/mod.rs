@@ -625,8 +625,11 @@ impl Driver {
             return;
         };
         for r in rows {
-            let payload = json!({"status": r.status, "error_code": r.error_code,
+            let mut payload = json!({"status": r.status, "error_code": r.error_code,
                 "charger_online": r.charger_online, "at": r.at});
+            if !r.evse_connectors.is_empty() {
+                payload["connectors"] = json!(r.evse_connectors);
+            }
             // A snapshot: the next change or reconnect republishes it if this one is dropped.
             let topic = self.topics.connector(&r.cp_id, r.connector_id);
             self.publish_other(topic, QoS::AtLeastOnce, true, payload.to_string().into());

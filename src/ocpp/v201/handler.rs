@@ -1,11 +1,22 @@
 //! What the central system answers to a 2.0.1 charger's requests: decided from the
-//! store's committed result, as for 1.6 ([`crate::ocpp::handler`]).
+//! store's committed result, as for 1.6 ([`crate::ocpp::handler`]). Nothing is answered
+//! before it is durable; a store failure is answered `InternalError` by the caller, so
+//! the charger keeps the message and retries.
+
+use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use super::messages::Request;
+use super::messages::{IdToken, Request, TxEvent};
+use crate::auth::{self, AuthResult};
+use crate::events::LiveSnapshot;
+use crate::notice::Notice;
 use crate::ocpp::handler::Context;
-use crate::store::StoreError;
+use crate::reading::Sample;
+use crate::session::RunningCost;
+use crate::store::{
+    Boot, EvseStatusIn, MeterIn, ReportPart, SecurityEventIn, StoreError, TxEventIn,
+};
 use crate::time::{fmt_ts, now};
 
 /// The CALLRESULT payload for one decoded 2.0.1 request from charger `cp_id`.
@@ -14,12 +25,274 @@ use crate::time::{fmt_ts, now};
 /// A store failure: the caller answers `InternalError`, so the charger retries.
 pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Value, StoreError> {
     let received = now();
+    let cp = cp_id.to_string();
     Ok(match request {
+        Request::BootNotification {
+            vendor,
+            model,
+            serial,
+            firmware,
+            reason,
+        } => {
+            tracing::info!(cp_id, reason, "BootNotification");
+            ctx.store
+                .booted(Boot {
+                    cp_id: cp,
+                    vendor,
+                    model,
+                    serial,
+                    firmware,
+                    at: received,
+                })
+                .await?;
+            json!({
+                "status": "Accepted",
+                "currentTime": fmt_ts(now()),
+                "interval": ctx.ocpp.heartbeat_interval.as_secs(),
+            })
+        }
         Request::Heartbeat => {
-            if let Err(e) = ctx.store.charger_seen(cp_id.to_string(), received).await {
+            // Only "last seen" depends on this write; a charger must not be told to retry
+            // its heartbeat (and get no time) because of it.
+            if let Err(e) = ctx.store.charger_seen(cp, received).await {
                 tracing::warn!(cp_id, "cannot record the heartbeat: {e}");
             }
             json!({"currentTime": fmt_ts(now())})
         }
+        Request::Status(states) => {
+            let changed = !states.is_empty();
+            for s in states {
+                ctx.store
+                    .evse_status(EvseStatusIn {
+                        cp_id: cp.clone(),
+                        evse_id: s.evse_id,
+                        connector_id: s.connector_id,
+                        status: s.status,
+                        charger_ts: s.timestamp,
+                        at: received,
+                    })
+                    .await?;
+            }
+            if changed {
+                ctx.notices.send(Notice::Connectors { cp_id: cp });
+            }
+            json!({})
+        }
+        Request::MeterValues { evse_id, samples } => {
+            // Outside a transaction (2.0.1 sends a transaction's readings in its events):
+            // linked to the EVSE's running session, if any, else stored as orphans.
+            let metered = ctx
+                .store
+                .record_meter(MeterIn {
+                    cp_id: cp,
+                    connector_id: evse_id,
+                    transaction_id: None,
+                    samples,
+                    received,
+                })
+                .await?;
+            if metered.budget_stop.is_some() {
+                tracing::warn!(
+                    cp_id,
+                    evse_id,
+                    "budget reached on MeterValues; the next TransactionEvent stops it"
+                );
+            }
+            json!({})
+        }
+        Request::Authorize { id_token } => {
+            let presented = present(ctx, &id_token);
+            let decision = ctx
+                .store
+                .authorize(cp, presented, ctx.free_vend, received)
+                .await?;
+            json!({"idTokenInfo": {"status": status(decision.result)}})
+        }
+        Request::TransactionEvent(event) => transaction_event(ctx, cp_id, event).await?,
+        Request::SecurityEvent {
+            kind,
+            timestamp,
+            tech_info,
+        } => {
+            tracing::warn!(cp_id, kind, ?tech_info, "charger reported a security event");
+            ctx.store
+                .security_event(SecurityEventIn {
+                    cp_id: cp,
+                    kind,
+                    timestamp,
+                    tech_info,
+                    at: received,
+                })
+                .await?;
+            json!({})
+        }
+        Request::NotifyReport {
+            request_id,
+            seq_no,
+            tbc,
+            report_data,
+        } => {
+            let done = ctx
+                .store
+                .report_part(ReportPart {
+                    cp_id: cp,
+                    request_id,
+                    seq_no,
+                    tbc,
+                    report_data,
+                    at: received,
+                })
+                .await?;
+            if let Some(n) = done {
+                tracing::info!(
+                    cp_id,
+                    request_id,
+                    variables = n,
+                    "device model report complete"
+                );
+            }
+            json!({})
+        }
+        Request::FirmwareStatusNotification { status } => {
+            tracing::info!(cp_id, status, "firmware status");
+            ctx.store.charger_note(cp, Some(status), None).await?;
+            json!({})
+        }
+        Request::LogStatusNotification { status } => {
+            tracing::info!(cp_id, status, "log upload status");
+            ctx.store.charger_note(cp, None, Some(status)).await?;
+            json!({})
+        }
+        Request::DataTransfer {
+            vendor_id,
+            message_id,
+        } => {
+            tracing::info!(
+                cp_id,
+                vendor_id,
+                ?message_id,
+                "DataTransfer from an unknown vendor"
+            );
+            json!({"status": "UnknownVendorId"})
+        }
+        Request::Acknowledge { action, answer } => {
+            tracing::info!(cp_id, action, "acknowledged; not built yet");
+            answer
+        }
     })
+}
+
+/// An idToken, prepared by its type: a `KeyCode` of an OTP's shape is hashed as an OTP;
+/// a card (ISO14443/15693), the agent's own `Central` token or any other type is a tag.
+fn present(ctx: &Context, token: &IdToken) -> auth::Presented {
+    match token.kind.as_str() {
+        "KeyCode" => auth::present(&ctx.secret, &token.id),
+        _ => auth::present_as_tag(&token.id),
+    }
+}
+
+/// The 2.0.1 `AuthorizationStatusEnumType` for a decision.
+fn status(result: AuthResult) -> &'static str {
+    // 1.6 and 2.0.1 share these names (Accepted, Expired, Blocked, Invalid).
+    result.ocpp_status()
+}
+
+/// A cost as 2.0.1 writes it: a decimal in the currency's major unit (two decimals).
+fn total_cost(cost: &RunningCost) -> Value {
+    json!(cost.total_minor as f64 / 100.0)
+}
+
+async fn transaction_event(
+    ctx: &Context,
+    cp_id: &str,
+    event: Box<TxEvent>,
+) -> Result<Value, StoreError> {
+    let received = now();
+    let presented = event.id_token.as_ref().map(|t| present(ctx, t));
+    let live =
+        (!event.offline && ctx.notices.is_open() && ctx.uplink_online.load(Ordering::Relaxed))
+            .then(|| event.samples.last().map(Sample::values))
+            .flatten();
+    let transaction_id = event.transaction_id.clone();
+    let reason = super::messages::contract_reason(&event).to_string();
+    let outcome = ctx
+        .store
+        .transaction_event(TxEventIn {
+            cp_id: cp_id.to_string(),
+            event,
+            presented,
+            free_vend: ctx.free_vend,
+            reason,
+            uplink_online: ctx.uplink_online.load(Ordering::Relaxed),
+            received,
+        })
+        .await?;
+    if outcome.replayed {
+        tracing::info!(
+            cp_id,
+            transaction_id,
+            "TransactionEvent replayed; acknowledged, nothing changed"
+        );
+    }
+    if outcome.budget_stop {
+        stop_for_budget(ctx, cp_id, transaction_id);
+    }
+    if let Some(session_id) = &outcome.session_id {
+        if outcome.ended {
+            ctx.notices.send(Notice::SessionEnded {
+                session_id: session_id.clone(),
+            });
+        } else if let (Some(energy_wh), Some(reading), false) = (
+            outcome.energy_wh,
+            live,
+            outcome.after_ended || outcome.replayed,
+        ) {
+            let snapshot = LiveSnapshot {
+                session_id,
+                cp_id,
+                connector_id: outcome.evse_id,
+                reading,
+                energy_wh,
+                cost: outcome.cost.as_ref(),
+            }
+            .body();
+            ctx.notices.send(Notice::Live {
+                session_id: session_id.clone(),
+                snapshot,
+            });
+        }
+    }
+    let mut answer = json!({});
+    if let Some(result) = outcome.id_token_status {
+        answer["idTokenInfo"] = json!({"status": status(result)});
+    }
+    if let Some(cost) = &outcome.cost {
+        answer["totalCost"] = total_cost(cost);
+    }
+    Ok(answer)
+}
+
+/// The running cost reached the order's budget: RequestStopTransaction, from a task of its
+/// own (the CALL goes out through this very connection's loop).
+fn stop_for_budget(ctx: &Context, cp_id: &str, transaction_id: String) {
+    tracing::info!(
+        cp_id,
+        transaction_id,
+        "budget reached; stopping the charger"
+    );
+    let registry = ctx.registry.clone();
+    let cp = cp_id.to_string();
+    let timeout = ctx.ocpp.call_timeout;
+    tokio::spawn(async move {
+        let payload = json!({"transactionId": transaction_id});
+        match registry
+            .call(&cp, "RequestStopTransaction", payload, timeout)
+            .await
+        {
+            Ok(answer) => {
+                tracing::info!(cp_id = %cp, transaction_id, %answer, "budget stop answered")
+            }
+            Err(e) => tracing::error!(cp_id = %cp, transaction_id, "budget stop failed: {e}"),
+        }
+    });
 }

@@ -6,5 +6,5 @@
 //! - [`schema`]: the official 2.0.1 JSON schemas and their validator (pure).
 
 pub mod handler;
-pub mod schema;
 pub mod messages;
+pub mod schema;

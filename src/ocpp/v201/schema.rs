@@ -284,7 +284,10 @@ mod tests {
         let p = json!({"evseId":1,"meterValue":[{"timestamp":"2026-12-01T10:00:00Z","sampledValue":[{"value":"12"}]}]});
         let v = validate("MeterValuesRequest", &p).unwrap_err();
         assert_eq!(v.code, ErrorCode::TypeConstraintViolation);
-        assert_eq!(v.description, "meterValue[0].sampledValue[0].value: must be of type number");
+        assert_eq!(
+            v.description,
+            "meterValue[0].sampledValue[0].value: must be of type number"
+        );
     }
 
     #[test]
