@@ -58,7 +58,7 @@ async function startOwn() {
   const port = await freePort();
   const conf = join(tmp, 'mosquitto.conf');
   writeFileSync(conf, `${process.getuid() === 0 ? 'user root\n' : ''}listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n`);
-  const broker = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', openSync(join(tmp, 'mosquitto.log'), 'w'), 'inherit'] });
+  const broker = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', openSync(join(tmp, 'mosquitto.log'), 'w'), openSync(join(tmp, 'mosquitto.err'), 'w')] });
   const site = `site-node201-${randomBytes(3).toString('hex')}`;
   const db = join(tmp, 'cs.db');
   const cfg = join(tmp, 'chargesite.toml');
@@ -321,24 +321,29 @@ describe('chargesite OCPP 2.0.1 driven by ocpp-rpc', () => {
 
     test('no subprotocol offered: handshake completed without the header, then closed by the agent', async () => {
       const ws = new WebSocket(`${agent.wsUrl}/${newCpId('nosub')}`);
+      // every listener up front: 'upgrade', 'open' and even 'close' can come in one tick
       const answered = [];
+      let upgrade;
+      let opened = false;
+      ws.on('upgrade', (res) => (upgrade = res));
+      ws.on('open', () => {
+        opened = true;
+        ws.send('[2,"nosub-1","Heartbeat",{}]');
+      });
       ws.on('message', (m) => answered.push(String(m)));
-      const [res] = await once(ws, 'upgrade');
-      assert.equal(res.headers['sec-websocket-protocol'], undefined);
-      await once(ws, 'open');
-      assert.equal(ws.protocol, '');
-      ws.send('[2,"nosub-1","Heartbeat",{}]');
-      const closed = once(ws, 'close');
+      ws.on('error', () => {});
       let closedByUs = false;
       const timer = setTimeout(() => {
         closedByUs = true;
         ws.terminate();
       }, TIMEOUT_MS);
-      await closed;
+      await once(ws, 'close');
       clearTimeout(timer);
+      assert.ok(upgrade && opened, 'the handshake was not completed');
+      assert.equal(upgrade.headers['sec-websocket-protocol'], undefined);
+      assert.equal(ws.protocol, '');
       assert.equal(closedByUs, false, `the agent did not close the socket within ${TIMEOUT_MS} ms`);
       assert.deepEqual(answered.filter((m) => m.includes('nosub-1')), [], 'answered without a subprotocol');
-      assert.notEqual(ws.readyState, WebSocket.OPEN);
     });
   });
 
