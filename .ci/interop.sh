@@ -14,7 +14,8 @@
 # what it needs: python3-venv / nodejs+npm / mosquitto via apt when missing, the pinned
 # Python packages into target/interop-venv, `npm ci` in interop/node, ocppsim into
 # target/tools.
-# INTEROP_SKIP_OCPPSIM=1 skips the ocppsim suite (its first build takes about 3 minutes).
+# INTEROP_SKIP_OCPPSIM=1 skips the ocppsim suites (its first build takes about 3 minutes);
+# INTEROP_SUITES="python node ocppsim python201 node201 ocppsim201" (any subset) runs only those.
 # Exits non-zero if anything failed; the last line is `interop: N passed, M failed`.
 set -euo pipefail
 
@@ -317,9 +318,14 @@ ocppsim_run() {
 suite_ocppsim() { ocppsim_run ocppsim 1.6; }
 suite_ocppsim201() { ocppsim_run ocppsim201 2.0.1; }
 
-# run_suite NAME: one agent, the suite, SIGTERM.
+# run_suite NAME: one agent, the suite, SIGTERM. INTEROP_SUITES="node201 ocppsim201" runs only
+# the suites it names.
 run_suite() {
     local failed_before=${total_failed}
+    if [[ -n "${INTEROP_SUITES:-}" && " ${INTEROP_SUITES} " != *" $1 "* ]]; then
+        echo "$1: skipped (not in INTEROP_SUITES)"
+        return 0
+    fi
     if start_agent "$1"; then
         "suite_$1"
         if ((total_failed > failed_before)); then
