@@ -679,6 +679,16 @@ mod tests {
     }
 
     #[test]
+    fn no_subprotocol_is_assumed_unless_configured_and_only_a_served_one() {
+        let c = parse("[site]\nid='s'\n").unwrap();
+        assert_eq!(c.ocpp.assume_subprotocol, None);
+        let c = parse("[site]\nid='s'\n[ocpp]\nassume_subprotocol = 'ocpp1.6'\n").unwrap();
+        assert_eq!(c.ocpp.assume_subprotocol, Some("ocpp1.6"));
+        let e = parse("[site]\nid='s'\n[ocpp]\nassume_subprotocol = 'ocpp2.1'\n").unwrap_err();
+        assert!(e.to_string().contains("ocpp.assume_subprotocol"), "{e}");
+    }
+
+    #[test]
     fn a_bad_site_id_names_the_key() {
         let e = parse("[site]\nid='no spaces'\n").unwrap_err();
         assert!(e.to_string().contains("site.id"), "{e}");

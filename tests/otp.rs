@@ -332,3 +332,142 @@ async fn a_refused_remote_start_gives_the_use_back() {
         "accepted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_0_1_keycode_otp_works_offline_shows_the_running_cost_and_stops_at_the_budget() {
+    let mut broker = Broker::start();
+    let bpp = Bpp::connect(&broker, ROOT).await;
+    let mut agent = agent(&broker);
+    online(&bpp).await;
+    let tariff = json!({"currency":"INR","energy_minor_per_kwh":1600,"service_fee_minor":0,
+        "timezone":"Asia/Kolkata"});
+    bpp.command(upsert(
+        "u-201",
+        "order-201",
+        OTP,
+        json!({"budget": {"currency":"INR","amount_minor":5000}, "tariff": tariff}),
+    ))
+    .await;
+    assert_eq!(bpp.wait_result("u-201", 30).await["ok"], true);
+
+    broker.kill();
+    let mut cp = Charger::connect_v201(&agent.url("CP001")).await;
+    let key_code = json!({"idToken": OTP, "type": "KeyCode"});
+    let wrong = cp
+        .ok(
+            "Authorize",
+            json!({"idToken": {"idToken": "11112222", "type": "KeyCode"}}),
+        )
+        .await;
+    assert_eq!(wrong["idTokenInfo"]["status"], "Invalid");
+    let a = cp.ok("Authorize", json!({"idToken": key_code})).await;
+    assert_eq!(
+        a["idTokenInfo"]["status"], "Accepted",
+        "Authorize does not use it up"
+    );
+    let s = cp
+        .ok(
+            "TransactionEvent",
+            json!({"eventType": "Started", "timestamp": ts(0), "triggerReason": "Authorized",
+                "seqNo": 0, "transactionInfo": {"transactionId": "T-201", "chargingState": "Charging"},
+                "evse": {"id": 1, "connectorId": 1}, "idToken": key_code,
+                "meterValue": [{"timestamp": ts(0), "sampledValue": [
+                    {"value": 10_000, "context": "Transaction.Begin"}]}]}),
+        )
+        .await;
+    assert_eq!(s["idTokenInfo"]["status"], "Accepted");
+    assert_eq!(s["totalCost"], 0.0);
+    let mut register = 10_000;
+    let mut stop_call = None;
+    let mut last_cost = 0.0;
+    for i in 1..=10 {
+        register += 500;
+        cp.send_text(
+            &json!([2, format!("te{i}"), "TransactionEvent", {"eventType": "Updated",
+            "timestamp": ts(i), "triggerReason": "MeterValuePeriodic", "seqNo": i,
+            "transactionInfo": {"transactionId": "T-201"},
+            "meterValue": [{"timestamp": ts(i), "sampledValue": [{"value": register}]}]}])
+            .to_string(),
+        )
+        .await;
+        let mut answered = false;
+        while !answered {
+            let f = cp.recv().await;
+            if f[0] == 2 && f[2] == "RequestStopTransaction" {
+                stop_call = Some(f);
+            } else {
+                assert_eq!(f[0], 3, "{f}");
+                last_cost = f[2]["totalCost"].as_f64().expect("the running cost");
+                answered = true;
+            }
+        }
+        if stop_call.is_none() {
+            if let Some(f) = cp.try_recv(Duration::from_millis(300)).await {
+                assert_eq!(f[2], "RequestStopTransaction");
+                stop_call = Some(f);
+            }
+        }
+        if stop_call.is_some() {
+            break;
+        }
+    }
+    let stop_call = stop_call.expect("the agent stopped the charger at the budget");
+    assert_eq!(stop_call[3], json!({"transactionId": "T-201"}));
+    assert_eq!(last_cost, 40.0, "2.5 kWh at 16.00");
+    cp.send_text(&json!([3, stop_call[1], {"status": "Accepted"}]).to_string())
+        .await;
+    let end = cp
+        .ok(
+            "TransactionEvent",
+            json!({"eventType": "Ended", "timestamp": ts(11), "triggerReason": "RemoteStop",
+                "seqNo": 11, "transactionInfo": {"transactionId": "T-201", "stoppedReason": "Remote"},
+                "meterValue": [{"timestamp": ts(11), "sampledValue": [
+                    {"value": register, "context": "Transaction.End"}]}]}),
+        )
+        .await;
+    assert_eq!(end["totalCost"], 40.0);
+    // single use: a second transaction with the same code is refused
+    let again = cp
+        .ok(
+            "TransactionEvent",
+            json!({"eventType": "Started", "timestamp": ts(12), "triggerReason": "Authorized",
+                "seqNo": 0, "transactionInfo": {"transactionId": "T-202"},
+                "evse": {"id": 1, "connectorId": 1}, "idToken": key_code}),
+        )
+        .await;
+    assert_eq!(again["idTokenInfo"]["status"], "Invalid", "single use");
+
+    broker.restart();
+    let n = agent.events().last().unwrap().0;
+    let bpp = Bpp::connect(&broker, ROOT).await;
+    if !bpp.wait_complete(n, 60).await {
+        bpp.command(json!({"id": "replay-201", "type": "events.replay", "from_seq": 1}))
+            .await;
+    }
+    assert!(
+        bpp.wait_complete(n, 60).await,
+        "have {} of {n}",
+        bpp.max_contiguous()
+    );
+    let started = &bpp.events_of("session.started")[0];
+    assert_eq!(started["order_id"], "order-201");
+    assert_eq!(started["auth_method"], "otp");
+    assert_eq!(started["transaction_id"], "T-201");
+    assert_eq!(started["evse_id"], 1);
+    let stopped = &bpp.events_of("session.stopped")[0];
+    assert_eq!(stopped["reason"], "BudgetReached");
+    assert_eq!(stopped["energy_wh"], 2500);
+    assert_eq!(stopped["cost"]["total_minor"], 4000);
+    assert_eq!(
+        stopped["settlement"],
+        json!({"prepaid_minor":5000,"charged_minor":4000,"refund_minor":1000,"topup_minor":0})
+    );
+    for e in bpp.seen.lock().unwrap().arrivals.iter() {
+        assert!(!e.to_string().contains(OTP), "never the OTP upstream: {e}");
+    }
+    assert_eq!(agent.terminate(), Some(0));
+    let dir = agent.dir.path().to_path_buf();
+    for f in ["cs.db", "cs.db-wal", "agent.log"] {
+        assert!(!file_contains(&dir.join(f), OTP), "{f} contains the OTP");
+    }
+}

@@ -621,6 +621,21 @@ mod tests {
     }
 
     #[test]
+    fn an_offline_reading_older_than_the_register_adds_nothing_and_is_no_step_back() {
+        let mut s = session(0, priced(inr_per_kwh(1600), None));
+        meter(&mut s, &[reading(600, 2000)], t(900), true, &LIMITS);
+        assert_eq!(s.register.energy_wh, 2000);
+        // delivered late and out of order: already counted by the newer register
+        let m = meter(&mut s, &[reading(300, 1000)], t(901), true, &LIMITS);
+        assert_eq!(m.row_flags[0], Flags::default());
+        assert!(!s.flags.contains(Flag::MeterBackwards));
+        assert_eq!(s.register.energy_wh, 2000);
+        // a live reading that steps back is still a step back
+        let m = meter(&mut s, &[reading(900, 1500)], t(902), false, &LIMITS);
+        assert!(m.row_flags[0].contains(Flag::MeterBackwards));
+    }
+
+    #[test]
     fn a_first_start_at_zero_or_a_start_with_a_sane_clock_is_not_flagged() {
         let ts = at(0);
         let f = StartFacts {

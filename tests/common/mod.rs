@@ -217,6 +217,14 @@ impl Charger {
         }
     }
 
+    /// Connects offering only `ocpp2.0.1`.
+    pub async fn connect_v201(url: &str) -> Charger {
+        match Self::try_connect(url, Some("ocpp2.0.1"), None).await {
+            Connect::Ok(c) => *c,
+            Connect::Refused(s) => panic!("refused with HTTP {s}"),
+        }
+    }
+
     pub async fn try_connect(url: &str, protocol: Option<&str>, auth: Option<&str>) -> Connect {
         let mut req = url.into_client_request().expect("request");
         if let Some(p) = protocol {
