@@ -374,6 +374,40 @@ describe('chargesite OCPP 2.0.1 driven by ocpp-rpc', () => {
     });
   });
 
+  describe('strict mode validates the central system\'s CALLs too (control: a fake CSMS)', () => {
+    test('a RequestStopTransaction without transactionId is refused before the handler runs', async () => {
+      const server = new RPCServer({ protocols: [PROTOCOL], strictMode: false });
+      const answer = new Promise((res) => {
+        server.on('client', (c) => {
+          c.on('message', ({ message, outbound }) => {
+            const f = JSON.parse(String(message));
+            if (!outbound && f[1] === 'ctl-1') res(f);
+          });
+          c.sendRaw('[2,"ctl-1","RequestStopTransaction",{}]');
+        });
+      });
+      const http = await server.listen(0, '127.0.0.1');
+      const { port } = http.address();
+      const cli = new RPCClient({
+        endpoint: `ws://127.0.0.1:${port}`, identity: 'CONTROL', protocols: [PROTOCOL], strictMode: true, reconnect: false, callTimeoutMs: TIMEOUT_MS,
+      });
+      const handled = [];
+      cli.handle('RequestStopTransaction', ({ params }) => {
+        handled.push(params);
+        return { status: 'Accepted' };
+      });
+      try {
+        await cli.connect();
+        const frame = await answer;
+        assert.equal(frame[0], 4, JSON.stringify(frame));
+        assert.deepEqual(handled, []);
+      } finally {
+        await cli.close({ force: true });
+        await server.close({ force: true });
+      }
+    });
+  });
+
   // --------------------------------------------------------------------- session with OTP
 
   describe('full session with a KeyCode OTP (strict mode)', () => {
@@ -580,6 +614,67 @@ describe('chargesite OCPP 2.0.1 driven by ocpp-rpc', () => {
         assert.ok(!samplesOf(sid).some((s) => s.energy_wh === 22_500));
         // issue 9: the Ended answer carries the cost when a tariff applies
         assert.equal(ended.totalCost, 27, JSON.stringify(ended));
+      } finally {
+        await cli.close({ code: 1000 });
+      }
+    });
+  });
+
+  // ------------------------------------------------------------ budget stop (reverse direction)
+
+  describe('budget stop: the agent sends RequestStopTransaction (strict mode, both directions)', () => {
+    test('running totalCost, RequestStopTransaction validated by ocpp-rpc, BudgetReached with a settlement', async () => {
+      const cli = await station('budget');
+      const stopRequests = [];
+      // strict mode validates the agent's CALL before this handler runs, and our answer after
+      cli.handle('RequestStopTransaction', ({ params }) => {
+        stopRequests.push(params);
+        return { status: 'Accepted' };
+      });
+      try {
+        const tariff = { currency: 'INR', energy_minor_per_kwh: 1600, service_fee_minor: 0, timezone: 'Asia/Kolkata' };
+        const { otp } = await bpp.provision(cli.identity, { tariff, budget: { currency: 'INR', amount_minor: 5000 } });
+        await cli.call('BootNotification', bootParams());
+        const txId = `NODETX-BUDGET-${randomBytes(4).toString('hex')}`;
+        const t0 = new Date(Date.now() - 30 * 60_000);
+        const res = await cli.call('TransactionEvent', txEvent('Started', 0, t0, txId, 'Authorized', [register(10_000, 'Transaction.Begin')], {
+          info: { chargingState: 'Charging' }, evse: { id: 1, connectorId: 1 }, idToken: keyCode(otp),
+        }));
+        assert.equal(res.idTokenInfo?.status, 'Accepted');
+        const costs = [res.totalCost];
+        let reg = 10_000;
+        let seq = 0;
+        // 500 Wh a minute: 16.00/kWh reaches the 50.00 budget at 3125 Wh
+        while (stopRequests.length === 0 && seq < 10) {
+          seq += 1;
+          reg += 500;
+          const r = await cli.call('TransactionEvent', txEvent('Updated', seq, minutes(t0, seq), txId, 'MeterValuePeriodic', [register(reg)]));
+          costs.push(r.totalCost);
+          await new Promise((ok) => setTimeout(ok, 300));
+        }
+        assert.equal(stopRequests.length, 1, `no RequestStopTransaction by ${reg - 10_000} Wh; totalCost ${costs}`);
+        assert.deepEqual(stopRequests[0], { transactionId: txId });
+        assert.ok(reg - 10_000 <= 3125, `stopped only at ${reg - 10_000} Wh`);
+        assert.ok(costs.every((c) => typeof c === 'number'), `totalCost missing: ${costs}`);
+        assert.deepEqual(costs, [...costs].sort((a, b) => a - b));
+        const total = Math.round(((reg - 10_000) * 1600) / 1000);
+        assert.equal(costs.at(-1), total / 100);
+        seq += 1;
+        const ended = await cli.call('TransactionEvent', txEvent('Ended', seq, minutes(t0, seq), txId, 'RemoteStop', [register(reg, 'Transaction.End')], {
+          info: { chargingState: 'EVConnected', stoppedReason: 'Remote' },
+        }));
+        assert.equal(ended.totalCost, total / 100);
+        assert.deepEqual(cli.strictFailures, []);
+        assert.deepEqual(callErrors(cli), []);
+        const ourErrors = cli.wire.out.map((m) => JSON.parse(m)).filter((f) => f[0] === 4);
+        assert.deepEqual(ourErrors, [], 'ocpp-rpc refused a CALL from the agent');
+        const sid = startedFor(cli.identity, txId).session_id;
+        const stopped = events(['session.stopped'], (e) => e.session_id === sid);
+        assert.equal(stopped.length, 1);
+        assert.equal(stopped[0].reason, 'BudgetReached');
+        assert.equal(stopped[0].energy_wh, reg - 10_000);
+        assert.equal(stopped[0].cost?.total_minor, total);
+        assert.deepEqual(stopped[0].settlement, { prepaid_minor: 5000, charged_minor: total, refund_minor: 5000 - total, topup_minor: 0 });
       } finally {
         await cli.close({ code: 1000 });
       }

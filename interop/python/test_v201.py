@@ -30,6 +30,7 @@ import websockets
 from websockets.asyncio.client import connect
 
 from ocpp import exceptions as ocpp_exc
+from ocpp.routing import on
 from ocpp.v201 import ChargePoint, call, call_result
 
 from bpp import Bpp
@@ -111,7 +112,18 @@ class Wire:
 
 
 class Station(ChargePoint):
-    """A plain OCPP 2.0.1 charging station; the library routes answers to `call()`."""
+    """A plain OCPP 2.0.1 charging station; the library routes answers to `call()`, and
+    validates the central system's CALLs against the 2.0.1 request schemas before a
+    handler sees them (and its answers against the response schemas)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.stop_requests = []
+
+    @on("RequestStopTransaction")
+    def on_request_stop_transaction(self, transaction_id, **kwargs):
+        self.stop_requests.append({"transaction_id": transaction_id, **kwargs})
+        return call_result.RequestStopTransaction(status="Accepted")
 
 
 @contextlib.asynccontextmanager
@@ -317,6 +329,39 @@ def test_control_schema_validation_is_active():
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
                         await reader
+
+    run(go())
+
+
+def test_control_inbound_call_validation_is_active():
+    """Control for the reverse direction: a fake CSMS sends a RequestStopTransaction without
+    the required `transactionId`; the library must refuse it with a CALLERROR before the
+    handler runs. Proves that the validation the budget-stop test relies on is on."""
+    from websockets.asyncio.server import serve
+
+    got = []
+
+    async def fake_csms(ws):
+        await ws.send('[2,"ctl-1","RequestStopTransaction",{}]')
+        got.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+
+    async def go():
+        async with serve(fake_csms, "127.0.0.1", 0, subprotocols=[OCPP201]) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}/ocpp/CONTROL", subprotocols=[OCPP201]) as ws:
+                cp = Station("CONTROL", Wire(ws), response_timeout=TIMEOUT)
+                reader = asyncio.create_task(cp.start())
+                try:
+                    for _ in range(100):
+                        if got:
+                            break
+                        await asyncio.sleep(0.05)
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                        await reader
+                assert got and got[0][0] == 4 and got[0][1] == "ctl-1", got
+                assert cp.stop_requests == [], cp.stop_requests
 
     run(go())
 
@@ -588,6 +633,75 @@ def test_late_event_after_ended_changes_nothing(agent201, bpp):
 
             # CONTRACT / issue 9: the Ended answer carries the cost when a tariff applies
             assert ended.total_cost == pytest.approx(27.0), ended
+
+    run(go())
+
+
+# --------------------------------------------------------------------------- budget stop
+
+
+def test_budget_stop_by_request_stop_transaction(agent201, bpp):
+    """The reverse direction: an OTP with a prepaid budget and a tariff; each answer carries
+    the running `totalCost`; when the cost nears the budget the agent sends
+    RequestStopTransaction, which the library validates against the official 2.0.1 request
+    schema before the handler answers it; the station ends the transaction and the session
+    stops with reason `BudgetReached` and a settlement."""
+    cp_id = new_cp_id("budget")
+    tariff = {"currency": "INR", "energy_minor_per_kwh": 1600, "service_fee_minor": 0, "timezone": "Asia/Kolkata"}
+    otp, order = provision(bpp, cp_id, tariff=tariff, budget={"currency": "INR", "amount_minor": 5000})
+    tx_id = f"PYTX-BUDGET-{uuid.uuid4().hex[:8]}"
+    t0 = minutes(now(), -30)
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, wire):
+            await boot(cp)
+            res = await cp.call(
+                tx_event("Started", 0, t0, tx_id, "Authorized", meter=[register(10_000, "Transaction.Begin")],
+                         info={"chargingState": "Charging"}, evse={"id": 1, "connectorId": 1}, id_token=key_code(otp)),
+                suppress=False,
+            )
+            assert res.id_token_info["status"] == "Accepted", res
+            costs = [res.total_cost]
+            reg = 10_000
+            seq = 0
+            # 500 Wh a minute (30 kW): 16.00/kWh reaches the 50.00 budget at 3125 Wh
+            while not cp.stop_requests and seq < 10:
+                seq += 1
+                reg += 500
+                r = await cp.call(
+                    tx_event("Updated", seq, minutes(t0, seq), tx_id, "MeterValuePeriodic", meter=[register(reg)]),
+                    suppress=False,
+                )
+                costs.append(r.total_cost)
+                await asyncio.sleep(0.3)  # room for the agent's RequestStopTransaction
+            assert cp.stop_requests, f"no RequestStopTransaction by {reg - 10_000} Wh; totalCost {costs}"
+            assert cp.stop_requests[0]["transaction_id"] == tx_id, cp.stop_requests
+            assert reg - 10_000 <= 3125, f"stopped only at {reg - 10_000} Wh, past the budget"
+            assert all(isinstance(c, (int, float)) for c in costs), f"totalCost missing: {costs}"
+            assert costs == sorted(costs), f"the running cost went down: {costs}"
+            assert costs[-1] == pytest.approx((reg - 10_000) * 1.6 / 100), costs
+
+            seq += 1
+            ended = await cp.call(
+                tx_event("Ended", seq, minutes(t0, seq), tx_id, "RemoteStop", meter=[register(reg, "Transaction.End")],
+                         info={"chargingState": "EVConnected", "stoppedReason": "Remote"}),
+                suppress=False,
+            )
+            stop_frames = [f for f in map(json.loads, wire.received) if f[0] == 2 and f[2] == "RequestStopTransaction"]
+            answers = [f for f in map(json.loads, wire.sent) if f[0] in (3, 4) and f[1] in {x[1] for x in stop_frames}]
+            assert answers and all(f[0] == 3 for f in answers), f"the station refused the agent's CALL: {answers}"
+            assert not wire.call_errors(), wire.received
+
+        sid = session_started(agent201.db, cp_id, tx_id)["session_id"]
+        stopped = events(agent201.db, ["session.stopped"], sid)
+        assert len(stopped) == 1, stopped
+        st = stopped[0]
+        assert st["reason"] == "BudgetReached", st
+        assert st["energy_wh"] == reg - 10_000, st
+        total = round((reg - 10_000) * 1600 / 1000)
+        assert st["cost"]["total_minor"] == total, st
+        assert st["settlement"] == {"prepaid_minor": 5000, "charged_minor": total, "refund_minor": 5000 - total, "topup_minor": 0}, st
+        assert ended.total_cost == pytest.approx(total / 100), ended
 
     run(go())
 
