@@ -517,6 +517,48 @@ def test_full_session_with_a_keycode_otp(agent201, bpp):
     run(go())
 
 
+def test_cable_first_then_the_otp(agent201, bpp):
+    """The common 2.0.1 order: the cable is plugged in first (Started, CablePluggedIn, no
+    idToken), the driver then types the OTP (Updated,
+    Authorized, idToken KeyCode), charging follows. The session is the OTP's."""
+    cp_id = new_cp_id("cable")
+    otp, order = provision(bpp, cp_id)
+    tx_id = f"PYTX-CABLE-{uuid.uuid4().hex[:8]}"
+    t0 = minutes(now(), -20)
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, wire):
+            await boot(cp)
+            started = await cp.call(
+                tx_event("Started", 0, t0, tx_id, "CablePluggedIn", meter=[register(30_000, "Transaction.Begin")],
+                         info={"chargingState": "EVConnected"}, evse={"id": 1, "connectorId": 1}),
+                suppress=False,
+            )
+            assert isinstance(started, call_result.TransactionEvent)
+            auth = await cp.call(
+                tx_event("Updated", 1, minutes(t0, 1), tx_id, "Authorized", info={"chargingState": "Charging"},
+                         id_token=key_code(otp)),
+                suppress=False,
+            )
+            assert auth.id_token_info and auth.id_token_info["status"] == "Accepted", auth
+            await cp.call(tx_event("Updated", 2, minutes(t0, 10), tx_id, "MeterValuePeriodic", meter=[register(31_000)]),
+                          suppress=False)
+            await cp.call(
+                tx_event("Ended", 3, minutes(t0, 19), tx_id, "EVDeparted", meter=[register(32_000, "Transaction.End")],
+                         info={"chargingState": "Idle", "stoppedReason": "EVDisconnected"}),
+                suppress=False,
+            )
+            assert not wire.call_errors(), wire.received
+
+        st = session_started(agent201.db, cp_id, tx_id)
+        assert st["order_id"] == order and st["auth_method"] == "otp", st
+        assert st["meter_start_wh"] == 30_000, st
+        stopped = events(agent201.db, ["session.stopped"], st["session_id"])
+        assert len(stopped) == 1 and stopped[0]["energy_wh"] == 2000, stopped
+
+    run(go())
+
+
 # --------------------------------------------------------------------------- offline replay
 
 
@@ -633,6 +675,84 @@ def test_late_event_after_ended_changes_nothing(agent201, bpp):
 
             # CONTRACT / issue 9: the Ended answer carries the cost when a tariff applies
             assert ended.total_cost == pytest.approx(27.0), ended
+
+    run(go())
+
+
+# --------------------------------------------------------------------------- the other station messages
+
+
+def _at():
+    return ts(now())
+
+
+STATION_MESSAGES = [
+    # (action, payload (camelCase), what the answer must contain); each CALL is validated by
+    # the library against its 2.0.1 request schema, and the answer against its response schema
+    ("MeterValues", lambda: {"evseId": 0, "meterValue": [{"timestamp": _at(), "sampledValue": [
+        {"value": 99999, "context": "Sample.Clock", "measurand": "Energy.Active.Import.Register"}]}]}, {}),
+    ("NotifyEvent", lambda: {"generatedAt": _at(), "seqNo": 0, "tbc": False, "eventData": [{
+        "eventId": 1, "timestamp": _at(), "trigger": "Delta", "actualValue": "Unavailable",
+        "eventNotificationType": "HardWiredNotification",
+        "component": {"name": "Connector", "evse": {"id": 1, "connectorId": 1}},
+        "variable": {"name": "AvailabilityState"}}]}, {}),
+    ("SecurityEventNotification", lambda: {"type": "StartupOfTheDevice", "timestamp": _at(), "techInfo": "interop"}, {}),
+    ("NotifyReport", lambda: {"requestId": 1, "generatedAt": _at(), "seqNo": 0, "tbc": False, "reportData": [{
+        "component": {"name": "ChargingStation"}, "variable": {"name": "Model"},
+        "variableAttribute": [{"type": "Actual", "value": "PyOCPP-201", "mutability": "ReadOnly"}]}]}, {}),
+    ("FirmwareStatusNotification", lambda: {"status": "Installed"}, {}),
+    ("LogStatusNotification", lambda: {"status": "Idle"}, {}),
+    ("DataTransfer", lambda: {"vendorId": "com.example.interop", "messageId": "ping", "data": "x"}, {"status": "UnknownVendorId"}),
+    ("NotifyChargingLimit", lambda: {"chargingLimit": {"chargingLimitSource": "EMS"}}, {}),
+    ("ClearedChargingLimit", lambda: {"chargingLimitSource": "EMS"}, {}),
+    ("ReservationStatusUpdate", lambda: {"reservationId": 1, "reservationUpdateStatus": "Expired"}, {}),
+    ("NotifyEVChargingNeeds", lambda: {"evseId": 1, "chargingNeeds": {"requestedEnergyTransfer": "AC_three_phase"}}, {}),
+    ("NotifyDisplayMessages", lambda: {"requestId": 1}, {}),
+    ("NotifyMonitoringReport", lambda: {"requestId": 1, "seqNo": 0, "generatedAt": _at()}, {}),
+    ("NotifyCustomerInformation", lambda: {"data": "x", "seqNo": 0, "generatedAt": _at(), "requestId": 1}, {}),
+    ("PublishFirmwareStatusNotification", lambda: {"status": "Idle"}, {}),
+    ("StatusNotification", lambda: {"timestamp": _at(), "connectorStatus": "Unavailable", "evseId": 1, "connectorId": 2}, {}),
+]
+
+
+@pytest.mark.parametrize("action,payload,expected", STATION_MESSAGES, ids=[m[0] for m in STATION_MESSAGES])
+def test_other_station_messages_get_schema_valid_answers(agent201, action, payload, expected):
+    """Every other message a 2.0.1 station sends, schema-valid as the library checks it: a
+    CALLRESULT that is valid against the official response schema, never a CALLERROR."""
+
+    async def go():
+        async with station(agent201, new_cp_id("msg")) as (cp, wire):
+            await boot(cp)
+            uid = f"msg-{action}"[:36]
+            res = await cp.call(_payload(action, payload()), suppress=False, unique_id=uid)
+            frame = wire.answer_to(uid)
+            assert frame[0] == 3, f"agent answered {frame}"
+            for k, v in expected.items():
+                assert frame[2].get(k) == v, frame
+            assert res is not None
+
+    run(go())
+
+
+@pytest.mark.parametrize(
+    "action,payload",
+    [
+        ("SignCertificate", {"csr": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----"}),
+        ("GetCertificateStatus", {"ocspRequestData": {"hashAlgorithm": "SHA256", "issuerNameHash": "a" * 64,
+                                                      "issuerKeyHash": "b" * 64, "serialNumber": "01", "responderURL": "http://ocsp.example"}}),
+    ],
+    ids=["SignCertificate", "GetCertificateStatus"],
+)
+def test_station_actions_not_built_yet_are_not_supported(agent201, action, payload):
+    """2.0.1 actions the agent recognizes but does not support yet (certificates): OCPP-J
+    2.0.1 says `NotSupported` ("recognized but not supported"), not `NotImplemented`."""
+
+    async def go():
+        async with station(agent201, new_cp_id("nyet")) as (cp, wire):
+            uid = f"nyet-{action}"[:36]
+            with pytest.raises(ocpp_exc.NotSupportedError):
+                await cp.call(_payload(action, payload), suppress=False, unique_id=uid)
+            assert wire.answer_to(uid)[2] == "NotSupported"
 
     run(go())
 
