@@ -559,6 +559,129 @@ def test_cable_first_then_the_otp(agent201, bpp):
     run(go())
 
 
+def test_readings_real_stations_send(agent201, bpp):
+    """Shapes the schema allows and three-phase stations do send: a timestamp with a UTC
+    offset and no fraction, `numberOfPhasesUsed`/`cableMaxCurrent`, per-phase energy
+    registers beside the total (the total is the register, not their sum nor a phase), an
+    export register, a signed meter value, two meterValue entries in one event, and an
+    Ended that carries no meterValue (energy from the last register)."""
+    cp_id = new_cp_id("shapes")
+    otp, _ = provision(bpp, cp_id)
+    tx_id = f"PYTX-SHAPES-{uuid.uuid4().hex[:8]}"
+    day = (now() - dt.timedelta(days=1)).date().isoformat()
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, wire):
+            await boot(cp)
+            res = await cp.call(
+                call.TransactionEvent(
+                    event_type="Started", timestamp=f"{day}T10:00:00+05:30", trigger_reason="Authorized", seq_no=0,
+                    transaction_info={"transactionId": tx_id, "chargingState": "Charging"},
+                    meter_value=[{"timestamp": f"{day}T10:00:00+05:30", "sampledValue": [register(40_000, "Transaction.Begin")]}],
+                    evse={"id": 1, "connectorId": 1}, id_token=key_code(otp), number_of_phases_used=3, cable_max_current=32,
+                ),
+                suppress=False,
+            )
+            assert res.id_token_info["status"] == "Accepted", res
+            await cp.call(
+                tx_event("Updated", 1, dt.datetime.fromisoformat(f"{day}T04:40:00+00:00"), tx_id, "MeterValuePeriodic", meter=[
+                    sv(41_200, "Energy.Active.Import.Register", "Wh"),
+                    sv(13_700, "Energy.Active.Import.Register", "Wh", "L1"),
+                    sv(13_700, "Energy.Active.Import.Register", "Wh", "L2"),
+                    sv(13_800, "Energy.Active.Import.Register", "Wh", "L3"),
+                    sv(5, "Energy.Active.Export.Register", "Wh"),
+                    dict(sv(41_200, "Energy.Active.Import.Register", "Wh", location="Outlet"), signedMeterValue={
+                        "signedMeterData": "AAECAw==", "signingMethod": "ECDSA-secp256r1-SHA256",
+                        "encodingMethod": "OCMF", "publicKey": "BAQEBA=="}),
+                ]),
+                suppress=False,
+            )
+            t2, t3 = (dt.datetime.fromisoformat(f"{day}T04:{m}:00+00:00") for m in (50, 55))
+            await cp.call(
+                call.TransactionEvent(
+                    event_type="Updated", timestamp=ts(t3), trigger_reason="MeterValuePeriodic", seq_no=2,
+                    transaction_info={"transactionId": tx_id},
+                    meter_value=[
+                        {"timestamp": ts(t2), "sampledValue": [register(41_800)]},
+                        {"timestamp": ts(t3), "sampledValue": [register(42_100)]},
+                    ],
+                ),
+                suppress=False,
+            )
+            await cp.call(
+                call.TransactionEvent(
+                    event_type="Ended", timestamp=f"{day}T04:59:00Z", trigger_reason="EVDeparted", seq_no=3,
+                    transaction_info={"transactionId": tx_id, "stoppedReason": "EVDisconnected"},
+                ),
+                suppress=False,
+            )
+            assert not wire.call_errors(), wire.received
+
+        st = session_started(agent201.db, cp_id, tx_id)
+        assert st["started_at"] == f"{day}T04:30:00.000Z", st
+        energies = [x.get("energy_wh") for x in samples_of(agent201.db, st["session_id"])]
+        assert 41_200 in energies and 41_800 in energies and 42_100 in energies, energies
+        assert not {13_700, 13_800, 5} & set(energies), f"a phase or export register taken as the total: {energies}"
+        stopped = events(agent201.db, ["session.stopped"], st["session_id"])
+        assert len(stopped) == 1, stopped
+        assert stopped[0]["energy_wh"] == 2100, stopped
+        assert stopped[0]["stopped_at"] == f"{day}T04:59:00.000Z", stopped
+
+    run(go())
+
+
+def test_two_transactions_each_from_seqno_0(agent201, bpp):
+    """seqNo counts per transaction: the second transaction on the same EVSE starts at 0
+    again and must not be taken for replays of the first."""
+    cp_id = new_cp_id("twotx")
+    t0 = minutes(now(), -60)
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, wire):
+            await boot(cp)
+            for n, base in ((0, 50_000), (1, 51_000)):
+                otp, _ = provision(bpp, cp_id)
+                tx = f"PYTX-TWO{n}-{uuid.uuid4().hex[:8]}"
+                t = minutes(t0, 30 * n)
+                await cp.call(tx_event("Started", 0, t, tx, "Authorized", meter=[register(base, "Transaction.Begin")],
+                                       info={"chargingState": "Charging"}, evse={"id": 1, "connectorId": 1},
+                                       id_token=key_code(otp)), suppress=False)
+                await cp.call(tx_event("Updated", 1, minutes(t, 10), tx, "MeterValuePeriodic", meter=[register(base + 400)]),
+                              suppress=False)
+                await cp.call(tx_event("Ended", 2, minutes(t, 20), tx, "EVDeparted", meter=[register(base + 700, "Transaction.End")],
+                                       info={"stoppedReason": "EVDisconnected"}), suppress=False)
+                st = session_started(agent201.db, cp_id, tx)
+                stopped = events(agent201.db, ["session.stopped"], st["session_id"])
+                assert len(stopped) == 1 and stopped[0]["energy_wh"] == 700, (n, stopped)
+                assert 400 + base in [x.get("energy_wh") for x in samples_of(agent201.db, st["session_id"])]
+            assert not wire.call_errors(), wire.received
+
+    run(go())
+
+
+def test_events_for_a_transaction_the_agent_never_saw(agent201):
+    """A station whose Started the agent never got (another CSMS, a lost database): its
+    schema-valid Updated and Ended are still acknowledged (never a CALLERROR, or the station
+    retries them forever and stalls its queue)."""
+    cp_id = new_cp_id("orphan")
+    tx_id = f"PYTX-ORPHAN-{uuid.uuid4().hex[:8]}"
+    t0 = minutes(now(), -15)
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, wire):
+            await boot(cp)
+            for ev in (
+                tx_event("Updated", 5, t0, tx_id, "MeterValuePeriodic", meter=[register(7_000)]),
+                tx_event("Ended", 6, minutes(t0, 5), tx_id, "EVDeparted", meter=[register(7_500, "Transaction.End")],
+                         info={"stoppedReason": "EVDisconnected"}),
+            ):
+                res = await cp.call(ev, suppress=False)
+                assert isinstance(res, call_result.TransactionEvent)
+            assert not wire.call_errors(), wire.received
+
+    run(go())
+
+
 # --------------------------------------------------------------------------- offline replay
 
 
