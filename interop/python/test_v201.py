@@ -802,6 +802,39 @@ def test_late_event_after_ended_changes_nothing(agent201, bpp):
     run(go())
 
 
+def test_session_stop_command_sends_request_stop_transaction(agent201, bpp):
+    """The BPP's `session.stop` for a running 2.0.1 session: the agent sends
+    RequestStopTransaction (validated by the library against the official request schema
+    before the handler answers Accepted), the station ends the transaction (RemoteStop) and
+    the session stops with reason Remote."""
+    cp_id = new_cp_id("stop")
+    otp, _ = provision(bpp, cp_id)
+    tx_id = f"PYTX-STOP-{uuid.uuid4().hex[:8]}"
+    t0 = minutes(now(), -10)
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, wire):
+            await boot(cp)
+            await cp.call(tx_event("Started", 0, t0, tx_id, "Authorized", meter=[register(60_000, "Transaction.Begin")],
+                                   info={"chargingState": "Charging"}, evse={"id": 1, "connectorId": 1},
+                                   id_token=key_code(otp)), suppress=False)
+            sid = session_started(agent201.db, cp_id, tx_id)["session_id"]
+            result = await asyncio.to_thread(
+                bpp.command, {"id": f"stop-{uuid.uuid4().hex[:8]}", "type": "session.stop", "session_id": sid}
+            )
+            assert result.get("ok") is True, (result, [f for f in wire.received if json.loads(f)[0] == 2])
+            assert cp.stop_requests and cp.stop_requests[0]["transaction_id"] == tx_id, (cp.stop_requests, wire.received)
+            await cp.call(tx_event("Ended", 1, now(), tx_id, "RemoteStop", meter=[register(61_000, "Transaction.End")],
+                                   info={"chargingState": "EVConnected", "stoppedReason": "Remote"}), suppress=False)
+            answers = [f for f in map(json.loads, wire.sent) if f[0] == 4]
+            assert not answers, f"the station refused a CALL from the agent: {answers}"
+            assert not wire.call_errors(), wire.received
+        stopped = events(agent201.db, ["session.stopped"], sid)
+        assert len(stopped) == 1 and stopped[0]["energy_wh"] == 1000 and stopped[0]["reason"] == "Remote", stopped
+
+    run(go())
+
+
 # --------------------------------------------------------------------------- the other station messages
 
 
