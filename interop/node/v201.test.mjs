@@ -681,6 +681,42 @@ describe('chargesite OCPP 2.0.1 driven by ocpp-rpc', () => {
     });
   });
 
+  describe('session.stop from the BPP reaches the station as RequestStopTransaction (strict mode)', () => {
+    test('RequestStopTransaction with the station\'s transactionId, then Ended RemoteStop -> reason Remote', async () => {
+      const cli = await station('stop');
+      const stopRequests = [];
+      cli.handle('RequestStopTransaction', ({ params }) => {
+        stopRequests.push(params);
+        return { status: 'Accepted' };
+      });
+      try {
+        const { otp } = await bpp.provision(cli.identity);
+        await cli.call('BootNotification', bootParams());
+        const txId = `NODETX-STOP-${randomBytes(4).toString('hex')}`;
+        const t0 = new Date(Date.now() - 10 * 60_000);
+        await cli.call('TransactionEvent', txEvent('Started', 0, t0, txId, 'Authorized', [register(60_000, 'Transaction.Begin')], {
+          info: { chargingState: 'Charging' }, evse: { id: 1, connectorId: 1 }, idToken: keyCode(otp),
+        }));
+        const sid = startedFor(cli.identity, txId).session_id;
+        const result = await bpp.command({ id: `stop-${randomBytes(4).toString('hex')}`, type: 'session.stop', session_id: sid });
+        const calls = cli.wire.in.map((m) => JSON.parse(m)).filter((f) => f[0] === 2);
+        assert.equal(result.ok, true, `${JSON.stringify(result)}; CALLs from the agent: ${JSON.stringify(calls)}`);
+        assert.deepEqual(stopRequests, [{ transactionId: txId }]);
+        await cli.call('TransactionEvent', txEvent('Ended', 1, new Date(), txId, 'RemoteStop', [register(61_000, 'Transaction.End')], {
+          info: { chargingState: 'EVConnected', stoppedReason: 'Remote' },
+        }));
+        assert.deepEqual(cli.strictFailures, []);
+        assert.deepEqual(callErrors(cli), []);
+        const stopped = events(['session.stopped'], (e) => e.session_id === sid);
+        assert.equal(stopped.length, 1);
+        assert.equal(stopped[0].energy_wh, 1000);
+        assert.equal(stopped[0].reason, 'Remote');
+      } finally {
+        await cli.close({ code: 1000 });
+      }
+    });
+  });
+
   // -------------------------------------------------------------------------- CALLERRORs
 
   // Schema-invalid CALLs through the library with strict mode off (strict mode refuses to
