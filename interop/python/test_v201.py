@@ -682,6 +682,48 @@ def test_events_for_a_transaction_the_agent_never_saw(agent201):
     run(go())
 
 
+def test_otp_scope_revocation_and_lockout(agent201, bpp):
+    """CONTRACT OTP rules on 2.0.1: an OTP works only on its charger and EVSE, not after
+    `authorization.revoke`, and five wrong codes lock OTP entry on that charger (the right
+    code is then refused too, reported as `blocked`)."""
+    cp_a, cp_b, cp_lock = new_cp_id("scopeA"), new_cp_id("scopeB"), new_cp_id("lock")
+    otp, order = provision(bpp, cp_a)
+    revoked, revoked_order = provision(bpp, cp_a)
+    lock_otp, _ = provision(bpp, cp_lock)
+
+    async def go():
+        async with station(agent201, cp_b) as (cp, _):
+            r = await cp.call(call.Authorize(id_token=key_code(otp)), suppress=False)
+            assert r.id_token_info["status"] != "Accepted", f"another charger's OTP accepted: {r}"
+        async with station(agent201, cp_a) as (cp, wire):
+            started = await cp.call(
+                tx_event("Started", 0, now(), f"PYTX-EVSE2-{uuid.uuid4().hex[:6]}", "Authorized",
+                         meter=[register(1, "Transaction.Begin")], evse={"id": 2, "connectorId": 1}, id_token=key_code(otp)),
+                suppress=False,
+            )
+            assert started.id_token_info["status"] != "Accepted", f"EVSE 1's OTP accepted on EVSE 2: {started}"
+            res = await asyncio.to_thread(
+                bpp.command, {"id": f"revoke-{uuid.uuid4().hex[:8]}", "type": "authorization.revoke", "order_id": revoked_order}
+            )
+            assert res.get("ok") is True, res
+            r = await cp.call(call.Authorize(id_token=key_code(revoked)), suppress=False)
+            assert r.id_token_info["status"] != "Accepted", f"a revoked OTP accepted: {r}"
+            r = await cp.call(call.Authorize(id_token=key_code(otp)), suppress=False)
+            assert r.id_token_info["status"] == "Accepted", r
+            assert not wire.call_errors(), wire.received
+        async with station(agent201, cp_lock) as (cp, wire):
+            for _ in range(5):
+                r = await cp.call(call.Authorize(id_token=key_code(other_otp(lock_otp))), suppress=False)
+                assert r.id_token_info["status"] != "Accepted", r
+            r = await cp.call(call.Authorize(id_token=key_code(lock_otp)), suppress=False)
+            assert r.id_token_info["status"] != "Accepted", f"accepted while locked out: {r}"
+            assert not wire.call_errors(), wire.received
+        results = [e.get("result") for e in events(agent201.db, ["auth.checked"]) if e.get("cp_id") == cp_lock]
+        assert results[-1] == "blocked", results
+
+    run(go())
+
+
 # --------------------------------------------------------------------------- offline replay
 
 
