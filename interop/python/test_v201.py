@@ -119,6 +119,12 @@ class Station(ChargePoint):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.stop_requests = []
+        self.status_requests = []
+
+    @on("GetTransactionStatus")
+    def on_get_transaction_status(self, **kwargs):
+        self.status_requests.append(kwargs)
+        return call_result.GetTransactionStatus(messages_in_queue=False, ongoing_indicator=True)
 
     @on("RequestStopTransaction")
     def on_request_stop_transaction(self, transaction_id, **kwargs):
@@ -720,6 +726,82 @@ def test_otp_scope_revocation_and_lockout(agent201, bpp):
             assert not wire.call_errors(), wire.received
         results = [e.get("result") for e in events(agent201.db, ["auth.checked"]) if e.get("cp_id") == cp_lock]
         assert results[-1] == "blocked", results
+
+    run(go())
+
+
+def test_connector_status_reaches_the_retained_topic(agent201, bpp):
+    """StatusNotification and NotifyEvent (AvailabilityState) of a 2.0.1 station become the
+    retained `<root>/connectors/<cp_id>/<evse_id>` topic (CONTRACT §4), with the EVSE's
+    connectors listed."""
+    cp_id = new_cp_id("status")
+    topic = f"{bpp.root}/connectors/{cp_id}/1"
+
+    def seen(status):
+        return bpp.wait_for(
+            f"{topic} {status}",
+            lambda t, b: t == topic and isinstance(b, dict) and b.get("status") == status,
+        )
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, wire):
+            await boot(cp)
+            await cp.call(call.StatusNotification(timestamp=ts(now()), connector_status="Occupied", evse_id=1, connector_id=1),
+                          suppress=False)
+            body = await asyncio.to_thread(seen, "Occupied")
+            assert body.get("charger_online") is True, body
+            assert {"connector_id": 1, "status": "Occupied"} in body.get("connectors", []), body
+            await cp.call(
+                _payload("NotifyEvent", {"generatedAt": ts(now()), "seqNo": 0, "tbc": False, "eventData": [{
+                    "eventId": 7, "timestamp": ts(now()), "trigger": "Delta", "actualValue": "Unavailable",
+                    "eventNotificationType": "HardWiredNotification",
+                    "component": {"name": "Connector", "evse": {"id": 1, "connectorId": 1}},
+                    "variable": {"name": "AvailabilityState"}}]}),
+                suppress=False,
+            )
+            body = await asyncio.to_thread(seen, "Unavailable")
+            assert {"connector_id": 1, "status": "Unavailable"} in body.get("connectors", []), body
+            assert not wire.call_errors(), wire.received
+
+    run(go())
+
+
+def test_reconnect_with_an_open_transaction(agent201, bpp):
+    """A station that loses its connection mid-transaction and reconnects without a
+    BootNotification carries on (CONTRACT §3); the agent asks it for the transaction's
+    status with GetTransactionStatus (issue 9: "for an open transaction after a
+    reconnect"), which the library validates before its handler answers; the session shows
+    the interruption and is billed as one."""
+    cp_id = new_cp_id("recon")
+    otp, _ = provision(bpp, cp_id)
+    tx_id = f"PYTX-RECON-{uuid.uuid4().hex[:8]}"
+    t0 = minutes(now(), -20)
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, _):
+            await boot(cp)
+            await cp.call(tx_event("Started", 0, t0, tx_id, "Authorized", meter=[register(70_000, "Transaction.Begin")],
+                                   info={"chargingState": "Charging"}, evse={"id": 1, "connectorId": 1},
+                                   id_token=key_code(otp)), suppress=False)
+        async with station(agent201, cp_id) as (cp, wire):
+            for _ in range(100):
+                if cp.status_requests:
+                    break
+                await asyncio.sleep(0.1)
+            agent_calls = [f for f in map(json.loads, wire.received) if f[0] == 2]
+            refused = [f for f in map(json.loads, wire.sent) if f[0] == 4]
+            assert not refused, f"the station refused the agent's CALLs {agent_calls}: {refused}"
+            await cp.call(tx_event("Updated", 1, minutes(t0, 10), tx_id, "MeterValuePeriodic", meter=[register(70_900)]),
+                          suppress=False)
+            await cp.call(tx_event("Ended", 2, minutes(t0, 19), tx_id, "EVDeparted", meter=[register(71_500, "Transaction.End")],
+                                   info={"stoppedReason": "EVDisconnected"}), suppress=False)
+            assert not wire.call_errors(), wire.received
+            sid = session_started(agent201.db, cp_id, tx_id)["session_id"]
+            stopped = events(agent201.db, ["session.stopped"], sid)
+            assert len(stopped) == 1 and stopped[0]["energy_wh"] == 1500, stopped
+            kinds = [e["type"] for e in events(agent201.db, ["session.interrupted", "session.resumed"], sid)]
+            assert kinds == ["session.interrupted", "session.resumed"], kinds
+            assert cp.status_requests == [{"transaction_id": tx_id}], f"no GetTransactionStatus for {tx_id}; the agent sent {agent_calls}"
 
     run(go())
 
