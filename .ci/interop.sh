@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Interoperability: chargesite's OCPP 1.6J endpoint driven by charge point implementations
-# nobody here wrote, each validating every message against the official OCPP 1.6 JSON
-# schemas (see interop/README.md):
+# Interoperability: chargesite's OCPP-J endpoint driven by charge point implementations
+# nobody here wrote, each validating every message against the official OCPP 1.6 and 2.0.1
+# JSON schemas (see interop/README.md):
 #   python   PyPI `ocpp` (mobilityhouse) + `websockets`, pytest     interop/python
 #   node     npm `ocpp-rpc` RPCClient, strictMode, node --test      interop/node
 #   ocppsim  crates.io `ocppsim` --strict, driven through a pty     interop/ocppsim
-# Each suite gets its own agent (temp dir, listen 127.0.0.1:0), which is stopped with
-# SIGTERM afterwards and must exit 0.
+# Each suite runs once per version, each run with its own agent (temp dir, listen
+# 127.0.0.1:0), which is stopped with SIGTERM afterwards and must exit 0. The 1.6 agents
+# run free vend without an uplink; the 2.0.1 agents run `free_vend = false` with an uplink
+# to a local mosquitto, through which the suites (playing the BPP) provision OTPs.
 #
 # Runs as root on Debian bookworm in CI (CI=true, no stdin) from a clean clone; installs
-# what it needs: python3-venv / nodejs+npm via apt when missing, the pinned Python packages
-# into target/interop-venv, `npm ci` in interop/node, ocppsim into target/tools.
-# INTEROP_SKIP_OCPPSIM=1 skips the ocppsim suite (its first build takes about 3 minutes).
+# what it needs: python3-venv / nodejs+npm / mosquitto via apt when missing, the pinned
+# Python packages into target/interop-venv, `npm ci` in interop/node, ocppsim into
+# target/tools.
+# INTEROP_SKIP_OCPPSIM=1 skips the ocppsim suites (its first build takes about 3 minutes);
+# INTEROP_SUITES="python node ocppsim python201 node201 ocppsim201" (any subset) runs only those.
 # Exits non-zero if anything failed; the last line is `interop: N passed, M failed`.
 set -euo pipefail
 
@@ -27,10 +31,15 @@ export npm_config_fund=false npm_config_audit=false npm_config_update_notifier=f
 
 workdir="$(mktemp -d -t chargesite-interop.XXXXXX)"
 agent_pid=""
+broker_pid=""
 cleanup() {
     if [[ -n "${agent_pid}" ]] && kill -0 "${agent_pid}" 2>/dev/null; then
         kill -TERM "${agent_pid}" 2>/dev/null || true
         wait "${agent_pid}" 2>/dev/null || true
+    fi
+    if [[ -n "${broker_pid}" ]] && kill -0 "${broker_pid}" 2>/dev/null; then
+        kill -TERM "${broker_pid}" 2>/dev/null || true
+        wait "${broker_pid}" 2>/dev/null || true
     fi
     rm -rf "${workdir}"
 }
@@ -73,12 +82,13 @@ fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     apt_install nodejs npm ca-certificates
 fi
+command -v mosquitto >/dev/null || apt_install mosquitto
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 if (( node_major < 18 )); then
     echo "interop: Node >= 18 needed for node:test; found $(node --version)" >&2
     exit 1
 fi
-echo "cargo $(cargo --version | cut -d' ' -f2), $(python3 --version), node $(node --version), npm $(npm --version)"
+echo "cargo $(cargo --version | cut -d' ' -f2), $(python3 --version), node $(node --version), npm $(npm --version), $(mosquitto -h 2>/dev/null | head -n 1)"
 
 venv="${repo_root}/target/interop-venv"
 mkdir -p "${repo_root}/target"
@@ -126,24 +136,62 @@ agent_bin="${CARGO_TARGET_DIR:-${repo_root}/target}/debug/chargesite"
 
 # ------------------------------------------------------------------------------- agent control
 
-# start_agent NAME: a fresh agent in ${workdir}/NAME; sets agent_pid, agent_url, agent_db.
+# start_broker: one mosquitto for the 2.0.1 agents, on a free port below the ephemeral
+# range; sets broker_pid, broker_port.
+start_broker() {
+    local dir="${workdir}/mosquitto" port i try
+    mkdir -p "${dir}"
+    for ((try = 0; try < 20; try++)); do
+        port=$((20000 + RANDOM % 10000))
+        printf 'user root\nlistener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "${port}" >"${dir}/mosquitto.conf"
+        mosquitto -c "${dir}/mosquitto.conf" >>"${dir}/mosquitto.log" 2>&1 </dev/null &
+        broker_pid=$!
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "${broker_pid}" 2>/dev/null || break
+            if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+                broker_port=${port}
+                echo "mosquitto: pid ${broker_pid}, 127.0.0.1:${broker_port}"
+                return 0
+            fi
+            sleep 0.05
+        done
+        kill -KILL "${broker_pid}" 2>/dev/null || true
+        wait "${broker_pid}" 2>/dev/null || true
+        broker_pid=""
+    done
+    echo "interop: mosquitto did not start; log:" >&2
+    cat "${dir}/mosquitto.log" >&2 || true
+    return 1
+}
+
+# start_agent NAME: a fresh agent in ${workdir}/NAME; sets agent_pid, agent_url, agent_db
+# (and agent_site). A NAME ending in 201 gets the 2.0.1 configuration: free_vend = false and
+# an uplink to the broker, site id site-NAME.
 start_agent() {
-    local dir="${workdir}/$1"
+    local dir="${workdir}/$1" auth="free_vend = true" uplink=""
     mkdir -p "${dir}"
     agent_db="${dir}/cs.db"
+    agent_site="site-001"
+    if [[ "$1" == *201 ]]; then
+        agent_site="site-$1"
+        auth="free_vend = false"
+        uplink="$(printf '[uplink]\nurl = "mqtt://127.0.0.1:%s"\nkeepalive_secs = 5' "${broker_port}")"
+    fi
     cat >"${dir}/chargesite.toml" <<EOF
 [site]
-id = "site-001"
+id = "${agent_site}"
 
 [ocpp]
 listen = "127.0.0.1:0"
 allow_unknown_chargers = true
 
 [auth]
-free_vend = true
+${auth}
 
 [store]
 path = "${agent_db}"
+
+${uplink}
 EOF
     # Rust's stdout is line-buffered even into a file: poll it for the port line.
     "${agent_bin}" run --config "${dir}/chargesite.toml" >"${dir}/stdout" 2>"${dir}/agent.log" </dev/null &
@@ -197,7 +245,7 @@ suite_python() {
     local out="${workdir}/python.out" rc summary_line pass fail n xfail
     set +e
     CHARGESITE_WS_URL="${agent_url}" CHARGESITE_DB="${agent_db}" \
-        "${venv}/bin/python" -m pytest -p no:cacheprovider -q -rfE interop/python </dev/null 2>&1 | tee "${out}"
+        "${venv}/bin/python" -m pytest -p no:cacheprovider -q -rfE interop/python/test_interop.py </dev/null 2>&1 | tee "${out}"
     rc=${PIPESTATUS[0]}
     set -e
     summary_line="$(tail -n 1 "${out}")"
@@ -211,25 +259,52 @@ suite_python() {
     record python "${pass:-0}" "${fail}" "${xfail:+${xfail}: known agent bug, see interop/README.md}"
 }
 
-suite_node() {
-    local tap="${workdir}/node.tap" rc pass fail
+suite_python201() {
+    local out="${workdir}/python201.out" rc summary_line pass fail n
+    set +e
+    CHARGESITE201_WS_URL="${agent_url}" CHARGESITE201_DB="${agent_db}" \
+        CHARGESITE201_MQTT="127.0.0.1:${broker_port}" CHARGESITE201_SITE="${agent_site}" \
+        "${venv}/bin/python" -m pytest -p no:cacheprovider -q -rfE interop/python/test_v201.py </dev/null 2>&1 | tee "${out}"
+    rc=${PIPESTATUS[0]}
+    set -e
+    summary_line="$(tail -n 1 "${out}")"
+    pass="$(grep -oE '[0-9]+ passed' <<<"${summary_line}" | grep -oE '^[0-9]+' || true)"
+    fail=0
+    for n in $(grep -oE '[0-9]+ (failed|errors?)' <<<"${summary_line}" | grep -oE '^[0-9]+' || true); do
+        fail=$((fail + n))
+    done
+    if [[ ${rc} -ne 0 && ${fail} -eq 0 ]]; then fail=1; fi
+    record python201 "${pass:-0}" "${fail}"
+}
+
+# node_tests NAME FILE: node --test on FILE with the agent in the environment.
+node_tests() {
+    local tap="${workdir}/$1.tap" rc pass fail
     set +e
     (cd interop/node && CHARGESITE_WS_URL="${agent_url}" CHARGESITE_DB="${agent_db}" \
+        CHARGESITE201_WS_URL="${agent_url}" CHARGESITE201_DB="${agent_db}" \
+        CHARGESITE201_MQTT="127.0.0.1:${broker_port:-0}" CHARGESITE201_SITE="${agent_site}" \
         node --test --test-reporter=spec --test-reporter-destination=stdout \
-        --test-reporter=tap --test-reporter-destination="${tap}" interop.test.mjs </dev/null)
+        --test-reporter=tap --test-reporter-destination="${tap}" "$2" </dev/null)
     rc=$?
     set -e
     pass="$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "${tap}" 2>/dev/null | tail -n 1)"
     fail="$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "${tap}" 2>/dev/null | tail -n 1)"
     fail="${fail:-0}"
     if [[ ${rc} -ne 0 && ${fail} -eq 0 ]]; then fail=1; fi
-    record node "${pass:-0}" "${fail}"
+    record "$1" "${pass:-0}" "${fail}"
 }
 
-suite_ocppsim() {
-    local out="${workdir}/ocppsim.out" rc line pass fail
+suite_node() { node_tests node interop.test.mjs; }
+suite_node201() { node_tests node201 v201.test.mjs; }
+
+# ocppsim_run NAME PROTOCOL
+ocppsim_run() {
+    local out="${workdir}/$1.out" rc line pass fail
     set +e
-    PYTHON="${venv}/bin/python" interop/ocppsim/run.sh "${ocppsim_bin}" "${agent_url}" "${agent_db}" "${workdir}/ocppsim-run" </dev/null 2>&1 | tee "${out}"
+    PYTHON="${venv}/bin/python" OCPPSIM_PROTOCOL="$2" \
+        CHARGESITE201_MQTT="127.0.0.1:${broker_port:-0}" CHARGESITE201_SITE="${agent_site}" \
+        interop/ocppsim/run.sh "${ocppsim_bin}" "${agent_url}" "${agent_db}" "${workdir}/$1-run" </dev/null 2>&1 | tee "${out}"
     rc=${PIPESTATUS[0]}
     set -e
     line="$(grep -E '^ocppsim: [0-9]+ passed, [0-9]+ failed$' "${out}" | tail -n 1 || true)"
@@ -237,12 +312,20 @@ suite_ocppsim() {
     fail="$(sed -n 's/.* \([0-9]*\) failed$/\1/p' <<<"${line}")"
     fail="${fail:-0}"
     if [[ ${rc} -ne 0 && ${fail} -eq 0 ]]; then fail=1; fi
-    record ocppsim "${pass:-0}" "${fail}"
+    record "$1" "${pass:-0}" "${fail}"
 }
 
-# run_suite NAME: one agent, the suite, SIGTERM.
+suite_ocppsim() { ocppsim_run ocppsim 1.6; }
+suite_ocppsim201() { ocppsim_run ocppsim201 2.0.1; }
+
+# run_suite NAME: one agent, the suite, SIGTERM. INTEROP_SUITES="node201 ocppsim201" runs only
+# the suites it names.
 run_suite() {
     local failed_before=${total_failed}
+    if [[ -n "${INTEROP_SUITES:-}" && " ${INTEROP_SUITES} " != *" $1 "* ]]; then
+        echo "$1: skipped (not in INTEROP_SUITES)"
+        return 0
+    fi
     if start_agent "$1"; then
         "suite_$1"
         if ((total_failed > failed_before)); then
@@ -268,6 +351,25 @@ run_suite node
 if [[ ${run_ocppsim} -eq 1 ]]; then
     note "ocppsim: crates.io $("${ocppsim_bin}" --version 2>/dev/null | head -n 1) (--strict)"
     run_suite ocppsim
+fi
+
+note "OCPP 2.0.1: a broker for the agents' uplinks"
+if start_broker; then
+    note "python201: PyPI ocpp $(sed -n 's/^ocpp==//p' interop/python/requirements.txt) ocpp.v201, paho-mqtt $(sed -n 's/^paho-mqtt==//p' interop/python/requirements.txt) as the BPP"
+    run_suite python201
+
+    note "node201: npm ocpp-rpc (ocpp2.0.1, strictMode), mqtt $(node -p 'require("./interop/node/node_modules/mqtt/package.json").version') as the BPP"
+    run_suite node201
+
+    if [[ ${run_ocppsim} -eq 1 ]]; then
+        note "ocppsim201: crates.io $("${ocppsim_bin}" --version 2>/dev/null | head -n 1) (--protocol 2.0.1 --strict)"
+        run_suite ocppsim201
+    fi
+    kill -TERM "${broker_pid}" 2>/dev/null || true
+    wait "${broker_pid}" 2>/dev/null || true
+    broker_pid=""
+else
+    record broker 0 1
 fi
 
 note "summary"

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use chargesite::ocpp::commands::{self, Command, CommandError};
+use chargesite::ocpp::commands::{self, Command, CommandError, TransactionRef};
 use chargesite::ocpp::registry::{CallFailure, Registry};
 use common::Charger;
 use serde_json::json;
@@ -50,6 +50,7 @@ async fn remote_start_reaches_the_charger_and_its_answer_comes_back() {
             Command::RemoteStart {
                 id_tag: "ORDER-1".into(),
                 connector_id: Some(1),
+                remote_start_id: 1,
             },
             Duration::from_secs(5),
         )
@@ -77,7 +78,10 @@ async fn only_one_call_is_outstanding_per_direction() {
             commands::send(
                 &r,
                 "CP001",
-                Command::UnlockConnector { connector_id },
+                Command::UnlockConnector {
+                    connector_id,
+                    evse_connector: None,
+                },
                 Duration::from_secs(5),
             )
             .await
@@ -109,7 +113,10 @@ async fn a_silent_charger_times_out_and_a_callerror_is_reported() {
     let err = commands::send(
         &registry,
         "CP001",
-        Command::Reset { hard: false },
+        Command::Reset {
+            hard: false,
+            evse_id: None,
+        },
         Duration::from_millis(300),
     )
     .await
@@ -144,7 +151,9 @@ async fn a_silent_charger_times_out_and_a_callerror_is_reported() {
         commands::send(
             &r,
             "CP001",
-            Command::RemoteStop { transaction_id: 3 },
+            Command::RemoteStop {
+                transaction: TransactionRef::V16(3),
+            },
             Duration::from_secs(5),
         )
         .await
@@ -165,7 +174,10 @@ async fn a_command_for_an_absent_charger_fails_at_once() {
     let err = commands::send(
         &registry,
         "NOPE",
-        Command::UnlockConnector { connector_id: 1 },
+        Command::UnlockConnector {
+            connector_id: 1,
+            evse_connector: None,
+        },
         Duration::from_secs(5),
     )
     .await

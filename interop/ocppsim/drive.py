@@ -9,6 +9,7 @@ commands, and reads its `--log-path` file with `--trace-frames` on, which holds 
 OCPP frame in both directions. It then checks the frames and the agent's SQLite events.
 
 Usage: drive.py --sim BIN --url ws://127.0.0.1:PORT/ocpp --db PATH --workdir DIR
+                [--protocol 2.0.1 --mqtt HOST:PORT --site SITE]   (2.0.1: see drive201.py)
 Exit status: 0 when every check passed; prints one `ok`/`FAIL` line per check.
 """
 
@@ -33,7 +34,7 @@ LINE = re.compile(r"\[(TX|RX|INFO|WARN|ERROR)\] (.*)$")
 
 
 class Sim:
-    def __init__(self, binary, url, cp_id, workdir):
+    def __init__(self, binary, url, cp_id, workdir, protocol="1.6", connectors=2):
         self.log_path = os.path.join(workdir, "ocppsim.log")
         self.screen_path = os.path.join(workdir, "ocppsim.screen")
         master, slave = pty.openpty()
@@ -49,8 +50,8 @@ class Sim:
                 os.path.abspath(binary),
                 "--ws-url", url,
                 "--cp-id", cp_id,
-                "--protocol", "1.6",
-                "--connectors", "2",
+                "--protocol", protocol,
+                "--connectors", str(connectors),
                 "--vendor", "ocppsim",
                 "--model", "ocppsim-interop",
                 "--firmware", "0.3.0",
@@ -120,6 +121,17 @@ class Sim:
             time.sleep(0.05)
         raise TimeoutError(f"timed out waiting for {what}; see {self.log_path}")
 
+    def received_calls(self, action):
+        """CALLs of `action` the simulator received (from the central system)."""
+        return [f for d, f in self.frames() if d == "RX" and f[0] == 2 and f[2] == action]
+
+    def reply_to(self, unique_id):
+        """The simulator's own answer (CALLRESULT or CALLERROR) to a CALL it received."""
+        for d, f in self.frames():
+            if d == "TX" and f[0] in (3, 4) and f[1] == unique_id:
+                return f
+        return None
+
     def answered(self, action, nth=1):
         """The `nth` CALL of `action` the simulator sent and the agent's answer to it."""
 
@@ -183,7 +195,7 @@ class Checks:
         return ok
 
 
-def control(binary, workdir, c):
+def control(binary, workdir, c, protocol="1.6"):
     """Control: a fake central system answers BootNotification without the required
     `interval`; ocppsim --strict must report the answer schema-invalid. Proves that the
     'every CALLRESULT valid' check above is not vacuous. Needs `websockets` (the
@@ -202,10 +214,10 @@ def control(binary, workdir, c):
                 await ws.send(json.dumps([3, frame[1], {"status": "Accepted", "currentTime": "2026-01-01T00:00:00.000Z"}]))
 
     async def run():
-        async with serve(fake_central_system, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as server:
+        async with serve(fake_central_system, "127.0.0.1", 0, subprotocols=[f"ocpp{protocol}"]) as server:
             port = server.sockets[0].getsockname()[1]
             os.makedirs(workdir, exist_ok=True)
-            sim = Sim(binary, f"ws://127.0.0.1:{port}/ocpp", "CONTROL", workdir)
+            sim = Sim(binary, f"ws://127.0.0.1:{port}/ocpp", "CONTROL", workdir, protocol=protocol)
             try:
                 await asyncio.to_thread(sim.wait, "the simulator to be ready", lambda: any("Simulator ready" in m for _, m in sim.lines()))
                 sim.type("connect")
@@ -220,21 +232,13 @@ def control(binary, workdir, c):
 
     try:
         found = asyncio.run(run())
-        c.check("control: ocppsim --strict rejects a schema-invalid answer from a fake central system", bool(found))
+        c.check(f"control ({protocol}): ocppsim --strict rejects a schema-invalid answer from a fake central system", bool(found))
     except Exception as e:
-        c.check("control: ocppsim --strict rejects a schema-invalid answer from a fake central system", False, f"{type(e).__name__}: {e}")
+        c.check(f"control ({protocol}): ocppsim --strict rejects a schema-invalid answer from a fake central system", False, f"{type(e).__name__}: {e}")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sim", required=True)
-    ap.add_argument("--url", required=True)
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--workdir", required=True)
-    args = ap.parse_args()
-
+def scenario_16(args, c):
     cp_id = f"SIM-{uuid.uuid4().hex[:8]}"
-    c = Checks()
     sim = Sim(args.sim, args.url.rstrip("/"), cp_id, args.workdir)
     try:
         # direct mode only sets the target; `connect` opens it and sends BootNotification
@@ -335,7 +339,26 @@ def main():
     finally:
         sim.stop()
 
-    control(args.sim, os.path.join(args.workdir, "control"), c)
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sim", required=True)
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--protocol", default="1.6", choices=["1.6", "2.0.1"])
+    ap.add_argument("--mqtt", help="2.0.1: the agent's broker, host:port (the driver plays the BPP)")
+    ap.add_argument("--site", default="site-001", help="2.0.1: the agent's site id")
+    args = ap.parse_args()
+
+    c = Checks()
+    if args.protocol == "1.6":
+        scenario_16(args, c)
+    else:
+        import drive201  # beside this file
+
+        drive201.scenario(args, c, Sim, events)
+    control(args.sim, os.path.join(args.workdir, "control"), c, args.protocol)
 
     print(f"ocppsim: {c.passed} passed, {c.failed} failed")
     return 1 if c.failed else 0

@@ -1,21 +1,28 @@
-"""Fixtures for the mobilityhouse `ocpp` interop suite.
+"""Fixtures for the mobilityhouse `ocpp` interop suites.
 
-The agent under test is given by the environment (this is how .ci/interop.sh runs it):
-  CHARGESITE_WS_URL  e.g. ws://127.0.0.1:PORT/ocpp   (chargers append /<chargePointId>)
-  CHARGESITE_DB      the agent's SQLite file (read-only here)
+Two agents, one per OCPP version under test, given by the environment (this is how
+.ci/interop.sh runs them):
+  CHARGESITE_WS_URL, CHARGESITE_DB        the 1.6 agent (free vend, no uplink):
+                                          ws://127.0.0.1:PORT/ocpp and its SQLite file
+  CHARGESITE201_WS_URL, CHARGESITE201_DB  the 2.0.1 agent (free_vend = false, uplink on)
+  CHARGESITE201_MQTT                      its broker, host:port (the test plays the BPP)
+  CHARGESITE201_SITE                      its [site] id (topics chargesite/v1/<site>/...)
 
-Without them, the suite starts its own agent from CHARGESITE_BIN (default:
-<repo>/target/debug/chargesite) on 127.0.0.1:0 in a temp dir, and stops it with SIGTERM
-at the end (checking exit status 0), so `pytest interop/python` also works on its own.
+Without them, each fixture starts its own agent from CHARGESITE_BIN (default:
+<repo>/target/debug/chargesite) on 127.0.0.1:0 in a temp dir (and, for 2.0.1, its own
+`mosquitto` on a free port), and stops it with SIGTERM at the end (checking exit status
+0), so `pytest interop/python` also works on its own.
 """
 
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import time
+import uuid
 
 import pytest
 
@@ -23,24 +30,58 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 class Agent:
-    def __init__(self, ws_url, db):
+    def __init__(self, ws_url, db, mqtt=None, site="site-001"):
         self.ws_url = ws_url.rstrip("/")
         self.db = db
+        self.mqtt = mqtt  # (host, port) of the agent's broker, or None
+        self.site = site
 
     def url(self, cp_id):
         return f"{self.ws_url}/{cp_id}"
 
 
-def _start_own_agent(tmp):
+def _free_port():
+    # below the ephemeral range, where nothing else picks ports on its own
+    for _ in range(100):
+        port = 20000 + int.from_bytes(os.urandom(2), "big") % 10000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def _start_broker(tmp):
+    port = _free_port()
+    conf = os.path.join(tmp, "mosquitto.conf")
+    with open(conf, "w") as f:
+        user = "user root\n" if os.geteuid() == 0 else ""
+        f.write(f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    log = open(os.path.join(tmp, "mosquitto.log"), "w")
+    proc = subprocess.Popen(["mosquitto", "-c", conf], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"mosquitto did not start; see {tmp}/mosquitto.log")
+
+
+def _start_own_agent(tmp, site="site-001", auth="free_vend = true", uplink=""):
     binary = os.environ.get("CHARGESITE_BIN", str(REPO / "target" / "debug" / "chargesite"))
     db = os.path.join(tmp, "cs.db")
     cfg = os.path.join(tmp, "chargesite.toml")
     with open(cfg, "w") as f:
         f.write(
-            '[site]\nid = "site-001"\n'
+            f'[site]\nid = "{site}"\n'
             '[ocpp]\nlisten = "127.0.0.1:0"\nallow_unknown_chargers = true\n'
-            "[auth]\nfree_vend = true\n"
+            f"[auth]\n{auth}\n"
             f'[store]\npath = "{db}"\n'
+            f"{uplink}"
         )
     log = open(os.path.join(tmp, "agent.log"), "w")
     proc = subprocess.Popen(
@@ -63,21 +104,54 @@ def _start_own_agent(tmp):
     if port is None:
         proc.kill()
         raise RuntimeError(f"agent did not start; see {tmp}/agent.log")
-    return proc, Agent(f"ws://127.0.0.1:{port}/ocpp", db)
+    return proc, f"ws://127.0.0.1:{port}/ocpp", db
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=30)
+    assert rc == 0, f"agent exited {rc} on SIGTERM"
 
 
 @pytest.fixture(scope="session")
 def agent():
+    """The OCPP 1.6 agent: free vend, no uplink."""
     url = os.environ.get("CHARGESITE_WS_URL")
     db = os.environ.get("CHARGESITE_DB")
     if url and db:
         yield Agent(url, db)
         return
     with tempfile.TemporaryDirectory(prefix="interop-py-") as tmp:
-        proc, a = _start_own_agent(tmp)
+        proc, url, db = _start_own_agent(tmp)
         try:
-            yield a
+            yield Agent(url, db)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(timeout=30)
-            assert rc == 0, f"agent exited {rc} on SIGTERM"
+            _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def agent201():
+    """The agent the OCPP 2.0.1 suite drives: `free_vend = false` (an OTP is really
+    checked), with an uplink to a broker through which the test provisions OTPs."""
+    url = os.environ.get("CHARGESITE201_WS_URL")
+    db = os.environ.get("CHARGESITE201_DB")
+    mqtt = os.environ.get("CHARGESITE201_MQTT")
+    if url and db and mqtt:
+        host, port = mqtt.rsplit(":", 1)
+        yield Agent(url, db, (host, int(port)), os.environ.get("CHARGESITE201_SITE", "site-001"))
+        return
+    with tempfile.TemporaryDirectory(prefix="interop-py201-") as tmp:
+        broker, port = _start_broker(tmp)
+        site = f"site-py201-{uuid.uuid4().hex[:6]}"
+        try:
+            proc, url, db = _start_own_agent(
+                tmp, site=site, auth="free_vend = false",
+                uplink=f'[uplink]\nurl = "mqtt://127.0.0.1:{port}"\nkeepalive_secs = 5\n',
+            )
+            try:
+                yield Agent(url, db, ("127.0.0.1", port), site)
+            finally:
+                _stop(proc)
+        finally:
+            broker.terminate()
+            broker.wait(timeout=10)

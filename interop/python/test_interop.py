@@ -8,6 +8,8 @@ Every frame on the wire is recorded (`Wire`), so CALLERROR codes are checked as 
 spelled them, not only as the library maps them: OCPP-J 1.6 spells `FormationViolation`
 and `OccurenceConstraintViolation` (one 'r').
 
+OCPP 2.0.1 is driven by test_v201.py (against its own agent, fixture `agent201`).
+
 Reverse direction (the agent sending CALLs to the charger) is not covered: the agent only
 sends CALLs when its uplink asks, which is out of reach from here.
 """
@@ -167,8 +169,20 @@ async def boot(cp):
 
 def test_handshake_negotiates_ocpp16(agent):
     async def go():
-        async with connect(agent.url(new_cp_id("hs")), subprotocols=["ocpp2.0.1", OCPP16]) as ws:
+        async with connect(agent.url(new_cp_id("hs")), subprotocols=[OCPP16]) as ws:
             assert ws.subprotocol == OCPP16
+
+    run(go())
+
+
+@pytest.mark.parametrize("offered", [["ocpp2.0.1", OCPP16], [OCPP16, "ocpp2.0.1"]], ids=["2.0.1-first", "1.6-first"])
+def test_handshake_prefers_ocpp201_when_both_are_offered(agent, offered):
+    """CONTRACT 3: a charger that offers both subprotocols gets `ocpp2.0.1`, whatever the
+    order it lists them in (the 2.0.1 suite, test_v201.py, drives such a connection)."""
+
+    async def go():
+        async with connect(agent.url(new_cp_id("hs")), subprotocols=offered) as ws:
+            assert ws.subprotocol == "ocpp2.0.1"
 
     run(go())
 

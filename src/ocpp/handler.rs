@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::commands::{self as ocpp_cmd, Command};
+use super::commands::{self as ocpp_cmd, Command, TransactionRef, TransactionStatus};
 use super::frame::{self, ErrorCode, Version};
 use super::messages::{self, Request};
 use super::registry::Registry;
@@ -249,7 +249,7 @@ async fn answer(
                 })
                 .await?;
             if let Some(transaction_id) = metered.budget_stop {
-                budget_stop(ctx, &cp, transaction_id);
+                budget_stop(ctx, &cp, TransactionRef::V16(transaction_id));
             }
             if let (Some(session_id), Some(energy_wh), Some(reading)) =
                 (metered.session_id, metered.energy_wh, live)
@@ -297,9 +297,11 @@ async fn answer(
     })
 }
 
-/// The running cost reached the order's budget: stop the charger. Sent from a task of its
-/// own, because the CALL goes out through this very connection's loop.
-fn budget_stop(ctx: &Context, cp_id: &str, transaction_id: i32) {
+/// The running cost reached the order's budget: stop the charger (1.6
+/// RemoteStopTransaction, 2.0.1 RequestStopTransaction). Sent from a task of its own,
+/// because the CALL goes out through this very connection's loop.
+pub(crate) fn budget_stop(ctx: &Context, cp_id: &str, transaction: TransactionRef) {
+    let transaction_id = transaction.to_string();
     tracing::info!(
         cp_id,
         transaction_id,
@@ -309,18 +311,62 @@ fn budget_stop(ctx: &Context, cp_id: &str, transaction_id: i32) {
     let cp = cp_id.to_string();
     let timeout = ctx.ocpp.call_timeout;
     tokio::spawn(async move {
-        match ocpp_cmd::send(
-            &registry,
-            &cp,
-            Command::RemoteStop { transaction_id },
-            timeout,
-        )
-        .await
-        {
+        match ocpp_cmd::send(&registry, &cp, Command::RemoteStop { transaction }, timeout).await {
             Ok(answer) => {
                 tracing::info!(cp_id = %cp, transaction_id, %answer, "budget stop answered")
             }
             Err(e) => tracing::error!(cp_id = %cp, transaction_id, "budget stop failed: {e}"),
+        }
+    });
+}
+
+/// A 2.0.1 charger connected: for every transaction of it the store still holds open, ask
+/// GetTransactionStatus, from a task of its own (the CALLs go out through this very
+/// connection's loop). The answers are only logged: a session is never closed or dropped
+/// because of one. An `Ended` still queued at the charger will come and close it; one that
+/// ended with nothing queued is flagged in the log for an operator.
+pub(crate) fn ask_open_transactions(ctx: &Context, cp_id: &str) {
+    let store = ctx.store.clone();
+    let registry = ctx.registry.clone();
+    let cp = cp_id.to_string();
+    let timeout = ctx.ocpp.call_timeout;
+    tokio::spawn(async move {
+        let open = match store.open_v201_transactions(cp.clone()).await {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::error!(cp_id = %cp, "cannot list its open transactions: {e}");
+                return;
+            }
+        };
+        for tx in open {
+            let (session_id, transaction_id) = (tx.session_id, tx.charger_tx_id);
+            let command = Command::GetTransactionStatus {
+                transaction_id: Some(transaction_id.clone()),
+            };
+            let status = ocpp_cmd::send(&registry, &cp, command, timeout)
+                .await
+                .and_then(|answer| ocpp_cmd::transaction_status(&answer));
+            match status {
+                Ok(TransactionStatus::EndedUnreported) => tracing::warn!(
+                    cp_id = %cp,
+                    session_id,
+                    transaction_id,
+                    "GetTransactionStatus: ended at the charger but no Ended received; the session stays open"
+                ),
+                Ok(status) => tracing::info!(
+                    cp_id = %cp,
+                    session_id,
+                    transaction_id,
+                    ?status,
+                    "GetTransactionStatus answered"
+                ),
+                Err(e) => tracing::warn!(
+                    cp_id = %cp,
+                    session_id,
+                    transaction_id,
+                    "GetTransactionStatus failed: {e}"
+                ),
+            }
         }
     });
 }

@@ -164,9 +164,38 @@ impl Registry {
         payload: Value,
         timeout: Duration,
     ) -> Result<Value, CallFailure> {
+        self.call_on(cp_id, None, action, payload, timeout).await
+    }
+
+    /// [`Registry::call`], only if the charger's connection speaks `version`: a payload
+    /// built for one version never reaches a charger that reconnected speaking the other.
+    ///
+    /// # Errors
+    /// As [`Registry::call`]; `NotConnected` when the connection speaks another version.
+    pub async fn call_speaking(
+        &self,
+        cp_id: &str,
+        version: Version,
+        action: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallFailure> {
+        self.call_on(cp_id, Some(version), action, payload, timeout)
+            .await
+    }
+
+    async fn call_on(
+        &self,
+        cp_id: &str,
+        version: Option<Version>,
+        action: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<Value, CallFailure> {
         let sender = self
             .map()
             .get(cp_id)
+            .filter(|e| version.is_none_or(|v| v == e.version))
             .map(|e| e.calls.clone())
             .ok_or(CallFailure::NotConnected)?;
         let (reply, rx) = oneshot::channel();

@@ -311,6 +311,10 @@ impl Server {
             cp_id: cp_id.clone(),
         });
         tracing::info!(cp_id, %peer, version = version.as_str(), replaced = reg.replaced, "charger connected");
+        if version == Version::V201 {
+            // A reconnect may follow transactions that ended while it was away.
+            handler::ask_open_transactions(&self.ctx, &cp_id);
+        }
 
         let cfg = &self.ctx.ocpp;
         let mut ping =

@@ -31,8 +31,8 @@ use crate::time::fmt_ts;
 pub use crate::events::EventRow;
 pub use chargers::{Boot, StatusIn};
 pub use device::{EvseStatusIn, ReportPart, SecurityEventIn};
-pub use orders::NewAuthorization;
-pub use outbox::{ConnectorRow, Intake, OutboxStatus, SessionRef};
+pub use orders::{NewAuthorization, RemoteStarted};
+pub use outbox::{ConnectorRow, Intake, OpenTransaction, OutboxStatus, SessionRef};
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
 pub use transactions::{TxEventIn, TxEventOutcome};
 
@@ -336,7 +336,9 @@ impl Store {
             .await
     }
 
-    /// `session.start`: validates the OTP, spends a use, registers the agent's `tag`.
+    /// `session.start`: validates the OTP, spends a use, registers the agent's `tag` and,
+    /// when accepted, allocates the `remoteStartId` a 2.0.1 charger's TransactionEvent will
+    /// carry back.
     ///
     /// # Errors
     /// As [`Store::probe`].
@@ -348,7 +350,7 @@ impl Store {
         connector_id: u32,
         tag: String,
         at: DateTime<Utc>,
-    ) -> Result<AuthDecision, StoreError> {
+    ) -> Result<RemoteStarted, StoreError> {
         self.call(false, move |c, ctx| {
             let request = orders::RemoteRequest {
                 order_id: &order_id,
@@ -358,9 +360,13 @@ impl Store {
                 tag: &tag,
                 now: at,
             };
-            let d = orders::remote_start(c, &ctx.lockout, request)?;
-            insert_event(c, at, &sessions::auth_event(&cp_id, Some(connector_id), &d))?;
-            Ok(d)
+            let started = orders::remote_start(c, &ctx.lockout, request)?;
+            insert_event(
+                c,
+                at,
+                &sessions::auth_event(&cp_id, Some(connector_id), &started.decision),
+            )?;
+            Ok(started)
         })
         .await
     }
@@ -581,6 +587,20 @@ impl Store {
             outbox::find_session(c, session_id.as_deref(), order_id.as_deref())
         })
         .await
+    }
+
+    /// The 2.0.1 transactions of charger `cp_id` still open here (state `active`, with the
+    /// charger's own `transactionId`): after a reconnect the agent asks the charger about
+    /// each.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn open_v201_transactions(
+        &self,
+        cp_id: String,
+    ) -> Result<Vec<OpenTransaction>, StoreError> {
+        self.call(false, move |c, _| outbox::open_transactions(c, &cp_id))
+            .await
     }
 }
 

@@ -304,13 +304,42 @@ pub(super) fn decide(
     })
 }
 
+/// What `session.start` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteStarted {
+    /// The OTP check.
+    pub decision: AuthDecision,
+    /// When accepted: the `remoteStartId` for a 2.0.1 RequestStartTransaction, unique
+    /// in this database (1.6 has no use for it).
+    pub remote_start_id: Option<i32>,
+}
+
+/// The next `remoteStartId`: a counter in `meta`, so that an id is never reused even when
+/// a refused start's row is deleted (a charger that timed out may still start, and its
+/// TransactionEvent must not be matched to a later order). Wraps to 1 after `i32::MAX`.
+fn next_remote_start_id(c: &Connection) -> Result<i32, StoreError> {
+    let id: i64 = c
+        .prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('last_remote_start_id', '1')
+             ON CONFLICT (key) DO UPDATE
+                 SET value = CAST(CAST(value AS INTEGER) % 2147483647 + 1 AS TEXT)
+             RETURNING CAST(value AS INTEGER)",
+        )?
+        .query_row([], |r| r.get(0))?;
+    i32::try_from(id)
+        .ok()
+        .filter(|id| *id >= 1)
+        .ok_or_else(|| StoreError::Corrupt(format!("meta last_remote_start_id: {id}")))
+}
+
 /// `session.start`: validates the OTP for the charger and connector, spends a use, and
-/// registers the agent-controlled tag the charger will present.
+/// registers the agent-controlled tag the charger will present, with a fresh
+/// `remoteStartId`.
 pub(super) fn remote_start(
     c: &Connection,
     lockout: &Lockout,
     r: RemoteRequest<'_>,
-) -> Result<AuthDecision, StoreError> {
+) -> Result<RemoteStarted, StoreError> {
     let RemoteRequest {
         order_id,
         otp_hash,
@@ -333,18 +362,25 @@ pub(super) fn remote_start(
         is_locked,
     );
     record(c, cp_id, &outcome, true, now)?;
+    let mut remote_start_id = None;
     if let OtpOutcome::Accepted { order_id } = &outcome {
+        let id = next_remote_start_id(c)?;
         c.execute(
-            "INSERT INTO remote_starts (tag, order_id, cp_id, connector_id, created_ms, used)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0)",
-            params![tag, order_id, cp_id, connector_id, ms(now)],
+            "INSERT INTO remote_starts
+                 (tag, order_id, cp_id, connector_id, created_ms, used, remote_start_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6)",
+            params![tag, order_id, cp_id, connector_id, ms(now), id],
         )?;
+        remote_start_id = Some(id);
     }
-    Ok(AuthDecision {
-        method: AuthMethod::Remote,
-        result: outcome.result(),
-        order_id: Some(order_id.to_string()),
-        tag_key: tag.to_string(),
+    Ok(RemoteStarted {
+        decision: AuthDecision {
+            method: AuthMethod::Remote,
+            result: outcome.result(),
+            order_id: Some(order_id.to_string()),
+            tag_key: tag.to_string(),
+        },
+        remote_start_id,
     })
 }
 

@@ -67,12 +67,23 @@ pub struct SessionRef {
     pub cp_id: String,
     /// Connector.
     pub connector_id: u32,
-    /// OCPP transaction id.
+    /// The store's integer transaction id (the OCPP one for a 1.6 charger).
     pub transaction_id: i32,
+    /// A 2.0.1 charger's own `transactionId`; `None` for a 1.6 session.
+    pub charger_tx_id: Option<String>,
     /// Running or ended.
     pub state: State,
     /// Order, if any.
     pub order_id: Option<String>,
+}
+
+/// A 2.0.1 transaction the store holds open (state `active`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenTransaction {
+    /// Session id.
+    pub session_id: String,
+    /// The charger's own `transactionId`.
+    pub charger_tx_id: String,
 }
 
 pub(super) fn fetch(
@@ -384,7 +395,15 @@ pub(super) fn find_session(
     session_id: Option<&str>,
     order_id: Option<&str>,
 ) -> Result<Option<SessionRef>, StoreError> {
-    type Raw = (String, String, u32, i32, String, Option<String>);
+    type Raw = (
+        String,
+        String,
+        u32,
+        i32,
+        Option<String>,
+        String,
+        Option<String>,
+    );
     let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Raw> {
         Ok((
             r.get(0)?,
@@ -393,10 +412,13 @@ pub(super) fn find_session(
             r.get(3)?,
             r.get(4)?,
             r.get(5)?,
+            r.get(6)?,
         ))
     };
     let typed = |raw: Option<Raw>| -> Result<Option<SessionRef>, StoreError> {
-        let Some((session_id, cp_id, connector_id, transaction_id, state, order_id)) = raw else {
+        let Some((session_id, cp_id, connector_id, transaction_id, charger_tx_id, state, order_id)) =
+            raw
+        else {
             return Ok(None);
         };
         let state = State::parse(&state)
@@ -406,11 +428,13 @@ pub(super) fn find_session(
             cp_id,
             connector_id,
             transaction_id,
+            charger_tx_id,
             state,
             order_id,
         }))
     };
-    const COLS: &str = "session_id, cp_id, connector_id, transaction_id, state, order_id";
+    const COLS: &str =
+        "session_id, cp_id, connector_id, transaction_id, charger_tx_id, state, order_id";
     if let Some(sid) = session_id {
         return typed(
             c.prepare_cached(&format!(
@@ -432,6 +456,27 @@ pub(super) fn find_session(
         );
     }
     Ok(None)
+}
+
+/// The 2.0.1 transactions of charger `cp_id` that the store holds open, oldest first.
+pub(super) fn open_transactions(
+    c: &Connection,
+    cp_id: &str,
+) -> Result<Vec<OpenTransaction>, StoreError> {
+    let rows = c
+        .prepare_cached(
+            "SELECT session_id, charger_tx_id FROM sessions
+             WHERE cp_id = ?1 AND state = 'active' AND charger_tx_id IS NOT NULL
+             ORDER BY transaction_id",
+        )?
+        .query_map(params![cp_id], |r| {
+            Ok(OpenTransaction {
+                session_id: r.get(0)?,
+                charger_tx_id: r.get(1)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::auth::AuthResult;
 use crate::auth::{self, OtpRecord, Secret};
 use crate::billing::{self, Budget, Tariff};
-use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError};
+use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError, TransactionRef};
 use crate::ocpp::registry::{CallFailure, Registry};
 use crate::store::{NewAuthorization, Store, StoreError};
 use crate::time::now;
@@ -521,7 +521,7 @@ impl Executor {
         connector_id: u32,
     ) -> Result<Value, CmdError> {
         let tag = remote_tag()?;
-        let decision = self
+        let started = self
             .store
             .remote_start(
                 order_id.clone(),
@@ -533,6 +533,7 @@ impl Executor {
             )
             .await
             .map_err(|e| internal("cannot check the OTP", e))?;
+        let decision = started.decision;
         if decision.result != AuthResult::Accepted {
             let code = match decision.result {
                 AuthResult::Expired => "otp_expired",
@@ -545,12 +546,17 @@ impl Executor {
                 format!("the OTP for order {order_id} was not accepted here"),
             ));
         }
+        // The store allocates one with every accepted start.
+        let Some(remote_start_id) = started.remote_start_id else {
+            return Err(CmdError::new("internal", "no remoteStartId was allocated"));
+        };
         let answer = ocpp_cmd::send(
             &self.registry,
             &cp_id,
             Command::RemoteStart {
                 id_tag: tag.clone(),
                 connector_id: Some(connector_id),
+                remote_start_id,
             },
             self.call_timeout,
         )
@@ -598,12 +604,14 @@ impl Executor {
                 format!("session {} has already stopped", session.session_id),
             ));
         }
+        let transaction = match session.charger_tx_id {
+            Some(id) => TransactionRef::V201(id),
+            None => TransactionRef::V16(session.transaction_id),
+        };
         let answer = ocpp_cmd::send(
             &self.registry,
             &session.cp_id,
-            Command::RemoteStop {
-                transaction_id: session.transaction_id,
-            },
+            Command::RemoteStop { transaction },
             self.call_timeout,
         )
         .await

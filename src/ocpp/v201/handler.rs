@@ -11,7 +11,8 @@ use super::messages::{IdToken, Request, TxEvent};
 use crate::auth::{self, AuthResult};
 use crate::events::LiveSnapshot;
 use crate::notice::Notice;
-use crate::ocpp::handler::Context;
+use crate::ocpp::commands::TransactionRef;
+use crate::ocpp::handler::{budget_stop, Context};
 use crate::reading::Sample;
 use crate::session::RunningCost;
 use crate::store::{
@@ -235,7 +236,7 @@ async fn transaction_event(
         );
     }
     if outcome.budget_stop {
-        stop_for_budget(ctx, cp_id, transaction_id);
+        budget_stop(ctx, cp_id, TransactionRef::V201(transaction_id));
     }
     if let Some(session_id) = &outcome.session_id {
         if outcome.ended {
@@ -270,29 +271,4 @@ async fn transaction_event(
         answer["totalCost"] = total_cost(cost);
     }
     Ok(answer)
-}
-
-/// The running cost reached the order's budget: RequestStopTransaction, from a task of its
-/// own (the CALL goes out through this very connection's loop).
-fn stop_for_budget(ctx: &Context, cp_id: &str, transaction_id: String) {
-    tracing::info!(
-        cp_id,
-        transaction_id,
-        "budget reached; stopping the charger"
-    );
-    let registry = ctx.registry.clone();
-    let cp = cp_id.to_string();
-    let timeout = ctx.ocpp.call_timeout;
-    tokio::spawn(async move {
-        let payload = json!({"transactionId": transaction_id});
-        match registry
-            .call(&cp, "RequestStopTransaction", payload, timeout)
-            .await
-        {
-            Ok(answer) => {
-                tracing::info!(cp_id = %cp, transaction_id, %answer, "budget stop answered")
-            }
-            Err(e) => tracing::error!(cp_id = %cp, transaction_id, "budget stop failed: {e}"),
-        }
-    });
 }

@@ -1,0 +1,800 @@
+// chargesite driven by an independent OCPP 2.0.1 implementation: npm `ocpp-rpc` as an
+// RPCClient with `protocols: ['ocpp2.0.1']` and strictMode (ajv + ajv-formats over the
+// official OCPP 2.0.1 JSON schemas it ships): every CALL it sends and every CALLRESULT it
+// receives is validated, formats included, and a schema-invalid answer rejects the call.
+//
+// The agent runs with `free_vend = false` and an MQTT uplink; this suite plays the BPP with
+// npm `mqtt` and provisions each OTP with `authorization.upsert`, waiting for its
+// `cmd/result` ok:true before the station presents the OTP as an idToken of type KeyCode.
+//
+// Agent under test: CHARGESITE201_WS_URL (ws://127.0.0.1:PORT/ocpp), CHARGESITE201_DB (its
+// SQLite file, read through a `python3 -c` sqlite3 one-liner), CHARGESITE201_MQTT
+// (host:port of its broker) and CHARGESITE201_SITE (its site id). Without them the suite
+// starts its own mosquitto and agent (CHARGESITE_BIN, default <repo>/target/debug/chargesite)
+// and stops the agent with SIGTERM, expecting exit 0.
+
+import { test, describe, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, openSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes, randomInt } from 'node:crypto';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { createServer } from 'node:net';
+
+import rpc from 'ocpp-rpc'; // CommonJS: its error classes are only on the default export
+import mqtt from 'mqtt';
+import WebSocket from 'ws';
+
+const { RPCClient, RPCServer } = rpc;
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const REPO = resolve(HERE, '..', '..');
+const PROTOCOL = 'ocpp2.0.1';
+const TIMEOUT_MS = 10_000;
+const RFC3339_MS_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+const SPELLINGS_16 = ['FormationViolation', 'OccurenceConstraintViolation'];
+
+// ------------------------------------------------------------------------------- agent
+
+let agent; // {wsUrl, db, mqttUrl, site}
+let own; // {proc, broker, tmp} when this suite started them
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const port = 20000 + randomInt(10000); // below the ephemeral range
+    const srv = createServer();
+    srv.once('error', () => freePort().then(res, rej));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => res(port)));
+  });
+}
+
+async function startOwn() {
+  const bin = process.env.CHARGESITE_BIN ?? join(REPO, 'target', 'debug', 'chargesite');
+  const tmp = mkdtempSync(join(tmpdir(), 'interop-node201-'));
+  const port = await freePort();
+  const conf = join(tmp, 'mosquitto.conf');
+  writeFileSync(conf, `${process.getuid() === 0 ? 'user root\n' : ''}listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\n`);
+  const broker = spawn('mosquitto', ['-c', conf], { stdio: ['ignore', openSync(join(tmp, 'mosquitto.log'), 'w'), openSync(join(tmp, 'mosquitto.err'), 'w')] });
+  const site = `site-node201-${randomBytes(3).toString('hex')}`;
+  const db = join(tmp, 'cs.db');
+  const cfg = join(tmp, 'chargesite.toml');
+  writeFileSync(
+    cfg,
+    `[site]\nid = "${site}"\n[ocpp]\nlisten = "127.0.0.1:0"\nallow_unknown_chargers = true\n` +
+      `[auth]\nfree_vend = false\n[store]\npath = "${db}"\n` +
+      `[uplink]\nurl = "mqtt://127.0.0.1:${port}"\nkeepalive_secs = 5\n`,
+  );
+  const proc = spawn(bin, ['run', '--config', cfg], { stdio: ['ignore', 'pipe', openSync(join(tmp, 'agent.log'), 'w')] });
+  const lines = createInterface({ input: proc.stdout });
+  const wsPort = await new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`agent did not start; see ${tmp}/agent.log`)), 30_000);
+    lines.on('line', (l) => {
+      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(l);
+      if (m) {
+        clearTimeout(timer);
+        res(Number(m[1]));
+      }
+    });
+    proc.once('exit', (c) => rej(new Error(`agent exited ${c}; see ${tmp}/agent.log`)));
+  });
+  own = { proc, broker, tmp };
+  return { wsUrl: `ws://127.0.0.1:${wsPort}/ocpp`, db, mqttUrl: `mqtt://127.0.0.1:${port}`, site };
+}
+
+async function setupAgent() {
+  const env = process.env;
+  if (env.CHARGESITE201_WS_URL && env.CHARGESITE201_DB && env.CHARGESITE201_MQTT) {
+    agent = {
+      wsUrl: env.CHARGESITE201_WS_URL.replace(/\/$/, ''),
+      db: env.CHARGESITE201_DB,
+      mqttUrl: `mqtt://${env.CHARGESITE201_MQTT}`,
+      site: env.CHARGESITE201_SITE ?? 'site-001',
+    };
+  } else {
+    agent = await startOwn();
+  }
+}
+
+async function teardownAgent() {
+  if (!own) return;
+  const exited = once(own.proc, 'exit');
+  own.proc.kill('SIGTERM');
+  const [code] = await exited;
+  own.broker.kill('SIGTERM');
+  rmSync(own.tmp, { recursive: true, force: true });
+  assert.equal(code, 0, `agent exited ${code} on SIGTERM`);
+}
+
+// ------------------------------------------------------------------------------- the BPP
+
+/** The operator's side of the uplink (CONTRACT 4): commands on <root>/cmd, results back. */
+class Bpp {
+  static async connect() {
+    const b = new Bpp();
+    b.root = `chargesite/v1/${agent.site}`;
+    b.messages = [];
+    b.waiters = new Set();
+    b.client = await mqtt.connectAsync(agent.mqttUrl, {
+      protocolVersion: 4,
+      clientId: `interop-node-bpp-${randomBytes(4).toString('hex')}`,
+      reconnectPeriod: 0,
+      connectTimeout: TIMEOUT_MS,
+    });
+    b.client.on('message', (topic, payload) => {
+      let body;
+      try {
+        body = JSON.parse(payload.toString());
+      } catch {
+        body = payload.toString();
+      }
+      b.messages.push({ topic, body });
+      for (const w of b.waiters) w();
+    });
+    await b.client.subscribeAsync(`${b.root}/#`, { qos: 1 });
+    return b;
+  }
+
+  waitFor(what, pred, timeoutMs = 20_000) {
+    return new Promise((res, rej) => {
+      const check = () => {
+        const m = this.messages.find(pred);
+        if (m) {
+          this.waiters.delete(check);
+          clearTimeout(timer);
+          res(m.body);
+        }
+      };
+      const timer = setTimeout(() => {
+        this.waiters.delete(check);
+        rej(new Error(`BPP: timed out waiting for ${what}; got ${JSON.stringify(this.messages.slice(-10))}`));
+      }, timeoutMs);
+      this.waiters.add(check);
+      check();
+    });
+  }
+
+  online() {
+    return this.waitFor('the agent online', (m) => m.topic === `${this.root}/state` && m.body?.online === true, 30_000);
+  }
+
+  async command(cmd) {
+    await this.client.publishAsync(`${this.root}/cmd`, JSON.stringify(cmd), { qos: 1 });
+    return this.waitFor(`the result of ${cmd.id}`, (m) => m.topic === `${this.root}/cmd/result` && m.body?.id === cmd.id);
+  }
+
+  /** An OTP for the station's EVSE 1, valid from 3 hours ago for an hour. */
+  async provision(cpId, extra = {}) {
+    const otp = String(randomInt(10_000_000, 100_000_000));
+    const orderId = `order-${randomBytes(5).toString('hex')}`;
+    const res = await this.command({
+      id: `upsert-${randomBytes(6).toString('hex')}`,
+      type: 'authorization.upsert',
+      order_id: orderId,
+      otp,
+      valid_from: new Date(Date.now() - 3 * 3600_000).toISOString(),
+      valid_until: new Date(Date.now() + 3600_000).toISOString(),
+      cp_id: cpId,
+      connector_id: 1,
+      ...extra,
+    });
+    assert.equal(res.ok, true, `authorization.upsert refused: ${JSON.stringify(res)}`);
+    return { otp, orderId };
+  }
+
+  async close() {
+    await this.client.endAsync();
+  }
+}
+
+// ----------------------------------------------------------------------------- helpers
+
+const PY_EVENTS = `
+import json, sqlite3, sys
+con = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True, timeout=10)
+types = json.loads(sys.argv[2])
+rows = con.execute("SELECT seq, type, at, body FROM events WHERE type IN (%s) ORDER BY seq"
+                   % ",".join("?" * len(types)), types).fetchall()
+print(json.dumps([dict(json.loads(b), seq=s, type=t, at=a) for s, t, a, b in rows]))
+`;
+
+function events(types, filter = () => true) {
+  const out = execFileSync('python3', ['-c', PY_EVENTS, agent.db, JSON.stringify(types)], { encoding: 'utf8' });
+  return JSON.parse(out).filter(filter);
+}
+
+const SESSION_TYPES = ['session.started', 'session.meter', 'session.stopped', 'session.interrupted', 'session.resumed'];
+const ts = (d) => d.toISOString();
+const minutes = (d, m) => new Date(d.getTime() + m * 60_000);
+const newCpId = (tag) => `NODE201-${tag}-${randomBytes(4).toString('hex')}`;
+const keyCode = (otp) => ({ idToken: otp, type: 'KeyCode' });
+const sameInstant = (a, b) => Date.parse(a) === b.getTime();
+
+function startedFor(cpId, txId) {
+  const found = events(['session.started'], (e) => e.cp_id === cpId && e.transaction_id === txId);
+  assert.equal(found.length, 1, `expected one session.started for ${cpId}/${txId}: ${JSON.stringify(found)}`);
+  return found[0];
+}
+const samplesOf = (sid) => events(['session.meter'], (e) => e.session_id === sid).flatMap((e) => e.samples);
+
+function sv(value, measurand, unit, extra = {}) {
+  const v = { value, context: 'Sample.Periodic', measurand, ...extra };
+  if (unit) v.unitOfMeasure = { unit, ...(extra.multiplier !== undefined ? { multiplier: extra.multiplier } : {}) };
+  delete v.multiplier;
+  return v;
+}
+const register = (wh, context = 'Sample.Periodic') => sv(wh, 'Energy.Active.Import.Register', 'Wh', { context });
+
+function txEvent(eventType, seqNo, t, txId, triggerReason, meter, extra = {}) {
+  const { info = {}, ...rest } = extra;
+  return {
+    eventType,
+    timestamp: ts(t),
+    triggerReason,
+    seqNo,
+    transactionInfo: { transactionId: txId, ...info },
+    ...(meter ? { meterValue: [{ timestamp: ts(t), sampledValue: meter }] } : {}),
+    ...rest,
+  };
+}
+
+/** An RPCClient speaking ocpp2.0.1; every wire frame in both directions is recorded. */
+async function station(tag, { strict = true, protocols = [PROTOCOL] } = {}) {
+  const cli = new RPCClient({
+    endpoint: agent.wsUrl,
+    identity: newCpId(tag),
+    protocols,
+    strictMode: strict,
+    reconnect: false,
+    callTimeoutMs: TIMEOUT_MS,
+  });
+  cli.wire = { in: [], out: [] };
+  cli.on('message', ({ message, outbound }) => (outbound ? cli.wire.out : cli.wire.in).push(String(message)));
+  cli.strictFailures = [];
+  cli.on('strictValidationFailure', (e) => cli.strictFailures.push(e));
+  await cli.connect();
+  assert.equal(cli.protocol, PROTOCOL, 'agent must negotiate ocpp2.0.1');
+  return cli;
+}
+
+function answerTo(cli, id) {
+  for (const raw of cli.wire.in) {
+    let f;
+    try {
+      f = JSON.parse(raw);
+    } catch {
+      continue;
+    }
+    if (Array.isArray(f) && f[1] === id && (f[0] === 3 || f[0] === 4)) return f;
+  }
+  return undefined;
+}
+
+async function waitAnswer(cli, id) {
+  const deadline = Date.now() + TIMEOUT_MS;
+  for (;;) {
+    const f = answerTo(cli, id);
+    if (f) return f;
+    if (Date.now() > deadline) throw new Error(`no answer to ${id}; got ${JSON.stringify(cli.wire.in)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const callErrors = (cli) => cli.wire.in.map((m) => JSON.parse(m)).filter((f) => f[0] === 4);
+
+const bootParams = (model = 'ocpp-rpc-201') => ({
+  chargingStation: { model, vendorName: 'InteropVendor', serialNumber: 'SN-NODE201-0001', firmwareVersion: '2.2.1' },
+  reason: 'PowerUp',
+});
+
+const TARIFF = { currency: 'INR', energy_minor_per_kwh: 1800, service_fee_minor: 0, timezone: 'Asia/Kolkata' };
+
+describe('chargesite OCPP 2.0.1 driven by ocpp-rpc', () => {
+  let bpp;
+  before(async () => {
+    await setupAgent();
+    bpp = await Bpp.connect();
+    await bpp.online();
+  });
+  after(async () => {
+    await bpp?.close();
+    await teardownAgent();
+  });
+
+  // ---------------------------------------------------------------------------- handshake
+
+  describe('handshake', () => {
+    for (const protocols of [['ocpp2.0.1'], ['ocpp2.0.1', 'ocpp1.6'], ['ocpp1.6', 'ocpp2.0.1']]) {
+      test(`offered ${protocols.join(', ')} -> ocpp2.0.1`, async () => {
+        const cli = await station('hs', { protocols });
+        try {
+          assert.ok((await cli.call('Heartbeat', {})).currentTime);
+          assert.deepEqual(cli.strictFailures, []);
+        } finally {
+          await cli.close({ code: 1000 });
+        }
+      });
+    }
+
+    test('no subprotocol offered: handshake completed without the header, then closed by the agent', async () => {
+      const ws = new WebSocket(`${agent.wsUrl}/${newCpId('nosub')}`);
+      // every listener up front: 'upgrade', 'open' and even 'close' can come in one tick
+      const answered = [];
+      let upgrade;
+      let opened = false;
+      ws.on('upgrade', (res) => (upgrade = res));
+      ws.on('open', () => {
+        opened = true;
+        ws.send('[2,"nosub-1","Heartbeat",{}]');
+      });
+      ws.on('message', (m) => answered.push(String(m)));
+      ws.on('error', () => {});
+      let closedByUs = false;
+      const timer = setTimeout(() => {
+        closedByUs = true;
+        ws.terminate();
+      }, TIMEOUT_MS);
+      await once(ws, 'close');
+      clearTimeout(timer);
+      assert.ok(upgrade && opened, 'the handshake was not completed');
+      assert.equal(upgrade.headers['sec-websocket-protocol'], undefined);
+      assert.equal(ws.protocol, '');
+      assert.equal(closedByUs, false, `the agent did not close the socket within ${TIMEOUT_MS} ms`);
+      assert.deepEqual(answered.filter((m) => m.includes('nosub-1')), [], 'answered without a subprotocol');
+    });
+  });
+
+  describe('strict mode is really validating (control: a fake CSMS)', () => {
+    test('a schema-invalid BootNotification answer is rejected by ocpp-rpc', async () => {
+      const server = new RPCServer({ protocols: [PROTOCOL], strictMode: false });
+      server.on('client', (c) => {
+        c.handle('BootNotification', () => ({ status: 'Accepted', currentTime: 'yesterday', interval: 300 }));
+      });
+      const http = await server.listen(0, '127.0.0.1');
+      const { port } = http.address();
+      const cli = new RPCClient({
+        endpoint: `ws://127.0.0.1:${port}`, identity: 'CONTROL', protocols: [PROTOCOL], strictMode: true, reconnect: false, callTimeoutMs: TIMEOUT_MS,
+      });
+      try {
+        const failures = [];
+        cli.on('strictValidationFailure', (e) => failures.push(e));
+        await cli.connect();
+        assert.equal(cli.protocol, PROTOCOL);
+        await assert.rejects(cli.call('BootNotification', bootParams()), (e) => e instanceof rpc.RPCError);
+        assert.equal(failures.length, 1);
+        assert.equal(failures[0].method, 'BootNotification');
+        assert.equal(failures[0].isCall, false); // it was the answer that failed validation
+      } finally {
+        await cli.close({ force: true });
+        await server.close({ force: true });
+      }
+    });
+  });
+
+  describe('strict mode validates the central system\'s CALLs too (control: a fake CSMS)', () => {
+    test('a RequestStopTransaction without transactionId is refused before the handler runs', async () => {
+      const server = new RPCServer({ protocols: [PROTOCOL], strictMode: false });
+      const answer = new Promise((res) => {
+        server.on('client', (c) => {
+          c.on('message', ({ message, outbound }) => {
+            const f = JSON.parse(String(message));
+            if (!outbound && f[1] === 'ctl-1') res(f);
+          });
+          c.sendRaw('[2,"ctl-1","RequestStopTransaction",{}]');
+        });
+      });
+      const http = await server.listen(0, '127.0.0.1');
+      const { port } = http.address();
+      const cli = new RPCClient({
+        endpoint: `ws://127.0.0.1:${port}`, identity: 'CONTROL', protocols: [PROTOCOL], strictMode: true, reconnect: false, callTimeoutMs: TIMEOUT_MS,
+      });
+      const handled = [];
+      cli.handle('RequestStopTransaction', ({ params }) => {
+        handled.push(params);
+        return { status: 'Accepted' };
+      });
+      try {
+        await cli.connect();
+        const frame = await answer;
+        assert.equal(frame[0], 4, JSON.stringify(frame));
+        assert.deepEqual(handled, []);
+      } finally {
+        await cli.close({ force: true });
+        await server.close({ force: true });
+      }
+    });
+  });
+
+  // --------------------------------------------------------------------- session with OTP
+
+  describe('full session with a KeyCode OTP (strict mode)', () => {
+    let cli;
+    let otp;
+    let orderId;
+    let sid;
+    let startedSeq;
+    const txId = `NODETX-${randomBytes(6).toString('hex')}`;
+    const t0 = new Date(Date.now() - 30 * 60_000);
+    const t1 = minutes(t0, 30);
+
+    before(async () => {
+      cli = await station('flow');
+      ({ otp, orderId } = await bpp.provision(cli.identity));
+    });
+    after(async () => {
+      await cli?.close({ code: 1000 });
+    });
+
+    test('BootNotification: Accepted, currentTime, interval', async () => {
+      const res = await cli.call('BootNotification', bootParams());
+      assert.equal(res.status, 'Accepted');
+      assert.match(res.currentTime, RFC3339_MS_UTC);
+      assert.ok(Math.abs(Date.parse(res.currentTime) - Date.now()) < 60_000);
+      assert.ok(Number.isInteger(res.interval) && res.interval > 0);
+    });
+
+    test('StatusNotification and Heartbeat', async () => {
+      assert.deepEqual(
+        await cli.call('StatusNotification', { timestamp: ts(new Date()), connectorStatus: 'Available', evseId: 1, connectorId: 1 }),
+        {},
+      );
+      const hb = await cli.call('Heartbeat', {});
+      assert.ok(Math.abs(Date.parse(hb.currentTime) - Date.now()) < 60_000);
+    });
+
+    test('Authorize: a wrong code is Invalid, the OTP (KeyCode) Accepted', async () => {
+      let wrong;
+      do wrong = String(randomInt(10_000_000, 100_000_000));
+      while (wrong === otp);
+      const bad = await cli.call('Authorize', { idToken: keyCode(wrong) });
+      assert.equal(bad.idTokenInfo.status, 'Invalid');
+      const good = await cli.call('Authorize', { idToken: keyCode(otp) });
+      assert.equal(good.idTokenInfo.status, 'Accepted');
+    });
+
+    test('TransactionEvent Started (KeyCode, evse, Transaction.Begin): session.started durable', async () => {
+      const res = await cli.call('TransactionEvent', txEvent('Started', 0, t0, txId, 'Authorized', [register(1000, 'Transaction.Begin')], {
+        info: { chargingState: 'Charging' }, evse: { id: 1, connectorId: 1 }, idToken: keyCode(otp),
+      }));
+      assert.equal(res.idTokenInfo?.status, 'Accepted', JSON.stringify(res));
+      const started = startedFor(cli.identity, txId);
+      assert.equal(typeof started.transaction_id, 'string');
+      assert.equal(started.evse_id, 1);
+      assert.equal(started.meter_start_wh, 1000);
+      assert.equal(started.auth_method, 'otp');
+      assert.equal(started.order_id, orderId);
+      assert.ok(sameInstant(started.started_at, t0), started.started_at);
+      sid = started.session_id;
+      startedSeq = started.seq;
+    });
+
+    test('TransactionEvent Updated: three-phase readings, kWh register, multiplier', async () => {
+      assert.ok(sid, 'needs the Started step');
+      await cli.call('TransactionEvent', txEvent('Updated', 1, minutes(t0, 10), txId, 'MeterValuePeriodic', [
+        sv(2500, 'Energy.Active.Import.Register', 'Wh', { location: 'Outlet' }),
+        sv(11000, 'Power.Active.Import', 'W'),
+        sv(16.0, 'Current.Import', 'A', { phase: 'L1' }),
+        sv(16.2, 'Current.Import', 'A', { phase: 'L2' }),
+        sv(15.8, 'Current.Import', 'A', { phase: 'L3' }),
+        sv(230.1, 'Voltage', 'V', { phase: 'L1-N' }),
+        sv(229.9, 'Voltage', 'V', { phase: 'L2-N' }),
+        sv(230.0, 'Voltage', 'V', { phase: 'L3-N' }),
+        sv(40, 'SoC', 'Percent', { location: 'EV' }),
+      ]));
+      await cli.call('TransactionEvent', txEvent('Updated', 2, minutes(t0, 20), txId, 'MeterValuePeriodic', [
+        sv(4.2, 'Energy.Active.Import.Register', 'kWh'),
+        sv(10.5, 'Power.Active.Import', 'W', { multiplier: 3 }),
+        sv(55, 'SoC', 'Percent', { location: 'EV' }),
+      ]));
+      const samples = samplesOf(sid);
+      const s1 = samples.find((s) => s.energy_wh === 2500);
+      const s2 = samples.find((s) => s.energy_wh === 4200);
+      assert.ok(s1 && s2, JSON.stringify(samples));
+      assert.equal(s1.power_w, 11000);
+      assert.ok(Math.abs(s1.current_a - 16.0) < 0.01 && Math.abs(s1.voltage_v - 230.0) < 0.01, JSON.stringify(s1));
+      assert.equal(s1.soc_pct, 40);
+      assert.equal(s2.power_w, 10500);
+      assert.equal(s2.soc_pct, 55);
+    });
+
+    test('TransactionEvent Ended: session.stopped with the energy', async () => {
+      assert.ok(sid, 'needs the Started step');
+      const res = await cli.call('TransactionEvent', txEvent('Ended', 3, t1, txId, 'EVDeparted', [register(5200, 'Transaction.End')], {
+        info: { chargingState: 'Idle', stoppedReason: 'EVDisconnected' },
+      }));
+      assert.equal(typeof res, 'object');
+      const stopped = events(['session.stopped'], (e) => e.session_id === sid);
+      assert.equal(stopped.length, 1, JSON.stringify(stopped));
+      assert.equal(stopped[0].energy_wh, 4200);
+      assert.equal(stopped[0].meter_stop_wh, 5200);
+      assert.equal(stopped[0].reason, 'EVDisconnected');
+      assert.ok(sameInstant(stopped[0].stopped_at, t1), stopped[0].stopped_at);
+      const seqs = events(SESSION_TYPES, (e) => e.session_id === sid).map((e) => e.seq);
+      assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+      assert.equal(seqs[0], startedSeq);
+      assert.equal(seqs.at(-1), stopped[0].seq);
+    });
+
+    test('the single-use OTP is used up by the session', async () => {
+      const res = await cli.call('Authorize', { idToken: keyCode(otp) });
+      assert.notEqual(res.idTokenInfo.status, 'Accepted');
+    });
+
+    test('strict mode saw no schema violation, the agent sent no CALLERROR, charger.connected says 2.0.1', () => {
+      assert.deepEqual(cli.strictFailures, []);
+      assert.deepEqual(callErrors(cli), []);
+      const connected = events(['charger.connected'], (e) => e.cp_id === cli.identity);
+      assert.ok(connected.length >= 1);
+      assert.equal(connected[0].ocpp_version, '2.0.1');
+      const booted = events(['charger.booted'], (e) => e.cp_id === cli.identity);
+      assert.equal(booted[0]?.model, 'ocpp-rpc-201');
+    });
+  });
+
+  // ------------------------------------------------------------------------ offline replay
+
+  describe('offline replay with a duplicated seqNo (strict mode)', () => {
+    test('every event acknowledged, the duplicate counted once, billed on the metered energy', async () => {
+      const cli = await station('offline');
+      try {
+        const { otp, orderId } = await bpp.provision(cli.identity);
+        await cli.call('BootNotification', bootParams());
+        const txId = `NODETX-OFF-${randomBytes(4).toString('hex')}`;
+        const t0 = new Date(Date.now() - 120 * 60_000);
+        const queued = [
+          txEvent('Started', 0, t0, txId, 'Authorized', [register(10_000, 'Transaction.Begin')], {
+            info: { chargingState: 'Charging' }, evse: { id: 1, connectorId: 1 }, idToken: keyCode(otp), offline: true,
+          }),
+          // the EVSE is given by the first event only
+          txEvent('Updated', 1, minutes(t0, 10), txId, 'MeterValuePeriodic', [register(11_000)], { offline: true }),
+          txEvent('Updated', 1, minutes(t0, 10), txId, 'MeterValuePeriodic', [register(11_000)], { offline: true }),
+          txEvent('Updated', 2, minutes(t0, 20), txId, 'MeterValuePeriodic', [register(12_500)], { offline: true }),
+          txEvent('Ended', 3, minutes(t0, 30), txId, 'StopAuthorized', [register(13_000, 'Transaction.End')], {
+            info: { chargingState: 'EVConnected', stoppedReason: 'Local' }, offline: true,
+          }),
+        ];
+        for (const ev of queued) await cli.call('TransactionEvent', ev);
+        assert.deepEqual(callErrors(cli), []);
+        assert.deepEqual(cli.strictFailures, []);
+
+        const started = startedFor(cli.identity, txId);
+        assert.equal(started.meter_start_wh, 10_000);
+        assert.equal(started.order_id, orderId);
+        assert.equal(started.evse_id, 1);
+        assert.ok(sameInstant(started.started_at, t0), started.started_at);
+        const energies = samplesOf(started.session_id).map((s) => s.energy_wh);
+        assert.equal(energies.filter((e) => e === 11_000).length, 1, `duplicate seqNo counted twice: ${energies}`);
+        assert.equal(energies.filter((e) => e === 12_500).length, 1, String(energies));
+        const stopped = events(['session.stopped'], (e) => e.session_id === started.session_id);
+        assert.equal(stopped.length, 1, JSON.stringify(stopped));
+        assert.equal(stopped[0].energy_wh, 3000);
+        assert.equal(stopped[0].meter_stop_wh, 13_000);
+        assert.ok(sameInstant(stopped[0].stopped_at, minutes(t0, 30)), stopped[0].stopped_at);
+      } finally {
+        await cli.close({ code: 1000 });
+      }
+    });
+  });
+
+  // ------------------------------------------------------------------- late event after Ended
+
+  describe('late event after Ended (strict mode)', () => {
+    test('an Updated after Ended and a replayed Ended: acknowledged, nothing changes', async () => {
+      const cli = await station('late');
+      try {
+        const { otp } = await bpp.provision(cli.identity, { tariff: TARIFF });
+        await cli.call('BootNotification', bootParams());
+        const txId = `NODETX-LATE-${randomBytes(4).toString('hex')}`;
+        const t0 = new Date(Date.now() - 40 * 60_000);
+        await cli.call('TransactionEvent', txEvent('Started', 0, t0, txId, 'Authorized', [register(20_000, 'Transaction.Begin')], {
+          info: { chargingState: 'Charging' }, evse: { id: 1, connectorId: 1 }, idToken: keyCode(otp),
+        }));
+        await cli.call('TransactionEvent', txEvent('Updated', 1, minutes(t0, 10), txId, 'MeterValuePeriodic', [register(20_800)]));
+        const endedEvent = txEvent('Ended', 2, minutes(t0, 20), txId, 'EVDeparted', [register(21_500, 'Transaction.End')], {
+          info: { chargingState: 'Idle', stoppedReason: 'EVDisconnected' },
+        });
+        const ended = await cli.call('TransactionEvent', endedEvent);
+        const sid = startedFor(cli.identity, txId).session_id;
+        const before = events(['session.stopped'], (e) => e.session_id === sid);
+        assert.equal(before.length, 1, JSON.stringify(before));
+        assert.equal(before[0].energy_wh, 1500);
+        assert.equal(before[0].cost?.total_minor, 2700, JSON.stringify(before[0])); // 1.5 kWh at 18.00
+
+        await cli.call('TransactionEvent', txEvent('Updated', 3, minutes(t0, 30), txId, 'MeterValuePeriodic', [register(22_500)]));
+        await cli.call('TransactionEvent', endedEvent);
+        assert.deepEqual(callErrors(cli), []);
+        assert.deepEqual(cli.strictFailures, []);
+
+        assert.deepEqual(events(['session.stopped'], (e) => e.session_id === sid), before, 'the session changed after Ended');
+        const after = events(SESSION_TYPES, (e) => e.session_id === sid && e.seq > before[0].seq);
+        assert.deepEqual(after, [], 'session events after Ended');
+        assert.ok(!samplesOf(sid).some((s) => s.energy_wh === 22_500));
+        // issue 9: the Ended answer carries the cost when a tariff applies
+        assert.equal(ended.totalCost, 27, JSON.stringify(ended));
+      } finally {
+        await cli.close({ code: 1000 });
+      }
+    });
+  });
+
+  // ------------------------------------------------------------ budget stop (reverse direction)
+
+  describe('budget stop: the agent sends RequestStopTransaction (strict mode, both directions)', () => {
+    test('running totalCost, RequestStopTransaction validated by ocpp-rpc, BudgetReached with a settlement', async () => {
+      const cli = await station('budget');
+      const stopRequests = [];
+      // strict mode validates the agent's CALL before this handler runs, and our answer after
+      cli.handle('RequestStopTransaction', ({ params }) => {
+        stopRequests.push(params);
+        return { status: 'Accepted' };
+      });
+      try {
+        const tariff = { currency: 'INR', energy_minor_per_kwh: 1600, service_fee_minor: 0, timezone: 'Asia/Kolkata' };
+        const { otp } = await bpp.provision(cli.identity, { tariff, budget: { currency: 'INR', amount_minor: 5000 } });
+        await cli.call('BootNotification', bootParams());
+        const txId = `NODETX-BUDGET-${randomBytes(4).toString('hex')}`;
+        const t0 = new Date(Date.now() - 30 * 60_000);
+        const res = await cli.call('TransactionEvent', txEvent('Started', 0, t0, txId, 'Authorized', [register(10_000, 'Transaction.Begin')], {
+          info: { chargingState: 'Charging' }, evse: { id: 1, connectorId: 1 }, idToken: keyCode(otp),
+        }));
+        assert.equal(res.idTokenInfo?.status, 'Accepted');
+        const costs = [res.totalCost];
+        let reg = 10_000;
+        let seq = 0;
+        // 500 Wh a minute: 16.00/kWh reaches the 50.00 budget at 3125 Wh
+        while (stopRequests.length === 0 && seq < 10) {
+          seq += 1;
+          reg += 500;
+          const r = await cli.call('TransactionEvent', txEvent('Updated', seq, minutes(t0, seq), txId, 'MeterValuePeriodic', [register(reg)]));
+          costs.push(r.totalCost);
+          await new Promise((ok) => setTimeout(ok, 300));
+        }
+        assert.equal(stopRequests.length, 1, `no RequestStopTransaction by ${reg - 10_000} Wh; totalCost ${costs}`);
+        assert.deepEqual(stopRequests[0], { transactionId: txId });
+        assert.ok(reg - 10_000 <= 3125, `stopped only at ${reg - 10_000} Wh`);
+        assert.ok(costs.every((c) => typeof c === 'number'), `totalCost missing: ${costs}`);
+        assert.deepEqual(costs, [...costs].sort((a, b) => a - b));
+        const total = Math.round(((reg - 10_000) * 1600) / 1000);
+        assert.equal(costs.at(-1), total / 100);
+        seq += 1;
+        const ended = await cli.call('TransactionEvent', txEvent('Ended', seq, minutes(t0, seq), txId, 'RemoteStop', [register(reg, 'Transaction.End')], {
+          info: { chargingState: 'EVConnected', stoppedReason: 'Remote' },
+        }));
+        assert.equal(ended.totalCost, total / 100);
+        assert.deepEqual(cli.strictFailures, []);
+        assert.deepEqual(callErrors(cli), []);
+        const ourErrors = cli.wire.out.map((m) => JSON.parse(m)).filter((f) => f[0] === 4);
+        assert.deepEqual(ourErrors, [], 'ocpp-rpc refused a CALL from the agent');
+        const sid = startedFor(cli.identity, txId).session_id;
+        const stopped = events(['session.stopped'], (e) => e.session_id === sid);
+        assert.equal(stopped.length, 1);
+        assert.equal(stopped[0].reason, 'BudgetReached');
+        assert.equal(stopped[0].energy_wh, reg - 10_000);
+        assert.equal(stopped[0].cost?.total_minor, total);
+        assert.deepEqual(stopped[0].settlement, { prepaid_minor: 5000, charged_minor: total, refund_minor: 5000 - total, topup_minor: 0 });
+      } finally {
+        await cli.close({ code: 1000 });
+      }
+    });
+  });
+
+  describe('session.stop from the BPP reaches the station as RequestStopTransaction (strict mode)', () => {
+    test('RequestStopTransaction with the station\'s transactionId, then Ended RemoteStop -> reason Remote', async () => {
+      const cli = await station('stop');
+      const stopRequests = [];
+      cli.handle('RequestStopTransaction', ({ params }) => {
+        stopRequests.push(params);
+        return { status: 'Accepted' };
+      });
+      try {
+        const { otp } = await bpp.provision(cli.identity);
+        await cli.call('BootNotification', bootParams());
+        const txId = `NODETX-STOP-${randomBytes(4).toString('hex')}`;
+        const t0 = new Date(Date.now() - 10 * 60_000);
+        await cli.call('TransactionEvent', txEvent('Started', 0, t0, txId, 'Authorized', [register(60_000, 'Transaction.Begin')], {
+          info: { chargingState: 'Charging' }, evse: { id: 1, connectorId: 1 }, idToken: keyCode(otp),
+        }));
+        const sid = startedFor(cli.identity, txId).session_id;
+        const result = await bpp.command({ id: `stop-${randomBytes(4).toString('hex')}`, type: 'session.stop', session_id: sid });
+        const calls = cli.wire.in.map((m) => JSON.parse(m)).filter((f) => f[0] === 2);
+        assert.equal(result.ok, true, `${JSON.stringify(result)}; CALLs from the agent: ${JSON.stringify(calls)}`);
+        assert.deepEqual(stopRequests, [{ transactionId: txId }]);
+        await cli.call('TransactionEvent', txEvent('Ended', 1, new Date(), txId, 'RemoteStop', [register(61_000, 'Transaction.End')], {
+          info: { chargingState: 'EVConnected', stoppedReason: 'Remote' },
+        }));
+        assert.deepEqual(cli.strictFailures, []);
+        assert.deepEqual(callErrors(cli), []);
+        const stopped = events(['session.stopped'], (e) => e.session_id === sid);
+        assert.equal(stopped.length, 1);
+        assert.equal(stopped[0].energy_wh, 1000);
+        assert.equal(stopped[0].reason, 'Remote');
+      } finally {
+        await cli.close({ code: 1000 });
+      }
+    });
+  });
+
+  // -------------------------------------------------------------------------- CALLERRORs
+
+  // Schema-invalid CALLs through the library with strict mode off (strict mode refuses to
+  // send them); the code on the wire must be spelled as OCPP-J 2.0.1 spells it.
+  const TE = { eventType: 'Updated', timestamp: '2026-01-01T00:00:00.000Z', triggerReason: 'MeterValuePeriodic', seqNo: 1, transactionInfo: { transactionId: 'ERR-TX' } };
+  const without = (o, k) => Object.fromEntries(Object.entries(o).filter(([key]) => key !== k));
+  const EITHER = ['OccurrenceConstraintViolation', 'FormatViolation'];
+  const KLASS = {
+    NotImplemented: rpc.RPCNotImplementedError,
+    NotSupported: rpc.RPCNotSupportedError,
+    OccurrenceConstraintViolation: rpc.RPCOccurrenceConstraintViolationError,
+    FormatViolation: rpc.RPCFormatViolationError,
+    TypeConstraintViolation: rpc.RPCTypeConstraintViolationError,
+    PropertyConstraintViolation: rpc.RPCPropertyConstraintViolationError,
+    RpcFrameworkError: rpc.RPCFrameworkError,
+    MessageTypeNotSupported: rpc.RPCMessageTypeNotSupportedError,
+  };
+  const LIBRARY_CASES = [
+    ['unknown action', 'FrobnicateWidget', {}, ['NotImplemented']],
+    ['a 1.6-only action', 'StartTransaction', { connectorId: 1, idTag: 'T', meterStart: 0, timestamp: '2026-01-01T00:00:00.000Z' }, ['NotImplemented']],
+    ['CSMS action sent by a station', 'RequestStartTransaction', { idToken: { idToken: 'X', type: 'Central' }, remoteStartId: 1 }, ['NotSupported']],
+    ['TransactionEvent without transactionInfo', 'TransactionEvent', without(TE, 'transactionInfo'), EITHER],
+    ['TransactionEvent without seqNo', 'TransactionEvent', without(TE, 'seqNo'), EITHER],
+    ['BootNotification without chargingStation.model', 'BootNotification', { chargingStation: { vendorName: 'V' }, reason: 'PowerUp' }, EITHER],
+    ['seqNo as a string', 'TransactionEvent', { ...TE, seqNo: '1' }, ['TypeConstraintViolation']],
+    ['eventType not in the enumeration', 'TransactionEvent', { ...TE, eventType: 'Paused' }, ['PropertyConstraintViolation']],
+    ['additional property', 'Heartbeat', { bogus: 1 }, ['FormatViolation']],
+  ];
+
+  describe('CALLERRORs as ocpp-rpc sees them', () => {
+    let cli;
+    before(async () => {
+      cli = await station('err', { strict: false });
+    });
+    after(async () => {
+      await cli?.close({ code: 1000 });
+    });
+
+    for (const [name, method, params, codes] of LIBRARY_CASES) {
+      test(`${name} -> ${codes.join(' or ')}`, async () => {
+        const err = await cli.call(method, params).then(
+          () => assert.fail('expected a CALLERROR'),
+          (e) => e,
+        );
+        const call = cli.wire.out.map((m) => JSON.parse(m)).findLast((f) => f[0] === 2 && f[2] === method);
+        const frame = answerTo(cli, call[1]);
+        assert.equal(frame?.length, 5, JSON.stringify(frame));
+        assert.ok(!SPELLINGS_16.includes(frame[2]), `1.6 spelling on a 2.0.1 connection: ${JSON.stringify(frame)}`);
+        assert.ok(codes.includes(frame[2]), `agent answered ${JSON.stringify(frame)}`);
+        assert.equal(typeof frame[3], 'string');
+        assert.equal(typeof frame[4], 'object');
+        assert.ok(err instanceof KLASS[frame[2]], `ocpp-rpc raised ${err?.constructor?.name}: ${err?.message}`);
+        assert.equal(err.rpcErrorCode, frame[2]);
+        assert.ok((await cli.call('Heartbeat', {})).currentTime);
+      });
+    }
+
+    const RAW_CASES = [
+      ['not JSON', 'r201-1', '[2,"r201-1","Heartbeat",{', ['RpcFrameworkError']],
+      ['CALL with 3 elements', 'r201-2', '[2,"r201-2","Heartbeat"]', ['RpcFrameworkError']],
+      ['message type 5', 'r201-3', '[5,"r201-3",{}]', ['MessageTypeNotSupported']],
+      ['payload not an object', 'r201-4', '[2,"r201-4","Heartbeat","x"]', ['FormatViolation']],
+      ['seqNo not an integer', 'r201-5',
+        '[2,"r201-5","TransactionEvent",{"eventType":"Updated","timestamp":"2026-01-01T00:00:00.000Z","triggerReason":"MeterValuePeriodic","seqNo":"1","transactionInfo":{"transactionId":"RAW"}}]',
+        ['TypeConstraintViolation']],
+      ['meterValue empty', 'r201-6',
+        '[2,"r201-6","TransactionEvent",{"eventType":"Updated","timestamp":"2026-01-01T00:00:00.000Z","triggerReason":"MeterValuePeriodic","seqNo":1,"transactionInfo":{"transactionId":"RAW"},"meterValue":[]}]',
+        EITHER],
+    ];
+    for (const [name, id, text, codes] of RAW_CASES) {
+      test(`raw: ${name} -> ${codes.join(' or ')}`, async () => {
+        cli.sendRaw(text);
+        const frame = await waitAnswer(cli, id);
+        assert.equal(frame[0], 4, JSON.stringify(frame));
+        assert.equal(frame.length, 5);
+        assert.ok(codes.includes(frame[2]), `agent answered ${JSON.stringify(frame)} to ${text}`);
+        assert.ok((await cli.call('Heartbeat', {})).currentTime);
+      });
+    }
+  });
+});
