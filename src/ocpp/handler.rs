@@ -320,24 +320,20 @@ pub(crate) fn budget_stop(ctx: &Context, cp_id: &str, transaction: TransactionRe
     });
 }
 
-/// A 2.0.1 charger connected: for every transaction of it the store still holds open, ask
+/// A 2.0.1 charger connected: for every transaction of it the store held open then, ask
 /// GetTransactionStatus, from a task of its own (the CALLs go out through this very
 /// connection's loop). The answers are only logged: a session is never closed or dropped
 /// because of one. An `Ended` still queued at the charger will come and close it; one that
 /// ended with nothing queued is flagged in the log for an operator.
-pub(crate) fn ask_open_transactions(ctx: &Context, cp_id: &str) {
-    let store = ctx.store.clone();
+pub(crate) fn ask_open_transactions(
+    ctx: &Context,
+    cp_id: &str,
+    open: Vec<crate::store::OpenTransaction>,
+) {
     let registry = ctx.registry.clone();
     let cp = cp_id.to_string();
     let timeout = ctx.ocpp.call_timeout;
     tokio::spawn(async move {
-        let open = match store.open_v201_transactions(cp.clone()).await {
-            Ok(open) => open,
-            Err(e) => {
-                tracing::error!(cp_id = %cp, "cannot list its open transactions: {e}");
-                return;
-            }
-        };
         for tx in open {
             let (session_id, transaction_id) = (tx.session_id, tx.charger_tx_id);
             let command = Command::GetTransactionStatus {

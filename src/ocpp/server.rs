@@ -312,8 +312,16 @@ impl Server {
         });
         tracing::info!(cp_id, %peer, version = version.as_str(), replaced = reg.replaced, "charger connected");
         if version == Version::V201 {
-            // A reconnect may follow transactions that ended while it was away.
-            handler::ask_open_transactions(&self.ctx, &cp_id);
+            // A reconnect may follow transactions that ended while it was away. Listed
+            // before the charger's first message is read, so only the transactions open
+            // from before this connection are asked about.
+            match self.ctx.store.open_v201_transactions(cp_id.clone()).await {
+                Ok(open) if !open.is_empty() => {
+                    handler::ask_open_transactions(&self.ctx, &cp_id, open)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(cp_id, "cannot list its open transactions: {e}"),
+            }
         }
 
         let cfg = &self.ctx.ocpp;
