@@ -13,7 +13,7 @@
 #   4. linkage: fails if the binary links OpenSSL or aws-lc (NEEDED entries, symbols and
 #      strings, build-script link directives, and `cargo tree -i aws-lc-sys/openssl-sys`);
 #   5. story under qemu-aarch64: the agent with host mosquitto as its uplink; the aarch64
-#      `chargesite simulate` drives 3 chargers through a session each; mosquitto is killed
+#      `chargesite simulate --ocpp mixed` drives 3 chargers (1.6 and 2.0.1) through a session each; mosquitto is killed
 #      ~5 s in and restarted ~10 s later on the same port; afterwards an `events.replay`
 #      from seq 1 must bring back every seq 1..last and 3 `session.stopped` events; SIGTERM
 #      must end the agent with exit 0 and leave the retained state `{"online":false,...}`.
@@ -312,10 +312,10 @@ done
 note "retained state: ${state}"
 
 # ---------------------------------------------------------------------------------------
-step "under qemu-aarch64: simulate 3 chargers x 1 session, broker killed ~5 s in for ~10 s"
+step "under qemu-aarch64: simulate 3 chargers (mixed 1.6 and 2.0.1) x 1 session, broker killed ~5 s in for ~10 s"
 timeout 60 "${qemu_bin[@]}" simulate --help >/dev/null 2>&1 \
     || fail "this build has no 'chargesite simulate' subcommand"
-timeout 300 "${qemu_bin[@]}" simulate --url "ws://127.0.0.1:${ocpp_port}/ocpp" --chargers 3 \
+timeout 300 "${qemu_bin[@]}" simulate --ocpp mixed --url "ws://127.0.0.1:${ocpp_port}/ocpp" --chargers 3 \
     --sessions 1 --session-secs 20 --meter-interval-ms 1000 --time-scale 60 --tag RIGTAG \
     --duration-secs 120 </dev/null >"${work}/sim.out" 2>"${work}/sim.err" &
 sim_pid=$!
