@@ -165,13 +165,21 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
         evse_id,
         ..TxEventOutcome::default()
     };
-    record_event(c, &e, session.state == State::Active)?;
     if session.state == State::Stopped {
-        // Ended is final: recorded, never applied.
-        tracing::warn!(
-            cp_id = %e.cp_id, transaction_id = %ev.transaction_id, seq_no = ev.seq_no,
-            "TransactionEvent after Ended: recorded, not applied"
-        );
+        // Ended is final: recorded, never applied. Logged once per transaction: a charger
+        // that keeps sending must not flood the log.
+        let earlier: i64 = c
+            .prepare_cached(
+                "SELECT count(*) FROM tx_events WHERE cp_id = ?1 AND charger_tx_id = ?2 AND applied = 0",
+            )?
+            .query_row(params![e.cp_id, ev.transaction_id], |r| r.get(0))?;
+        if earlier == 0 {
+            tracing::warn!(
+                cp_id = %e.cp_id, transaction_id = %ev.transaction_id, seq_no = ev.seq_no,
+                "TransactionEvent after Ended: recorded, not applied (logged once per transaction)"
+            );
+        }
+        record_event(c, &e, false)?;
         let flags = vec![Flags::single(Flag::AfterEnded); ev.samples.len()];
         store_readings(
             c,
@@ -193,6 +201,7 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
         out.cost = stored_cost(c, key)?;
         return Ok(out);
     }
+    record_event(c, &e, true)?;
     if let Some(last) = x.last_seq_no {
         if ev.seq_no > last + 1 && !session.flags.contains(Flag::SeqGap) {
             tracing::warn!(
