@@ -107,7 +107,7 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
                 .store
                 .authorize(cp, presented, ctx.free_vend, received)
                 .await?;
-            json!({"idTokenInfo": {"status": status(decision.result)}})
+            json!({"idTokenInfo": token_info(decision.result, &id_token)})
         }
         Request::TransactionEvent(event) => transaction_event(ctx, cp_id, event).await?,
         Request::SecurityEvent {
@@ -198,6 +198,17 @@ fn status(result: AuthResult) -> &'static str {
     result.ocpp_status()
 }
 
+/// The `idTokenInfo` for a judged token. A driver's code (`KeyCode`) is given a cache
+/// expiry of now: a charger's authorization cache must never accept a used-up or revoked
+/// OTP offline on its own; only the agent judges it.
+fn token_info(result: AuthResult, token: &IdToken) -> Value {
+    let mut info = json!({"status": status(result)});
+    if token.kind == "KeyCode" {
+        info["cacheExpiryDateTime"] = json!(fmt_ts(now()));
+    }
+    info
+}
+
 /// A cost as 2.0.1 writes it: a decimal in the currency's major unit (two decimals).
 fn total_cost(cost: &RunningCost) -> Value {
     json!(cost.total_minor as f64 / 100.0)
@@ -210,6 +221,7 @@ async fn transaction_event(
 ) -> Result<Value, StoreError> {
     let received = now();
     let presented = event.id_token.as_ref().map(|t| present(ctx, t));
+    let token = event.id_token.clone();
     let live =
         (!event.offline && ctx.notices.is_open() && ctx.uplink_online.load(Ordering::Relaxed))
             .then(|| event.samples.last().map(Sample::values))
@@ -264,8 +276,8 @@ async fn transaction_event(
         }
     }
     let mut answer = json!({});
-    if let Some(result) = outcome.id_token_status {
-        answer["idTokenInfo"] = json!({"status": status(result)});
+    if let (Some(result), Some(token)) = (outcome.id_token_status, &token) {
+        answer["idTokenInfo"] = token_info(result, token);
     }
     if let Some(cost) = &outcome.cost {
         answer["totalCost"] = total_cost(cost);
