@@ -318,9 +318,10 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
             let mut states = Vec::new();
             for e in p.event_data {
                 // A connector's (or a one-connector EVSE's) AvailabilityState is its status.
-                let Some(evse) = e.component.evse else {
+                let Some(evse_id) = e.component.evse.as_ref().and_then(|v| v.id.u32()) else {
                     continue;
                 };
+                let connector = e.component.evse.and_then(|v| v.connector_id);
                 if e.variable.name != "AvailabilityState" {
                     continue;
                 }
@@ -335,8 +336,8 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
                     continue;
                 }
                 states.push(ConnectorState {
-                    evse_id: evse.id,
-                    connector_id: evse.connector_id.unwrap_or(1),
+                    evse_id,
+                    connector_id: connector.and_then(Int::u32).unwrap_or(1),
                     status: e.actual_value,
                     timestamp: charger_time(&e.timestamp)?,
                 });
@@ -367,16 +368,16 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
                 event_type: p.event_type,
                 timestamp: charger_time(&p.timestamp)?,
                 trigger_reason: p.trigger_reason,
-                seq_no: p.seq_no,
+                seq_no: p.seq_no.0,
                 offline: p.offline,
                 transaction_id: p.transaction_info.transaction_id,
                 charging_state: p.transaction_info.charging_state,
                 stopped_reason: p.transaction_info.stopped_reason,
-                remote_start_id: p.transaction_info.remote_start_id,
-                evse_id: p.evse.as_ref().map(|e| e.id),
-                connector_id: p.evse.and_then(|e| e.connector_id),
+                remote_start_id: p.transaction_info.remote_start_id.and_then(Int::i32),
+                evse_id: p.evse.as_ref().and_then(|e| e.id.u32()),
+                connector_id: p.evse.and_then(|e| e.connector_id).and_then(Int::u32),
                 id_token: p.id_token,
-                reservation_id: p.reservation_id,
+                reservation_id: p.reservation_id.and_then(Int::i32),
                 samples,
                 begin_wh,
                 end_wh,
@@ -473,12 +474,14 @@ fn samples(values: &[MeterValue], raw: Option<&Vec<Value>>) -> Result<Decoded, D
                 continue;
             }
             let unit = sv.unit_of_measure.as_ref();
-            let multiplier = unit.and_then(|u| u.multiplier).unwrap_or(0);
+            let multiplier = unit
+                .and_then(|u| u.multiplier)
+                .map_or(0, |m| m.0.clamp(-30, 30) as i32);
             let kilo = matches!(
                 unit.and_then(|u| u.unit.as_deref()),
                 Some("kWh" | "kW" | "kvarh" | "kvar" | "kVA")
             );
-            let mut v = sv.value * 10f64.powi(multiplier.clamp(-30, 30));
+            let mut v = sv.value * 10f64.powi(multiplier);
             if kilo {
                 v *= 1000.0;
             }
@@ -556,8 +559,37 @@ struct Variable {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Evse {
-    id: u32,
-    connector_id: Option<u32>,
+    id: Int,
+    connector_id: Option<Int>,
+}
+
+/// A JSON Schema `integer`: any number with no fraction (`3.0` is one), read saturating to
+/// i64. The schema already decided it is valid, so reading it never fails: a valid
+/// TransactionEvent is never answered with a CALLERROR because a type is narrower than the
+/// schema. Out-of-range values are dealt with where they are used.
+#[derive(Debug, Clone, Copy)]
+struct Int(i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        Ok(Int(match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i,
+            (None, Some(_), _) => i64::MAX,
+            // `as` saturates (and maps NaN to 0)
+            (None, None, Some(f)) => f as i64,
+            (None, None, None) => 0,
+        }))
+    }
+}
+
+impl Int {
+    fn u32(self) -> Option<u32> {
+        u32::try_from(self.0).ok()
+    }
+    fn i32(self) -> Option<i32> {
+        i32::try_from(self.0).ok()
+    }
 }
 
 #[derive(Deserialize)]
@@ -588,7 +620,7 @@ struct SampledValue {
 #[derive(Deserialize)]
 struct Unit {
     unit: Option<String>,
-    multiplier: Option<i32>,
+    multiplier: Option<Int>,
 }
 
 #[derive(Deserialize)]
@@ -603,13 +635,13 @@ struct TransactionEvent {
     event_type: TxEventType,
     timestamp: String,
     trigger_reason: String,
-    seq_no: i64,
+    seq_no: Int,
     #[serde(default)]
     offline: bool,
     transaction_info: TransactionInfo,
     evse: Option<Evse>,
     id_token: Option<IdToken>,
-    reservation_id: Option<i32>,
+    reservation_id: Option<Int>,
     meter_value: Option<Vec<MeterValue>>,
 }
 
@@ -619,7 +651,7 @@ struct TransactionInfo {
     transaction_id: String,
     charging_state: Option<String>,
     stopped_reason: Option<String>,
-    remote_start_id: Option<i32>,
+    remote_start_id: Option<Int>,
 }
 
 #[derive(Deserialize)]
@@ -726,6 +758,22 @@ mod tests {
         assert_eq!(evse_id, 1);
         assert_eq!(samples[0].energy_wh, Some(12_500));
         assert_eq!(samples[0].power_w, Some(7_400));
+    }
+
+    #[test]
+    fn a_schema_valid_event_with_odd_integers_is_still_taken_never_refused() {
+        let mut p = started();
+        p["seqNo"] = json!(3.0);
+        p["evse"] = json!({"id": -1});
+        p["transactionInfo"]["remoteStartId"] = json!(1e12);
+        p["meterValue"][0]["sampledValue"][0]["unitOfMeasure"] =
+            json!({"multiplier": 9_999_999_999i64});
+        let Request::TransactionEvent(e) = decode("TransactionEvent", &p).unwrap() else {
+            panic!("not a TransactionEvent");
+        };
+        assert_eq!(e.seq_no, 3);
+        assert_eq!(e.evse_id, None);
+        assert_eq!(e.remote_start_id, None);
     }
 
     #[test]
