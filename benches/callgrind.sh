@@ -16,6 +16,11 @@
 # agent threads) over the 1,000 MeterValues: startup, connections and shutdown are outside
 # the window. The script prints every run's figure and, last, their median.
 #
+# CALLGRIND_OCPP=2.0.1 measures the 2.0.1 path instead: the chargers connect with
+# `ocpp2.0.1` (BootNotification, TransactionEvent Started) and send TransactionEvent(Updated)
+# with the three-phase meterValue of the 2.0.1 phase of benches/ocpp_load.rs (11 numeric
+# sampledValues); the last line is then `instructions_per_transaction_event=N`.
+#
 # CALLGRIND_RUNS (default 3) sets the number of runs. CALLGRIND_CHARGERS /
 # CALLGRIND_METER_VALUES / CALLGRIND_WORKERS change the workload (then the figure is not
 # comparable with the README's). CALLGRIND_KEEP=DIR keeps each run's dump there (for
@@ -30,6 +35,15 @@ chargers="${CALLGRIND_CHARGERS:-20}"
 per_charger="${CALLGRIND_METER_VALUES:-50}"
 workers="${CALLGRIND_WORKERS:-2}"
 runs="${CALLGRIND_RUNS:-3}"
+ocpp="${CALLGRIND_OCPP:-1.6}"
+case "$ocpp" in
+1.6) what="MeterValues" key="meter_values" ;;
+2.0.1) what="TransactionEvent" key="transaction_event" ;;
+*)
+	echo "callgrind: CALLGRIND_OCPP must be 1.6 or 2.0.1" >&2
+	exit 1
+	;;
+esac
 # Per run: the client's own bound (its CALLs time out after 60 s each anyway).
 limit_secs=600
 
@@ -103,7 +117,7 @@ EOF
 	done
 	[[ -n "$addr" ]] || die "the agent did not report its address within 60 s"
 	if ! timeout "$limit_secs" "$client_bin" --addr "$addr" --pid "$agent_pid" \
-		--chargers "$chargers" --meter-values "$per_charger" >"$dir/client.out"; then
+		--chargers "$chargers" --meter-values "$per_charger" --ocpp "$ocpp" >"$dir/client.out"; then
 		echo "callgrind: agent log tail:" >&2
 		tail -n 20 "$dir/agent.log" >&2
 		die "the client failed"
@@ -115,7 +129,7 @@ EOF
 	[[ -n "$total" ]] || die "no summary line in $dump"
 	if [[ -n "${CALLGRIND_KEEP:-}" ]]; then
 		mkdir -p "$CALLGRIND_KEEP"
-		cp "$dump" "$CALLGRIND_KEEP/callgrind.out.meter_values.$run"
+		cp "$dump" "$CALLGRIND_KEEP/callgrind.out.$key.$run"
 	fi
 	# A warning in the agent's log (a flagged reading, a slow commit) means the run was
 	# not the standard one.
@@ -125,13 +139,17 @@ EOF
 	fi
 	local window
 	window="$(sed -n 's/.*measured window (\(.*\))$/\1/p' "$dir/client.out")"
-	echo "callgrind: run $run: total_instructions=$total over $count MeterValues = $(((total + count / 2) / count)) per MeterValues (window $window, run $((SECONDS - start)) s, load average $(cut -d' ' -f1 /proc/loadavg))"
+	echo "callgrind: run $run: total_instructions=$total over $count $what = $(((total + count / 2) / count)) per $what (window $window, run $((SECONDS - start)) s, load average $(cut -d' ' -f1 /proc/loadavg))"
 	rm -rf "$dir"
 	dir=""
 }
 
 count=$((chargers * per_charger))
-echo "callgrind: agent $agent_bin; $runs runs of $chargers chargers x $per_charger MeterValues (1.6, 9 sampledValues each), $workers tokio workers"
+if [[ "$ocpp" == 1.6 ]]; then
+	echo "callgrind: agent $agent_bin; $runs runs of $chargers chargers x $per_charger MeterValues (1.6, 9 sampledValues each), $workers tokio workers"
+else
+	echo "callgrind: agent $agent_bin; $runs runs of $chargers chargers x $per_charger TransactionEvent(Updated) (2.0.1, 11 sampledValues each), $workers tokio workers"
+fi
 figures=()
 for run in $(seq "$runs"); do
 	measure "$run"
@@ -143,5 +161,5 @@ if ((runs % 2 == 0)); then
 	median=$(((sorted[runs / 2 - 1] + sorted[runs / 2] + 1) / 2))
 fi
 spread="$(awk -v lo="${sorted[0]}" -v hi="${sorted[runs - 1]}" -v m="$median" 'BEGIN { printf "%.2f", (hi - lo) * 100 / m }')"
-echo "callgrind: meter_values=$count per run; per MeterValues min ${sorted[0]}, max ${sorted[runs - 1]} (spread $spread %)"
-echo "callgrind: instructions_per_meter_values=$median"
+echo "callgrind: $key=$count per run; per $what min ${sorted[0]}, max ${sorted[runs - 1]} (spread $spread %)"
+echo "callgrind: instructions_per_$key=$median"
