@@ -587,3 +587,56 @@ async fn a_charger_reports_security_events_and_its_device_model_in_parts() {
     .await;
     assert_eq!(a["status"], "Rejected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_out_of_order_are_each_applied_once_whatever_is_replayed_when() {
+    let agent = Agent::start(OPEN, FREE);
+    let mut c = Charger::connect_v201(&agent.url("CPOOO")).await;
+    boot(&mut c).await;
+    ok(
+        &mut c,
+        "TransactionEvent",
+        started("tx-X", &ts(0), 1_000, "AABBCCDD", "ISO14443"),
+    )
+    .await;
+    let upd = |seq: i64, wh: i64| {
+        tx_event(
+            "Updated",
+            "tx-X",
+            seq,
+            &ts(seq * 10),
+            "MeterValuePeriodic",
+            Some(("Sample.Periodic", wh)),
+            json!({"offline": true}),
+        )
+    };
+    // 2 before 1, each sent twice, then 1 and 2 again after both are in
+    for (seq, wh) in [
+        (2, 3_000),
+        (2, 3_000),
+        (1, 2_000),
+        (1, 2_000),
+        (2, 3_000),
+        (3, 4_000),
+        (1, 2_000),
+    ] {
+        ok(&mut c, "TransactionEvent", upd(seq, wh)).await;
+    }
+    let (_, energy, flags, _) = session_of(&agent, "tx-X");
+    assert_eq!(energy, 3_000);
+    assert!(flags.contains("seq_gap"), "{flags}");
+    let (journal, high): (i64, i64) = agent
+        .db()
+        .query_row(
+            "SELECT (SELECT count(*) FROM tx_events WHERE charger_tx_id = 'tx-X'),
+                    (SELECT last_seq_no FROM sessions WHERE charger_tx_id = 'tx-X')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (journal, high),
+        (4, 3),
+        "each seqNo journaled once, all of 0..=3 in"
+    );
+}

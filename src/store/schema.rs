@@ -193,9 +193,12 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 5: OCPP 2.0.1. A 2.0.1 transaction is a session like a 1.6 one (its integer
     // `transaction_id` stays the store's key; the charger's own string id is
-    // `charger_tx_id`, its EVSE the session's `connector_id`). `tx_events` makes
-    // TransactionEvents idempotent on (charger, transactionId, seqNo) and keeps those that
-    // came after `Ended` (recorded, never applied). `announced` is 0 while a transaction
+    // `charger_tx_id`, its EVSE the session's `connector_id`). `tx_events` journals every
+    // TransactionEvent, appended (a rowid table: no B-tree page in the middle per
+    // reading); events are idempotent on (charger, transactionId, seqNo) through the
+    // session's `last_seq_no` (every seqNo up to it applied) and, for the few that came
+    // out of order or after `Ended` (recorded, never applied), the partial index
+    // `tx_events_out_of_order`. `announced` is 0 while a transaction
     // that began without an idToken has not yet had its `session.started` published.
     r#"
     ALTER TABLE sessions ADD COLUMN charger_tx_id TEXT;
@@ -206,6 +209,7 @@ const MIGRATIONS: &[&str] = &[
         WHERE charger_tx_id IS NOT NULL;
     ALTER TABLE remote_starts ADD COLUMN remote_start_id INTEGER;
     CREATE TABLE tx_events (
+        id              INTEGER PRIMARY KEY,
         cp_id           TEXT NOT NULL,
         charger_tx_id   TEXT NOT NULL,
         seq_no          INTEGER NOT NULL,
@@ -215,8 +219,10 @@ const MIGRATIONS: &[&str] = &[
         charger_ts_raw  TEXT NOT NULL,
         received_at     TEXT NOT NULL,
         applied         INTEGER NOT NULL,
-        PRIMARY KEY (cp_id, charger_tx_id, seq_no)
-    ) STRICT, WITHOUT ROWID;
+        out_of_order    INTEGER NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX tx_events_out_of_order ON tx_events (cp_id, charger_tx_id, seq_no)
+        WHERE out_of_order = 1;
     CREATE TABLE evse_connectors (
         cp_id         TEXT NOT NULL,
         evse_id       INTEGER NOT NULL,

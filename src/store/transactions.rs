@@ -77,15 +77,6 @@ pub struct TxEventOutcome {
     pub budget_stop: bool,
 }
 
-/// The integer key of the session holding a charger's 2.0.1 transaction.
-fn session_key(c: &Connection, cp_id: &str, tx: &str) -> Result<Option<i64>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT transaction_id FROM sessions WHERE cp_id = ?1 AND charger_tx_id = ?2",
-    )?
-    .query_row(params![cp_id, tx], |r| r.get(0))
-    .optional()?)
-}
-
 fn load(c: &Connection, cp_id: &str, key: i64) -> Result<Option<Loaded>, StoreError> {
     let key = i32::try_from(key)
         .map_err(|_| StoreError::Corrupt(format!("session key {key} out of range")))?;
@@ -94,25 +85,78 @@ fn load(c: &Connection, cp_id: &str, key: i64) -> Result<Option<Loaded>, StoreEr
 
 /// What the 2.0.1 columns say about a session.
 struct Extra {
-    last_seq_no: Option<i64>,
+    /// The store's key of the session.
+    key: i64,
+    /// Every `seqNo` from 0 to this one has been applied (`None`: not even 0).
+    seq_high: Option<i64>,
     announced: bool,
     auth_result: String,
     tag_key: String,
 }
 
-fn extra(c: &Connection, key: i64) -> Result<Extra, StoreError> {
+/// The session holding a charger's 2.0.1 transaction, if any: one indexed read.
+fn find(c: &Connection, cp_id: &str, tx: &str) -> Result<Option<Extra>, StoreError> {
     Ok(c.prepare_cached(
-        "SELECT last_seq_no, announced, auth_result, id_tag FROM sessions
-             WHERE transaction_id = ?1",
+        "SELECT transaction_id, last_seq_no, announced, auth_result, id_tag FROM sessions
+             WHERE cp_id = ?1 AND charger_tx_id = ?2",
     )?
-    .query_row(params![key], |r| {
+    .query_row(params![cp_id, tx], |r| {
         Ok(Extra {
-            last_seq_no: r.get(0)?,
-            announced: r.get(1)?,
-            auth_result: r.get(2)?,
-            tag_key: r.get(3)?,
+            key: r.get(0)?,
+            seq_high: r.get(1)?,
+            announced: r.get(2)?,
+            auth_result: r.get(3)?,
+            tag_key: r.get(4)?,
         })
-    })?)
+    })
+    .optional()?)
+}
+
+/// Whether `seq` of this transaction was recorded already. Events in order only move the
+/// session's contiguous high mark (no journal lookup, no index entry: the journal is an
+/// append-only table, so a reading costs no page in the middle of a B-tree); an event out
+/// of order, or after `Ended`, is recorded in the journal's small partial index, and found
+/// there.
+fn seen(c: &Connection, e: &TxEventIn, seq_high: Option<i64>) -> Result<bool, StoreError> {
+    let seq = e.event.seq_no;
+    if seq >= 0 && seq_high.is_some_and(|h| seq <= h) {
+        return Ok(true);
+    }
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM tx_events WHERE cp_id = ?1 AND charger_tx_id = ?2 AND seq_no = ?3
+             AND out_of_order = 1",
+    )?
+    .query_row(params![e.cp_id, e.event.transaction_id, seq], |_| Ok(()))
+    .optional()?
+    .is_some())
+}
+
+/// The contiguous high mark after applying `seq`: it moves only when `seq` is the next
+/// one, and then over any later ones that had come out of order.
+fn advance_high(
+    c: &Connection,
+    e: &TxEventIn,
+    seq_high: Option<i64>,
+) -> Result<Option<i64>, StoreError> {
+    let next = seq_high.map_or(0, |h| h + 1);
+    if e.event.seq_no != next {
+        return Ok(seq_high);
+    }
+    let mut high = next;
+    let mut probe = c.prepare_cached(
+        "SELECT 1 FROM tx_events WHERE cp_id = ?1 AND charger_tx_id = ?2 AND seq_no = ?3
+         AND out_of_order = 1 AND applied = 1",
+    )?;
+    while probe
+        .query_row(params![e.cp_id, e.event.transaction_id, high + 1], |_| {
+            Ok(())
+        })
+        .optional()?
+        .is_some()
+    {
+        high += 1;
+    }
+    Ok(Some(high))
 }
 
 /// The auth result stored on a session; `None` while no idToken has come.
@@ -137,21 +181,24 @@ fn running(cost: Option<&Cost>) -> Option<RunningCost> {
 
 pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOutcome, StoreError> {
     let ev = &e.event;
-    let key = session_key(c, &e.cp_id, &ev.transaction_id)?;
+    let found = find(c, &e.cp_id, &ev.transaction_id)?;
     // A replay: answered from what is stored, nothing written.
-    let seen: Option<bool> = c
-        .prepare_cached(
-            "SELECT applied FROM tx_events WHERE cp_id = ?1 AND charger_tx_id = ?2 AND seq_no = ?3",
-        )?
-        .query_row(params![e.cp_id, ev.transaction_id, ev.seq_no], |r| r.get(0))
-        .optional()?;
-    if let (Some(_), Some(key)) = (seen, key) {
-        return replayed(c, &e, key);
+    if let Some(x) = &found {
+        if seen(c, &e, x.seq_high)? {
+            return replayed(c, &e, x);
+        }
     }
-    let key = match key {
-        Some(k) => k,
-        None => create(c, ctx, &e)?,
+    let mut x = match found {
+        Some(x) => x,
+        None => Extra {
+            key: create(c, ctx, &e)?,
+            seq_high: None,
+            announced: false,
+            auth_result: PENDING.to_string(),
+            tag_key: String::new(),
+        },
     };
+    let key = x.key;
     let Some(Loaded {
         mut session,
         connector_id: evse_id,
@@ -159,7 +206,6 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
     else {
         return Err(StoreError::Corrupt(format!("session {key} vanished")));
     };
-    let mut x = extra(c, key)?;
     let mut out = TxEventOutcome {
         session_id: Some(session.session_id.clone()),
         evse_id,
@@ -170,7 +216,8 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
         // that keeps sending must not flood the log.
         let earlier: i64 = c
             .prepare_cached(
-                "SELECT count(*) FROM tx_events WHERE cp_id = ?1 AND charger_tx_id = ?2 AND applied = 0",
+                "SELECT count(*) FROM tx_events WHERE cp_id = ?1 AND charger_tx_id = ?2
+                 AND out_of_order = 1 AND applied = 0",
             )?
             .query_row(params![e.cp_id, ev.transaction_id], |r| r.get(0))?;
         if earlier == 0 {
@@ -179,7 +226,7 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
                 "TransactionEvent after Ended: recorded, not applied (logged once per transaction)"
             );
         }
-        record_event(c, &e, false)?;
+        record_event(c, &e, false, true)?;
         let flags = vec![Flags::single(Flag::AfterEnded); ev.samples.len()];
         store_readings(
             c,
@@ -201,17 +248,17 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
         out.cost = stored_cost(c, key)?;
         return Ok(out);
     }
-    record_event(c, &e, true)?;
-    if let Some(last) = x.last_seq_no {
-        if ev.seq_no > last + 1 && !session.flags.contains(Flag::SeqGap) {
-            tracing::warn!(
-                cp_id = %e.cp_id, transaction_id = %ev.transaction_id, after = last, got = ev.seq_no,
-                "TransactionEvent seqNo skipped; flagged on the session"
-            );
-            session.flags.insert(Flag::SeqGap);
-        }
+    let next = x.seq_high.map_or(0, |h| h + 1);
+    let in_order = ev.seq_no == next;
+    record_event(c, &e, true, !in_order)?;
+    if ev.seq_no > next && !session.flags.contains(Flag::SeqGap) {
+        tracing::warn!(
+            cp_id = %e.cp_id, transaction_id = %ev.transaction_id, expected = next, got = ev.seq_no,
+            "TransactionEvent seqNo skipped; flagged on the session"
+        );
+        session.flags.insert(Flag::SeqGap);
     }
-    let seq = x.last_seq_no.map_or(ev.seq_no, |l| l.max(ev.seq_no));
+    let seq = advance_high(c, &e, x.seq_high)?;
     // The idToken: the first one authorizes a transaction that began without one; a later
     // one (a stop by another card) is judged without using anything up.
     if let Some(presented) = &e.presented {
@@ -361,7 +408,8 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
 }
 
 /// The answer to an event already recorded, from the session as it stands.
-fn replayed(c: &Connection, e: &TxEventIn, key: i64) -> Result<TxEventOutcome, StoreError> {
+fn replayed(c: &Connection, e: &TxEventIn, x: &Extra) -> Result<TxEventOutcome, StoreError> {
+    let key = x.key;
     let Some(Loaded {
         session,
         connector_id,
@@ -369,7 +417,6 @@ fn replayed(c: &Connection, e: &TxEventIn, key: i64) -> Result<TxEventOutcome, S
     else {
         return Err(StoreError::Corrupt(format!("session {key} vanished")));
     };
-    let x = extra(c, key)?;
     let cost = match session.state {
         State::Stopped => stored_cost(c, key)?,
         State::Active => session.billing.as_ref().map(|b| {
@@ -384,7 +431,7 @@ fn replayed(c: &Connection, e: &TxEventIn, key: i64) -> Result<TxEventOutcome, S
         session_id: Some(session.session_id),
         evse_id: connector_id,
         id_token_status: match &e.presented {
-            Some(_) => stored_result(&x, key)?,
+            Some(_) => stored_result(x, key)?,
             None => None,
         },
         cost,
@@ -414,11 +461,18 @@ fn stored_cost(c: &Connection, key: i64) -> Result<Option<RunningCost>, StoreErr
     }
 }
 
-fn record_event(c: &Connection, e: &TxEventIn, applied: bool) -> Result<(), StoreError> {
+/// Journals the event; `out_of_order` puts it in the partial index replays are found by.
+fn record_event(
+    c: &Connection,
+    e: &TxEventIn,
+    applied: bool,
+    out_of_order: bool,
+) -> Result<(), StoreError> {
     let ev = &e.event;
     c.prepare_cached(
         "INSERT INTO tx_events (cp_id, charger_tx_id, seq_no, event_type, trigger_reason, offline,
-            charger_ts_raw, received_at, applied) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            charger_ts_raw, received_at, applied, out_of_order)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         e.cp_id,
@@ -429,7 +483,8 @@ fn record_event(c: &Connection, e: &TxEventIn, applied: bool) -> Result<(), Stor
         ev.offline,
         ev.timestamp.raw,
         fmt_ts(e.received),
-        applied
+        applied,
+        out_of_order
     ])?;
     Ok(())
 }
