@@ -14,6 +14,11 @@
 //! `$ref` to `#/definitions/...`, `format: date-time` (RFC 3339). Others
 //! (`default`, `additionalItems`, `format: uri`) are not constraints here. Each violation
 //! maps to the OCPP-J 2.0.1 CALLERROR code that describes it.
+//!
+//! The schemas are compiled once into a tree of [`Node`]s (references resolved, keywords
+//! read into fields, enums into string lists), so checking a frame walks typed nodes and
+//! allocates nothing unless it finds a violation: every TransactionEvent of every charger
+//! passes through here.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -22,13 +27,155 @@ use serde_json::{Map, Value};
 
 use crate::ocpp::frame::ErrorCode;
 
-static SCHEMAS: OnceLock<HashMap<String, Value>> = OnceLock::new();
+/// The JSON type a node demands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Object,
+    Array,
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Any,
+}
 
-fn schemas() -> &'static HashMap<String, Value> {
-    SCHEMAS.get_or_init(|| {
+/// One schema (sub)tree with its keywords read.
+#[derive(Debug, Default)]
+struct Node {
+    kind: Option<Kind>,
+    /// `properties`: name and node.
+    props: Vec<(String, usize)>,
+    required: Vec<String>,
+    /// `additionalProperties: false`.
+    closed: bool,
+    items: Option<usize>,
+    min_items: Option<u64>,
+    max_items: Option<u64>,
+    /// `enum` of strings (all the 2.0.1 schemas have); any other enum in `enum_values`.
+    enum_strings: Option<Vec<String>>,
+    enum_values: Option<Vec<Value>>,
+    max_length: Option<u64>,
+    minimum: Option<f64>,
+    maximum: Option<f64>,
+    date_time: bool,
+}
+
+/// All schemas, compiled.
+struct Compiled {
+    nodes: Vec<Node>,
+    roots: HashMap<String, usize>,
+}
+
+static COMPILED: OnceLock<Compiled> = OnceLock::new();
+
+fn compiled() -> &'static Compiled {
+    COMPILED.get_or_init(|| {
         // Compiled in and checked by a test: a parse failure here is a build defect.
-        serde_json::from_str(include_str!("schemas.json")).unwrap_or_default()
+        let raw: HashMap<String, Value> =
+            serde_json::from_str(include_str!("schemas.json")).unwrap_or_default();
+        let mut c = Compiled {
+            nodes: Vec::new(),
+            roots: HashMap::new(),
+        };
+        for (name, root) in &raw {
+            let mut refs = HashMap::new();
+            let idx = compile(&mut c.nodes, root, root, &mut refs);
+            c.roots.insert(name.clone(), idx);
+        }
+        c
     })
+}
+
+/// Compiles `schema` (inside document `root`) and returns its node; `refs` shares each
+/// definition's node.
+fn compile(
+    nodes: &mut Vec<Node>,
+    root: &Value,
+    schema: &Value,
+    refs: &mut HashMap<String, usize>,
+) -> usize {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        if let Some(&idx) = refs.get(r) {
+            return idx;
+        }
+        // Reserved before it is built, so a definition that refers to itself ends.
+        let idx = nodes.len();
+        nodes.push(Node::default());
+        refs.insert(r.to_string(), idx);
+        // A dangling reference accepts anything (the schemas have none; a test checks).
+        if let Some(target) = r
+            .strip_prefix("#/definitions/")
+            .and_then(|d| root.get("definitions")?.get(d))
+        {
+            nodes[idx] = build(nodes, root, target, refs);
+        }
+        return idx;
+    }
+    let idx = nodes.len();
+    nodes.push(Node::default());
+    nodes[idx] = build(nodes, root, schema, refs);
+    idx
+}
+
+/// Reads one inline schema's keywords; its children are compiled into `nodes`.
+fn build(
+    nodes: &mut Vec<Node>,
+    root: &Value,
+    schema: &Value,
+    refs: &mut HashMap<String, usize>,
+) -> Node {
+    let Some(s) = schema.as_object() else {
+        return Node::default();
+    };
+    let mut n = Node {
+        kind: s.get("type").and_then(Value::as_str).map(|t| match t {
+            "object" => Kind::Object,
+            "array" => Kind::Array,
+            "string" => Kind::String,
+            "integer" => Kind::Integer,
+            "number" => Kind::Number,
+            "boolean" => Kind::Boolean,
+            _ => Kind::Any,
+        }),
+        closed: s.get("additionalProperties") == Some(&Value::Bool(false)),
+        min_items: s.get("minItems").and_then(Value::as_u64),
+        max_items: s.get("maxItems").and_then(Value::as_u64),
+        max_length: s.get("maxLength").and_then(Value::as_u64),
+        minimum: s.get("minimum").and_then(Value::as_f64),
+        maximum: s.get("maximum").and_then(Value::as_f64),
+        date_time: s.get("format").and_then(Value::as_str) == Some("date-time"),
+        required: s
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(Value::as_str)
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        ..Node::default()
+    };
+    if let Some(Value::Array(allowed)) = s.get("enum") {
+        let strings: Option<Vec<String>> = allowed
+            .iter()
+            .map(|v| v.as_str().map(String::from))
+            .collect();
+        match strings {
+            Some(v) => n.enum_strings = Some(v),
+            None => n.enum_values = Some(allowed.clone()),
+        }
+    }
+    if let Some(item) = s.get("items") {
+        n.items = Some(compile(nodes, root, item, refs));
+    }
+    if let Some(Value::Object(props)) = s.get("properties") {
+        for (name, p) in props {
+            let child = compile(nodes, root, p, refs);
+            n.props.push((name.clone(), child));
+        }
+    }
+    n
 }
 
 /// Why a payload breaks its schema.
@@ -42,7 +189,7 @@ pub struct Violation {
 
 /// Whether a schema exists for `name` (e.g. `TransactionEventRequest`).
 pub fn known(name: &str) -> bool {
-    schemas().contains_key(name)
+    compiled().roots.contains_key(name)
 }
 
 /// Validates `payload` against the 2.0.1 schema `name` (e.g. `BootNotificationRequest`).
@@ -50,184 +197,191 @@ pub fn known(name: &str) -> bool {
 /// # Errors
 /// The first [`Violation`] found; a missing schema is an `InternalError` (a defect).
 pub fn validate(name: &str, payload: &Value) -> Result<(), Violation> {
-    let Some(root) = schemas().get(name) else {
+    let c = compiled();
+    let Some(&root) = c.roots.get(name) else {
         return Err(Violation {
             code: ErrorCode::InternalError,
             description: format!("no OCPP 2.0.1 schema {name}"),
         });
     };
-    check(root, root, payload, &mut String::new())
+    check(&c.nodes, root, payload).map_err(|f| {
+        let mut path = String::new();
+        for seg in f.path.iter().rev() {
+            match seg {
+                Seg::Field(name) => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(name);
+                }
+                Seg::Index(i) => path.push_str(&format!("[{i}]")),
+            }
+        }
+        let at = if path.is_empty() { "payload" } else { &path };
+        Violation {
+            code: f.code,
+            description: format!("{at}: {}", f.what),
+        }
+    })
 }
 
-fn violation(code: ErrorCode, path: &str, what: impl std::fmt::Display) -> Violation {
-    let at = if path.is_empty() { "payload" } else { path };
-    Violation {
+/// A path step, collected innermost first as a violation unwinds.
+enum Seg<'a> {
+    Field(&'a str),
+    Index(usize),
+}
+
+struct Failure<'a> {
+    code: ErrorCode,
+    what: String,
+    path: Vec<Seg<'a>>,
+}
+
+fn fail<'a>(code: ErrorCode, what: impl Into<String>) -> Failure<'a> {
+    Failure {
         code,
-        description: format!("{at}: {what}"),
+        what: what.into(),
+        path: Vec::new(),
     }
 }
 
-fn check(root: &Value, schema: &Value, value: &Value, path: &mut String) -> Result<(), Violation> {
-    let Some(s) = schema.as_object() else {
-        return Ok(());
-    };
-    if let Some(Value::String(r)) = s.get("$ref") {
-        let target = r
-            .strip_prefix("#/definitions/")
-            .and_then(|d| root.get("definitions")?.get(d));
-        return match target {
-            Some(t) => check(root, t, value, path),
-            None => Err(violation(
-                ErrorCode::InternalError,
-                path,
-                format!("schema reference {r} not found"),
-            )),
-        };
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Object => "object",
+        Kind::Array => "array",
+        Kind::String => "string",
+        Kind::Integer => "integer",
+        Kind::Number => "number",
+        Kind::Boolean => "boolean",
+        Kind::Any => "any",
     }
-    if let Some(Value::String(t)) = s.get("type") {
-        let ok = match t.as_str() {
-            "object" => value.is_object(),
-            "array" => value.is_array(),
-            "string" => value.is_string(),
-            "boolean" => value.is_boolean(),
-            "integer" => {
+}
+
+fn check<'a>(nodes: &[Node], idx: usize, value: &'a Value) -> Result<(), Failure<'a>> {
+    let n = &nodes[idx];
+    if let Some(k) = n.kind {
+        let ok = match k {
+            Kind::Object => value.is_object(),
+            Kind::Array => value.is_array(),
+            Kind::String => value.is_string(),
+            Kind::Boolean => value.is_boolean(),
+            Kind::Integer => {
                 value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
             }
-            "number" => value.is_number(),
-            _ => true,
+            Kind::Number => value.is_number(),
+            Kind::Any => true,
         };
         if !ok {
-            return Err(violation(
+            return Err(fail(
                 ErrorCode::TypeConstraintViolation,
-                path,
-                format!("must be of type {t}"),
+                format!("must be of type {}", kind_name(k)),
             ));
         }
     }
-    if let Some(Value::Array(allowed)) = s.get("enum") {
-        if !allowed.contains(value) {
-            return Err(violation(
-                ErrorCode::PropertyConstraintViolation,
-                path,
-                // Not the value itself: it may be large, or a code the driver typed.
-                "not one of the values 2.0.1 allows",
-            ));
-        }
+    let in_enum = match (&n.enum_strings, &n.enum_values, value) {
+        (Some(allowed), _, Value::String(v)) => allowed.iter().any(|a| a == v),
+        (Some(_), _, _) => false,
+        (None, Some(allowed), v) => allowed.contains(v),
+        (None, None, _) => true,
+    };
+    if !in_enum {
+        // Not the value itself: it may be large, or a code the driver typed.
+        return Err(fail(
+            ErrorCode::PropertyConstraintViolation,
+            "not one of the values 2.0.1 allows",
+        ));
     }
     match value {
         Value::String(text) => {
-            if let Some(max) = s.get("maxLength").and_then(Value::as_u64) {
-                if text.chars().count() as u64 > max {
-                    return Err(violation(
+            if let Some(max) = n.max_length {
+                // bytes bound characters from above: count only when it may matter
+                if text.len() as u64 > max && text.chars().count() as u64 > max {
+                    return Err(fail(
                         ErrorCode::TypeConstraintViolation,
-                        path,
                         format!("longer than {max} characters"),
                     ));
                 }
             }
-            if s.get("format").and_then(Value::as_str) == Some("date-time")
-                && chrono::DateTime::parse_from_rfc3339(text).is_err()
-            {
-                return Err(violation(
+            if n.date_time && chrono::DateTime::parse_from_rfc3339(text).is_err() {
+                return Err(fail(
                     ErrorCode::TypeConstraintViolation,
-                    path,
                     "not an RFC 3339 date-time",
                 ));
             }
         }
-        Value::Number(n) => {
-            let v = n.as_f64().unwrap_or(0.0);
-            if let Some(min) = s.get("minimum").and_then(Value::as_f64) {
-                if v < min {
-                    return Err(violation(
-                        ErrorCode::PropertyConstraintViolation,
-                        path,
-                        format!("below the minimum {min}"),
-                    ));
-                }
+        Value::Number(num) => {
+            let v = num.as_f64().unwrap_or(0.0);
+            if let Some(min) = n.minimum.filter(|m| v < *m) {
+                return Err(fail(
+                    ErrorCode::PropertyConstraintViolation,
+                    format!("below the minimum {min}"),
+                ));
             }
-            if let Some(max) = s.get("maximum").and_then(Value::as_f64) {
-                if v > max {
-                    return Err(violation(
-                        ErrorCode::PropertyConstraintViolation,
-                        path,
-                        format!("above the maximum {max}"),
-                    ));
-                }
+            if let Some(max) = n.maximum.filter(|m| v > *m) {
+                return Err(fail(
+                    ErrorCode::PropertyConstraintViolation,
+                    format!("above the maximum {max}"),
+                ));
             }
         }
         Value::Array(items) => {
-            let n = items.len() as u64;
-            if let Some(min) = s.get("minItems").and_then(Value::as_u64) {
-                if n < min {
-                    return Err(violation(
-                        ErrorCode::OccurenceConstraintViolation,
-                        path,
-                        format!("at least {min} element(s) required"),
-                    ));
-                }
+            let len = items.len() as u64;
+            if let Some(min) = n.min_items.filter(|m| len < *m) {
+                return Err(fail(
+                    ErrorCode::OccurenceConstraintViolation,
+                    format!("at least {min} element(s) required"),
+                ));
             }
-            if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
-                if n > max {
-                    return Err(violation(
-                        ErrorCode::OccurenceConstraintViolation,
-                        path,
-                        format!("at most {max} element(s) allowed"),
-                    ));
-                }
+            if let Some(max) = n.max_items.filter(|m| len > *m) {
+                return Err(fail(
+                    ErrorCode::OccurenceConstraintViolation,
+                    format!("at most {max} element(s) allowed"),
+                ));
             }
-            if let Some(item) = s.get("items") {
+            if let Some(item) = n.items {
                 for (i, v) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push_str(&format!("[{i}]"));
-                    check(root, item, v, path)?;
-                    path.truncate(len);
+                    check(nodes, item, v).map_err(|mut f| {
+                        f.path.push(Seg::Index(i));
+                        f
+                    })?;
                 }
             }
         }
-        Value::Object(fields) => check_object(root, s, fields, path)?,
+        Value::Object(fields) => check_object(nodes, n, fields)?,
         _ => {}
     }
     Ok(())
 }
 
-fn check_object(
-    root: &Value,
-    s: &Map<String, Value>,
-    fields: &Map<String, Value>,
-    path: &mut String,
-) -> Result<(), Violation> {
-    let props = s.get("properties").and_then(Value::as_object);
-    if let Some(Value::Array(required)) = s.get("required") {
-        for r in required.iter().filter_map(Value::as_str) {
-            if !fields.contains_key(r) {
-                return Err(violation(
-                    ErrorCode::OccurenceConstraintViolation,
-                    path,
-                    format!("required field {r} missing"),
-                ));
-            }
+fn check_object<'a>(
+    nodes: &[Node],
+    n: &Node,
+    fields: &'a Map<String, Value>,
+) -> Result<(), Failure<'a>> {
+    for r in &n.required {
+        if !fields.contains_key(r) {
+            return Err(fail(
+                ErrorCode::OccurenceConstraintViolation,
+                format!("required field {r} missing"),
+            ));
         }
     }
-    let closed = s.get("additionalProperties") == Some(&Value::Bool(false));
     for (name, v) in fields {
-        let len = path.len();
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(name);
-        match props.and_then(|p| p.get(name)) {
-            Some(p) => check(root, p, v, path)?,
-            None if closed => {
-                return Err(violation(
+        match n.props.iter().find(|(p, _)| p == name) {
+            Some((_, child)) => check(nodes, *child, v).map_err(|mut f| {
+                f.path.push(Seg::Field(name));
+                f
+            })?,
+            None if n.closed => {
+                let mut f = fail(
                     ErrorCode::FormationViolation,
-                    path,
                     "not a field of this 2.0.1 message",
-                ))
+                );
+                f.path.push(Seg::Field(name));
+                return Err(f);
             }
             None => {}
         }
-        path.truncate(len);
     }
     Ok(())
 }
@@ -239,7 +393,26 @@ mod tests {
 
     #[test]
     fn all_128_official_schemas_are_compiled_in() {
-        assert_eq!(schemas().len(), 128);
+        assert_eq!(compiled().roots.len(), 128);
+        let raw: HashMap<String, Value> =
+            serde_json::from_str(include_str!("schemas.json")).unwrap();
+        // every reference resolves (compile accepts anything for a dangling one)
+        fn refs(v: &Value, root: &Value) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        let d = r.strip_prefix("#/definitions/").unwrap();
+                        assert!(root["definitions"].get(d).is_some(), "{r}");
+                    }
+                    m.values().for_each(|x| refs(x, root));
+                }
+                Value::Array(a) => a.iter().for_each(|x| refs(x, root)),
+                _ => {}
+            }
+        }
+        for root in raw.values() {
+            refs(root, root);
+        }
         assert!(known("TransactionEventRequest"));
         assert!(known("GetVariablesResponse"));
     }
