@@ -115,7 +115,12 @@ fn main() {
 
 /// One fresh agent, [`CHARGERS`] chargers each sending a MeterValues every `period` for
 /// `window`; returns write_bytes per acknowledged reading.
-async fn phase(bin: &Path, period: Duration, window: Duration, strace: bool) -> Result<f64, String> {
+async fn phase(
+    bin: &Path,
+    period: Duration,
+    window: Duration,
+    strace: bool,
+) -> Result<f64, String> {
     let mut agent = Agent::start(bin);
     let mut chargers = Vec::with_capacity(CHARGERS);
     for i in 0..CHARGERS {
