@@ -26,6 +26,8 @@ struct Input<'a> {
     authorization: Vec<&'a [u8]>,
     protocols: Vec<&'a [u8]>,
     allow_unknown: bool,
+    /// `[ocpp] assume_subprotocol` set to `ocpp1.6`.
+    assume_16: bool,
     listed: Vec<(&'a str, Option<&'a str>)>,
     /// List the path's own id too (with this hash), so the auth branch is reached.
     list_self: Option<Option<&'a str>>,
@@ -68,6 +70,7 @@ fuzz_target!(|input: Input<'_>| {
         Chargers {
             allow_unknown: input.allow_unknown,
             listed: &listed,
+            assume: input.assume_16.then_some("ocpp1.6"),
         },
         |c| {
             calls.set(calls.get() + 1);
@@ -79,7 +82,19 @@ fuzz_target!(|input: Input<'_>| {
     );
     assert!(calls.get() <= 1);
     match &decision {
-        Decision::Accept { cp_id, .. } | Decision::NoSubprotocol { cp_id } => {
+        Decision::Accept { cp_id, subprotocol } => {
+            assert_eq!(Some(cp_id.as_str()), from_path);
+            assert!(chargesite::ocpp::handshake::SUPPORTED.contains(&subprotocol.name()));
+            if let chargesite::ocpp::handshake::Subprotocol::Assumed(_) = subprotocol {
+                assert!(input.assume_16, "a subprotocol assumed without the config saying so");
+            }
+            assert!(input.allow_unknown || listed.contains_key(cp_id));
+            if let Some(Some(_)) = listed.get(cp_id) {
+                assert_eq!(calls.get(), 1, "a charger with a hash accepted unverified");
+                assert!(input.verify_answer);
+            }
+        }
+        Decision::NoSubprotocol { cp_id } => {
             assert_eq!(Some(cp_id.as_str()), from_path);
             assert!(input.allow_unknown || listed.contains_key(cp_id));
             if let Some(Some(_)) = listed.get(cp_id) {
