@@ -490,14 +490,22 @@ pub(super) fn meter_events(
 /// `state` is indexed, and rewriting an index entry on every reading costs pages). A
 /// pricing this build could not read is left as stored (`coalesce`), so a later build can
 /// still bill it.
-pub(super) fn save_session(c: &Connection, s: &Session) -> Result<(), StoreError> {
+pub(super) fn save_session(
+    c: &Connection,
+    s: &Session,
+    seq_high: Option<i64>,
+) -> Result<(), StoreError> {
     let accrual = match &s.billing {
         Some(b) => Some(serde_json::to_string(&b.accrual)?),
         None => None,
     };
+    // `last_seq_no` (2.0.1's contiguous seqNo mark) in the same statement: one UPDATE per
+    // reading, not two. `None` keeps it: readings outside the events (2.0.1 MeterValues,
+    // or any 1.6 message) never reset it.
     c.prepare_cached(
         "UPDATE sessions SET last_register_wh = ?2, last_reading_ms = ?3, last_received_ms = ?4,
-            energy_wh = ?5, flags = ?6, accrual = coalesce(?7, accrual), budget_stop = ?8
+            energy_wh = ?5, flags = ?6, accrual = coalesce(?7, accrual), budget_stop = ?8,
+            last_seq_no = coalesce(?9, last_seq_no)
          WHERE transaction_id = ?1",
     )?
     .execute(params![
@@ -508,7 +516,8 @@ pub(super) fn save_session(c: &Connection, s: &Session) -> Result<(), StoreError
         s.register.energy_wh,
         s.flags.to_stored(),
         accrual,
-        s.billing.as_ref().is_some_and(|b| b.budget_stop)
+        s.billing.as_ref().is_some_and(|b| b.budget_stop),
+        seq_high
     ])?;
     Ok(())
 }
@@ -551,7 +560,7 @@ pub(super) fn meter(c: &Connection, ctx: &Ctx, m: MeterIn) -> Result<MeterOutcom
     )?;
     let active = session.state == State::Active;
     if active {
-        save_session(c, &session)?;
+        save_session(c, &session, None)?;
     }
     if decided.row_flags.iter().any(|f| *f != Flags::default()) {
         tracing::warn!(session = %session.session_id, flags = ?session.flags.names(), "energy register anomaly");
@@ -661,7 +670,7 @@ pub(super) fn stop(c: &Connection, ctx: &Ctx, s: StopTx) -> Result<StopOutcome, 
     if session.flags.contains(Flag::MeterBackwards) || session.flags.contains(Flag::MeterJump) {
         tracing::warn!(session = %session.session_id, flags = ?session.flags.names(), "energy register anomaly at stop");
     }
-    save_session(c, &session)?;
+    save_session(c, &session, None)?;
     let cost_json = closing
         .cost
         .as_ref()

@@ -343,9 +343,7 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
         session::clock(&ev.timestamp, e.received, &ctx.limits),
         e.received,
     )?;
-    save_session(c, &session)?;
-    c.prepare_cached("UPDATE sessions SET last_seq_no = ?2 WHERE transaction_id = ?1")?
-        .execute(params![key, seq])?;
+    save_session(c, &session, seq)?;
     // `session.started` goes out once the transaction is authorized (or ends without).
     let ending = closing.is_some();
     if !x.announced && (x.auth_result != PENDING || ending) {

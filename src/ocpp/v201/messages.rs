@@ -14,7 +14,6 @@
 //!   module's lists come from the 2.0.1 schemas themselves.
 
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -439,7 +438,7 @@ fn valid(action: &str, payload: &Value) -> Result<(), DecodeError> {
 }
 
 /// Validates, then reads the fields the agent uses.
-fn typed<T: DeserializeOwned>(action: &str, payload: &Value) -> Result<T, DecodeError> {
+fn typed<'a, T: Deserialize<'a>>(action: &str, payload: &'a Value) -> Result<T, DecodeError> {
     valid(action, payload)?;
     // Valid by the schema, so this fails only where the schema is looser than the type
     // (an integer too large for it): a value the agent cannot take.
@@ -470,7 +469,7 @@ fn samples(values: &[MeterValue], raw: Option<&Vec<Value>>) -> Result<Decoded, D
         let mut readings = Readings::default();
         for sv in &mv.sampled_value {
             // An EV-side reading is the car's (its SoC is the one wanted from there).
-            if sv.location.as_deref() == Some("EV") && sv.measurand.as_deref() != Some("SoC") {
+            if sv.location == Some("EV") && sv.measurand != Some("SoC") {
                 continue;
             }
             let unit = sv.unit_of_measure.as_ref();
@@ -478,30 +477,34 @@ fn samples(values: &[MeterValue], raw: Option<&Vec<Value>>) -> Result<Decoded, D
                 .and_then(|u| u.multiplier)
                 .map_or(0, |m| m.0.clamp(-30, 30) as i32);
             let kilo = matches!(
-                unit.and_then(|u| u.unit.as_deref()),
+                unit.and_then(|u| u.unit),
                 Some("kWh" | "kW" | "kvarh" | "kvar" | "kVA")
             );
             let mut v = sv.value * 10f64.powi(multiplier);
             if kilo {
                 v *= 1000.0;
             }
-            let measurand = sv.measurand.as_deref();
-            readings.add(measurand, sv.phase.as_deref(), v);
+            let measurand = sv.measurand;
+            readings.add(measurand, sv.phase, v);
             let is_register = matches!(measurand, None | Some("Energy.Active.Import.Register"))
                 && sv.phase.is_none();
             if is_register && v.is_finite() {
-                match sv.context.as_deref() {
+                match sv.context {
                     Some("Transaction.Begin") => begin = Some(v.round() as i64),
                     Some("Transaction.End") => end = Some(v.round() as i64),
                     _ => {}
                 }
             }
         }
-        let context = mv.sampled_value.first().and_then(|s| s.context.clone());
+        let context = mv
+            .sampled_value
+            .first()
+            .and_then(|s| s.context)
+            .map(String::from);
         let raw = raw
             .and_then(|a| a.get(i))
             .map_or_else(String::new, Value::to_string);
-        out.push(readings.sample(charger_time(&mv.timestamp)?, context, raw));
+        out.push(readings.sample(charger_time(mv.timestamp)?, context, raw));
     }
     Ok((out, begin, end))
 }
@@ -594,32 +597,41 @@ impl Int {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MeterValues {
+struct MeterValues<'a> {
     evse_id: u32,
-    meter_value: Vec<MeterValue>,
+    #[serde(borrow)]
+    meter_value: Vec<MeterValue<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct MeterValue {
-    timestamp: String,
-    sampled_value: Vec<SampledValue>,
+struct MeterValue<'a> {
+    #[serde(borrow)]
+    timestamp: &'a str,
+    #[serde(borrow)]
+    sampled_value: Vec<SampledValue<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct SampledValue {
+struct SampledValue<'a> {
     value: f64,
-    context: Option<String>,
-    measurand: Option<String>,
-    phase: Option<String>,
-    location: Option<String>,
-    unit_of_measure: Option<Unit>,
+    #[serde(borrow)]
+    context: Option<&'a str>,
+    #[serde(borrow)]
+    measurand: Option<&'a str>,
+    #[serde(borrow)]
+    phase: Option<&'a str>,
+    #[serde(borrow)]
+    location: Option<&'a str>,
+    #[serde(borrow)]
+    unit_of_measure: Option<Unit<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Unit {
-    unit: Option<String>,
+struct Unit<'a> {
+    #[serde(borrow)]
+    unit: Option<&'a str>,
     multiplier: Option<Int>,
 }
 
@@ -631,7 +643,7 @@ struct Authorize {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TransactionEvent {
+struct TransactionEvent<'a> {
     event_type: TxEventType,
     timestamp: String,
     trigger_reason: String,
@@ -642,7 +654,8 @@ struct TransactionEvent {
     evse: Option<Evse>,
     id_token: Option<IdToken>,
     reservation_id: Option<Int>,
-    meter_value: Option<Vec<MeterValue>>,
+    #[serde(borrow)]
+    meter_value: Option<Vec<MeterValue<'a>>>,
 }
 
 #[derive(Deserialize)]
