@@ -331,60 +331,116 @@ pub(super) fn stop_details(
     })?)
 }
 
+/// A session row as read, before it is checked.
+type RawSession = (
+    (i64, String, String, i64, i64, i64, i64, String),
+    (Option<String>, Option<String>, Option<String>, Option<i64>),
+    (Option<bool>, bool, u32),
+);
+
+/// The session columns every read of a session takes, in [`raw_session`]'s order.
+macro_rules! session_cols {
+    () => {
+        "transaction_id, session_id, state, last_register_wh, last_reading_ms,
+         last_received_ms, energy_wh, flags, tariff, accrual, budget_currency,
+         budget_minor, prepaid, budget_stop, connector_id"
+    };
+}
+
+/// Reads the [`session_cols`] at the start of a row.
+fn raw_session(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSession> {
+    Ok((
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+        ),
+        (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
+        (r.get(12)?, r.get(13)?, r.get(14)?),
+    ))
+}
+
+/// A charger's session by its transaction id, else the active one on a connector.
 pub(super) fn load_session(
     c: &Connection,
     cp_id: &str,
     connector_id: Option<u32>,
     transaction_id: Option<i32>,
 ) -> Result<Option<Loaded>, StoreError> {
-    type Raw = (
-        (i64, String, String, i64, i64, i64, i64, String),
-        (Option<String>, Option<String>, Option<String>, Option<i64>),
-        (Option<bool>, bool, u32),
-    );
-    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Raw> {
-        Ok((
-            (
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-            ),
-            (r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?),
-            (r.get(12)?, r.get(13)?, r.get(14)?),
-        ))
-    };
-    const COLS: &str = "transaction_id, session_id, state, last_register_wh, last_reading_ms,
-                        last_received_ms, energy_wh, flags, tariff, accrual, budget_currency,
-                        budget_minor, prepaid, budget_stop, connector_id";
     let raw = match (transaction_id, connector_id) {
         (Some(tx), _) => c
-            .prepare_cached(&format!(
-                "SELECT {COLS} FROM sessions WHERE transaction_id = ?1 AND cp_id = ?2"
+            .prepare_cached(concat!(
+                "SELECT ",
+                session_cols!(),
+                " FROM sessions WHERE transaction_id = ?1 AND cp_id = ?2"
             ))?
-            .query_row(params![tx, cp_id], map)
+            .query_row(params![tx, cp_id], raw_session)
             .optional()?,
         (None, Some(conn)) => c
-            .prepare_cached(&format!(
-                "SELECT {COLS} FROM sessions WHERE cp_id = ?1 AND connector_id = ?2
+            .prepare_cached(concat!(
+                "SELECT ",
+                session_cols!(),
+                " FROM sessions WHERE cp_id = ?1 AND connector_id = ?2
                  AND state = 'active' ORDER BY transaction_id DESC LIMIT 1"
             ))?
-            .query_row(params![cp_id, conn], map)
+            .query_row(params![cp_id, conn], raw_session)
             .optional()?,
         (None, None) => None,
     };
-    let Some((
+    raw.map(checked_session).transpose()
+}
+
+/// The 2.0.1 columns of a session.
+pub(super) struct V201Cols {
+    /// Every `seqNo` from 0 to this one has been applied (`None`: not even 0).
+    pub(super) seq_high: Option<i64>,
+    pub(super) announced: bool,
+    pub(super) auth_result: String,
+    pub(super) tag_key: String,
+}
+
+/// The session holding a charger's 2.0.1 transaction, with its 2.0.1 columns: one
+/// indexed read.
+pub(super) fn load_charger_tx(
+    c: &Connection,
+    cp_id: &str,
+    charger_tx_id: &str,
+) -> Result<Option<(Loaded, V201Cols)>, StoreError> {
+    let row = c
+        .prepare_cached(concat!(
+            "SELECT ",
+            session_cols!(),
+            ", last_seq_no, announced, auth_result, id_tag
+             FROM sessions WHERE cp_id = ?1 AND charger_tx_id = ?2"
+        ))?
+        .query_row(params![cp_id, charger_tx_id], |r| {
+            Ok((
+                raw_session(r)?,
+                V201Cols {
+                    seq_high: r.get(15)?,
+                    announced: r.get(16)?,
+                    auth_result: r.get(17)?,
+                    tag_key: r.get(18)?,
+                },
+            ))
+        })
+        .optional()?;
+    row.map(|(raw, cols)| Ok((checked_session(raw)?, cols)))
+        .transpose()
+}
+
+/// A session row read back into a [`Session`], its stored values checked.
+fn checked_session(raw: RawSession) -> Result<Loaded, StoreError> {
+    let (
         (transaction_id, session_id, state, last_wh, last_ms, received_ms, energy_wh, flags),
         (tariff, accrual, budget_currency, budget_minor),
         (prepaid, budget_stop, connector_id),
-    )) = raw
-    else {
-        return Ok(None);
-    };
+    ) = raw;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {session_id}: {what}"));
     let state = State::parse(&state).ok_or_else(|| corrupt(&format!("state {state:?}")))?;
     let mut flags =
@@ -413,7 +469,7 @@ pub(super) fn load_session(
         budget_stop,
         &mut flags,
     );
-    Ok(Some(Loaded {
+    Ok(Loaded {
         session: Session {
             transaction_id,
             session_id,
@@ -423,7 +479,7 @@ pub(super) fn load_session(
             billing,
         },
         connector_id,
-    }))
+    })
 }
 
 /// Readings to store, from one message.

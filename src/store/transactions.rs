@@ -24,8 +24,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::chargers::note_clock;
 use super::orders;
 use super::sessions::{
-    auth_event, load_session, meter_events, save_session, stop_details, store_readings, Loaded,
-    Readings,
+    auth_event, load_charger_tx, load_session, meter_events, save_session, stop_details,
+    store_readings, Loaded, Readings,
 };
 use super::{insert_event, ms, Ctx, StoreError};
 use crate::auth::{AuthDecision, AuthResult, Presented};
@@ -89,38 +89,51 @@ struct Extra {
     key: i64,
     /// Every `seqNo` from 0 to this one has been applied (`None`: not even 0).
     seq_high: Option<i64>,
+    /// Whether the journal may hold events of this transaction out of order (see
+    /// [`may_hold_out_of_order`]): only then is it searched.
+    search_journal: bool,
     announced: bool,
     auth_result: String,
     tag_key: String,
 }
 
-/// The session holding a charger's 2.0.1 transaction, if any: one indexed read.
-fn find(c: &Connection, cp_id: &str, tx: &str) -> Result<Option<Extra>, StoreError> {
-    Ok(c.prepare_cached(
-        "SELECT transaction_id, last_seq_no, announced, auth_result, id_tag FROM sessions
-             WHERE cp_id = ?1 AND charger_tx_id = ?2",
-    )?
-    .query_row(params![cp_id, tx], |r| {
-        Ok(Extra {
-            key: r.get(0)?,
-            seq_high: r.get(1)?,
-            announced: r.get(2)?,
-            auth_result: r.get(3)?,
-            tag_key: r.get(4)?,
-        })
-    })
-    .optional()?)
+/// Whether the journal's partial index may hold an event of this transaction: one came
+/// out of order (then the session is flagged `seq_gap`: an event not yet seen is out of
+/// order only when its `seqNo` is past the next one), or after `Ended`. A transaction in
+/// order is answered from its `last_seq_no` alone, without a search.
+fn may_hold_out_of_order(s: &session::Session) -> bool {
+    s.state == State::Stopped || s.flags.contains(Flag::SeqGap)
+}
+
+/// The session holding a charger's 2.0.1 transaction, if any, with what its 2.0.1
+/// columns say: one indexed read.
+fn find(c: &Connection, cp_id: &str, tx: &str) -> Result<Option<(Loaded, Extra)>, StoreError> {
+    Ok(load_charger_tx(c, cp_id, tx)?.map(|(loaded, cols)| {
+        let x = Extra {
+            key: loaded.session.transaction_id,
+            seq_high: cols.seq_high,
+            search_journal: may_hold_out_of_order(&loaded.session),
+            announced: cols.announced,
+            auth_result: cols.auth_result,
+            tag_key: cols.tag_key,
+        };
+        (loaded, x)
+    }))
 }
 
 /// Whether `seq` of this transaction was recorded already. Events in order only move the
 /// session's contiguous high mark (no journal lookup, no index entry: the journal is an
 /// append-only table, so a reading costs no page in the middle of a B-tree); an event out
 /// of order, or after `Ended`, is recorded in the journal's small partial index, and found
-/// there.
-fn seen(c: &Connection, e: &TxEventIn, seq_high: Option<i64>) -> Result<bool, StoreError> {
+/// there (searched only when the session says it may hold one, or for a negative `seqNo`,
+/// which is never in order).
+fn seen(c: &Connection, e: &TxEventIn, x: &Extra) -> Result<bool, StoreError> {
     let seq = e.event.seq_no;
-    if seq >= 0 && seq_high.is_some_and(|h| seq <= h) {
+    if seq >= 0 && x.seq_high.is_some_and(|h| seq <= h) {
         return Ok(true);
+    }
+    if seq >= 0 && !x.search_journal {
+        return Ok(false);
     }
     Ok(c.prepare_cached(
         "SELECT 1 FROM tx_events WHERE cp_id = ?1 AND charger_tx_id = ?2 AND seq_no = ?3
@@ -133,16 +146,16 @@ fn seen(c: &Connection, e: &TxEventIn, seq_high: Option<i64>) -> Result<bool, St
 
 /// The contiguous high mark after applying `seq`: it moves only when `seq` is the next
 /// one, and then over any later ones that had come out of order.
-fn advance_high(
-    c: &Connection,
-    e: &TxEventIn,
-    seq_high: Option<i64>,
-) -> Result<Option<i64>, StoreError> {
+fn advance_high(c: &Connection, e: &TxEventIn, x: &Extra) -> Result<Option<i64>, StoreError> {
+    let seq_high = x.seq_high;
     let next = seq_high.map_or(0, |h| h + 1);
     if e.event.seq_no != next {
         return Ok(seq_high);
     }
     let mut high = next;
+    if !x.search_journal {
+        return Ok(Some(high)); // nothing later came out of order
+    }
     let mut probe = c.prepare_cached(
         "SELECT 1 FROM tx_events WHERE cp_id = ?1 AND charger_tx_id = ?2 AND seq_no = ?3
          AND out_of_order = 1 AND applied = 1",
@@ -183,29 +196,34 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
     let ev = &e.event;
     let found = find(c, &e.cp_id, &ev.transaction_id)?;
     // A replay: answered from what is stored, nothing written.
-    if let Some(x) = &found {
-        if seen(c, &e, x.seq_high)? {
-            return replayed(c, &e, x);
+    if let Some((loaded, x)) = &found {
+        if seen(c, &e, x)? {
+            return replayed(c, &e, loaded, x);
         }
     }
-    let mut x = match found {
-        Some(x) => x,
-        None => Extra {
-            key: create(c, ctx, &e)?,
-            seq_high: None,
-            announced: false,
-            auth_result: PENDING.to_string(),
-            tag_key: String::new(),
-        },
+    let (loaded, mut x) = match found {
+        Some(found) => found,
+        None => {
+            let key = create(c, ctx, &e)?;
+            let Some(loaded) = load(c, &e.cp_id, key)? else {
+                return Err(StoreError::Corrupt(format!("session {key} vanished")));
+            };
+            let x = Extra {
+                key,
+                seq_high: None,
+                search_journal: false,
+                announced: false,
+                auth_result: PENDING.to_string(),
+                tag_key: String::new(),
+            };
+            (loaded, x)
+        }
     };
     let key = x.key;
-    let Some(Loaded {
+    let Loaded {
         mut session,
         connector_id: evse_id,
-    }) = load(c, &e.cp_id, key)?
-    else {
-        return Err(StoreError::Corrupt(format!("session {key} vanished")));
-    };
+    } = loaded;
     let mut out = TxEventOutcome {
         session_id: Some(session.session_id.clone()),
         evse_id,
@@ -258,7 +276,7 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
         );
         session.flags.insert(Flag::SeqGap);
     }
-    let seq = advance_high(c, &e, x.seq_high)?;
+    let seq = advance_high(c, &e, &x)?;
     // The idToken: the first one authorizes a transaction that began without one; a later
     // one (a stop by another card) is judged without using anything up.
     if let Some(presented) = &e.presented {
@@ -406,15 +424,18 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
 }
 
 /// The answer to an event already recorded, from the session as it stands.
-fn replayed(c: &Connection, e: &TxEventIn, x: &Extra) -> Result<TxEventOutcome, StoreError> {
+fn replayed(
+    c: &Connection,
+    e: &TxEventIn,
+    loaded: &Loaded,
+    x: &Extra,
+) -> Result<TxEventOutcome, StoreError> {
     let key = x.key;
-    let Some(Loaded {
+    let Loaded {
         session,
         connector_id,
-    }) = load(c, &e.cp_id, key)?
-    else {
-        return Err(StoreError::Corrupt(format!("session {key} vanished")));
-    };
+    } = loaded;
+    let connector_id = *connector_id;
     let cost = match session.state {
         State::Stopped => stored_cost(c, key)?,
         State::Active => session.billing.as_ref().map(|b| {
@@ -426,7 +447,7 @@ fn replayed(c: &Connection, e: &TxEventIn, x: &Extra) -> Result<TxEventOutcome, 
         }),
     };
     Ok(TxEventOutcome {
-        session_id: Some(session.session_id),
+        session_id: Some(session.session_id.clone()),
         evse_id: connector_id,
         id_token_status: match &e.presented {
             Some(_) => stored_result(x, key)?,
