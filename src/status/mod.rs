@@ -90,6 +90,9 @@ struct Server {
     parts: Parts,
     started_at: chrono::DateTime<chrono::Utc>,
     gate: Mutex<Gate>,
+    /// One argon2 run at a time (~7 MiB each): a burst of guesses on every connection
+    /// must not cost the gateway 32 of them at once.
+    verifying: Semaphore,
 }
 
 /// Serves until `shutdown`; returns at once (logged) when neither listener could be set
@@ -138,6 +141,7 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) {
         parts,
         started_at: now(),
         gate: Mutex::new(Gate::default()),
+        verifying: Semaphore::new(1),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = tokio_util::task::TaskTracker::new();
@@ -341,8 +345,18 @@ impl Server {
             .headers()
             .get(AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
-        let check = self.gate().check(header, std::time::Instant::now());
         let needed = !via_socket && self.parts.config.requires_auth();
+        let mut check = self.gate().check(header, std::time::Instant::now());
+        // Waits behind the argon2 run in progress, then asks again: that run may have
+        // verified this very password, or tipped the failures over the limit.
+        let _turn = match check {
+            Check::Verify(_) => {
+                let turn = self.verifying.acquire().await.ok();
+                check = self.gate().check(header, std::time::Instant::now());
+                turn
+            }
+            _ => None,
+        };
         let password = match check {
             Check::Allowed => {
                 access.authenticated = true;
