@@ -2,7 +2,8 @@
 """Fails when a module of the chargesite library imports one of a higher layer.
 
 The layers, lowest first (README "Layout"): plain types; pure cores; the session core;
-pure protocol and contract code and the typed config; the store driver; the OCPP driver; the uplink driver;
+pure protocol and contract code and the typed config; the store driver; the OCPP driver; the uplink and status
+drivers;
 process wiring. An import may point down or sideways within its layer, never up, so the
 arrows of the tree run one way: main -> agent -> drivers -> pure cores -> types.
 
@@ -16,7 +17,7 @@ import sys
 
 # (module path prefix, layer). The longest matching prefix names a module's layer.
 LAYERS = [
-    ("time", 0), ("reading", 0), ("password", 0),
+    ("time", 0), ("reading", 0), ("password", 0), ("metrics", 0),
     ("billing", 1), ("auth", 1),
     ("session", 2),
     ("events", 3), ("notice", 3), ("config", 3),
@@ -24,13 +25,14 @@ LAYERS = [
     ("ocpp::handshake", 3), ("ocpp::rpc", 3),
     ("ocpp::v201::messages", 3), ("ocpp::v201::schema", 3),
     ("uplink::batch", 3), ("uplink::delivery", 3),
+    ("status::view", 3), ("status::gate", 3), ("status::routes", 3), ("status::summary", 3),
     ("store", 4),
     ("ocpp", 5),
-    ("uplink", 6),
+    ("uplink", 6), ("status", 6),
     ("agent", 7), ("demo", 7), ("broker", 7), ("sim", 7),
 ]
 NAMES = ["types", "pure cores", "session core", "pure protocol, contract and config", "store driver",
-         "ocpp driver", "uplink driver", "process wiring"]
+         "ocpp driver", "uplink and status drivers", "process wiring"]
 
 
 def layer(module):

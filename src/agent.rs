@@ -72,6 +72,7 @@ pub async fn run(
     on_ready: impl FnOnce(&Agent),
 ) -> Result<(), AgentError> {
     let config = Arc::new(config);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let (store, store_thread) = store::open(
         &config.store.path,
         StoreSettings {
@@ -82,6 +83,7 @@ pub async fn run(
                 clock_tolerance_secs: config.ocpp.clock_tolerance_secs,
             },
             lockout: config.auth.lockout,
+            metrics: metrics.clone(),
         },
     )
     .map_err(|source| AgentError::Store {
@@ -121,6 +123,7 @@ pub async fn run(
         notices,
         secret: secret.clone(),
         registry: registry.clone(),
+        metrics: metrics.clone(),
     });
     // The uplink gets its own token: it must outlive the OCPP side on shutdown so that the
     // last events and the offline state still go out.
@@ -135,6 +138,7 @@ pub async fn run(
             online: uplink_online.clone(),
             notices: notices_rx,
             secret,
+            metrics: metrics.clone(),
         },
         uplink_token.clone(),
     ));
@@ -161,6 +165,20 @@ pub async fn run(
         hal::systemd::watchdog_interval(),
         shutdown.clone(),
     ));
+    // Never a reason not to start: it logs and returns when it cannot listen.
+    let status = tokio::spawn(crate::status::run(
+        crate::status::Parts {
+            config: config.status.clone(),
+            site_id: config.site_id.clone(),
+            store: store.clone(),
+            store_path: config.store.path.clone(),
+            quota_bytes: config.store.quota_bytes,
+            registry: registry.clone(),
+            metrics,
+            uplink: config.uplink.is_some().then(|| uplink_online.clone()),
+        },
+        shutdown.clone(),
+    ));
     let retain_sent = config.uplink.as_ref().map(|u| u.retain_sent);
     let housekeeping = tokio::spawn(housekeeping(
         retain_sent,
@@ -174,6 +192,7 @@ pub async fn run(
     for (name, task) in [
         ("gateway supervisor", supervisor),
         ("housekeeping", housekeeping),
+        ("status server", status),
     ] {
         if let Err(e) = task.await {
             tracing::error!("{name} failed: {e}");

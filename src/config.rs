@@ -64,6 +64,8 @@ struct RawConfig {
     uplink: Option<RawUplink>,
     #[serde(default)]
     gateway: RawGateway,
+    #[serde(default)]
+    status: RawStatus,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +270,29 @@ struct RawGateway {
     uplink_interface: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    #[serde(default = "default_status_listen")]
+    listen: String,
+    password_hash: Option<String>,
+    socket: Option<PathBuf>,
+}
+
+fn default_status_listen() -> String {
+    "127.0.0.1:9001".into()
+}
+
+impl Default for RawStatus {
+    fn default() -> Self {
+        Self {
+            listen: default_status_listen(),
+            password_hash: None,
+            socket: None,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -283,6 +308,34 @@ pub struct Config {
     pub uplink: Option<UplinkConfig>,
     /// `[gateway]`: optional hardware.
     pub gateway: GatewayConfig,
+    /// `[status]`: the local status page, `/metrics` and the local API.
+    pub status: StatusConfig,
+}
+
+/// `[status]` (CONTRACT §5).
+#[derive(Debug, Clone)]
+pub struct StatusConfig {
+    /// Where the HTTP server listens; `None` (`listen = ""`): no HTTP server.
+    pub listen: Option<SocketAddr>,
+    /// argon2 PHC string every HTTP request is checked against (Basic auth, any user name)
+    /// when `listen` is not a loopback address; always set then (validated).
+    pub password_hash: Option<String>,
+    /// The local API's Unix socket, when set; otherwise `$RUNTIME_DIRECTORY/api.sock`
+    /// when the agent runs under systemd with a runtime directory.
+    pub socket: Option<PathBuf>,
+}
+
+impl StatusConfig {
+    /// Whether HTTP requests need Basic auth: on any address other than a loopback one.
+    pub fn requires_auth(&self) -> bool {
+        self.listen.is_some_and(|a| !is_loopback(a.ip()))
+    }
+}
+
+/// Whether only this machine can reach `ip`: 127.0.0.0/8, `::1` and `::ffff:127.x.y.z`.
+/// The unspecified address (`0.0.0.0`, `::`) is every interface, so it is not.
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 /// The OCPP server's settings.
@@ -510,6 +563,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let status = validate_status(raw.status)?;
     Ok(Config {
         site_id: raw.site.id,
         ocpp,
@@ -547,7 +601,48 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             watchdog_device: raw.gateway.watchdog_device,
             uplink_interface: raw.gateway.uplink_interface,
         },
+        status,
     })
+}
+
+fn validate_status(s: RawStatus) -> Result<StatusConfig, ConfigError> {
+    let listen = match s.listen.trim() {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "status.listen",
+                "must be HOST:PORT with an IP address, e.g. 127.0.0.1:9001, or \"\" for off",
+            )
+        })?),
+    };
+    if let Some(h) = &s.password_hash {
+        if argon2::password_hash::phc::PasswordHash::new(h).is_err() {
+            return Err(invalid(
+                "status.password_hash",
+                "is not a PHC string; create one with `chargesite hash-password`",
+            ));
+        }
+    }
+    let status = StatusConfig {
+        listen,
+        password_hash: s.password_hash,
+        socket: s.socket,
+    };
+    if status.requires_auth() && status.password_hash.is_none() {
+        return Err(invalid(
+            "status.password_hash",
+            "is required when status.listen is not a loopback address (every request then \
+             needs HTTP Basic auth); create one with `chargesite hash-password`",
+        ));
+    }
+    if status
+        .socket
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(invalid("status.socket", "must not be empty"));
+    }
+    Ok(status)
 }
 
 /// Largest `uplink.max_command_bytes`: the MQTT link reads up to twice this (see
@@ -722,6 +817,60 @@ mod tests {
         let c = parse("[site]\nid='s'\n[uplink]\nurl='mqtt://x'\nmax_command_bytes = 1048576\n")
             .unwrap();
         assert_eq!(c.uplink.unwrap().max_command_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn the_status_page_listens_on_loopback_by_default_without_a_password() {
+        let c = parse("[site]\nid='s'\n").unwrap();
+        assert_eq!(c.status.listen, Some("127.0.0.1:9001".parse().unwrap()));
+        assert!(!c.status.requires_auth());
+        assert!(c.status.socket.is_none());
+        let off = parse("[site]\nid='s'\n[status]\nlisten = ''\n").unwrap();
+        assert_eq!(off.status.listen, None);
+        assert!(!off.status.requires_auth());
+    }
+
+    #[test]
+    fn a_non_loopback_status_address_without_a_password_hash_names_the_key() {
+        for addr in ["0.0.0.0:9001", "192.168.1.2:9001", "[::]:9001"] {
+            let e = parse(&format!("[site]\nid='s'\n[status]\nlisten = '{addr}'\n")).unwrap_err();
+            assert!(
+                e.to_string().contains("status.password_hash"),
+                "{addr}: {e}"
+            );
+        }
+        let hash = crate::password::hash("pw").unwrap();
+        let c = parse(&format!(
+            "[site]\nid='s'\n[status]\nlisten = '0.0.0.0:9001'\npassword_hash = '{hash}'\n"
+        ))
+        .unwrap();
+        assert!(c.status.requires_auth());
+    }
+
+    #[test]
+    fn every_loopback_address_counts_as_loopback() {
+        for ip in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "127.255.0.9",
+            "::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["0.0.0.0", "::", "10.0.0.1", "::ffff:10.0.0.1", "128.0.0.1"] {
+            assert!(!is_loopback(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_bad_status_key_is_named() {
+        let e = parse("[site]\nid='s'\n[status]\nlisten = 'localhost'\n").unwrap_err();
+        assert!(e.to_string().contains("status.listen"), "{e}");
+        let e = parse("[site]\nid='s'\n[status]\npassword_hash = 'x'\n").unwrap_err();
+        assert!(e.to_string().contains("status.password_hash"), "{e}");
+        let e = parse("[site]\nid='s'\n[status]\nlistn = ''\n").unwrap_err();
+        assert!(e.to_string().contains("listn"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //!   per-connection loop, the per-request handler, the registry of connected chargers and
 //!   typed outbound CALLs; its pure parts are framing, message decoding, meter decoding,
 //!   the handshake decision and the RPC state.
+//! - [`status`]: the local status server (`[status] listen` and the local API's Unix
+//!   socket): `/api/v1/status`, `/metrics`, the status page's route; its pure parts are
+//!   routing, Basic auth with a verified cache, the status body and its text summary; and
+//!   the client `chargesite status` asks it with.
 //! - [`store`]: the one thread that owns the SQLite database, its typed handle (one method
 //!   per operation), group commit, migrations; each op loads, asks a pure rule, writes.
 //!
@@ -32,7 +36,8 @@
 //!
 //! Types: [`config`] (the TOML file, typed and validated), [`reading`] (a meter sample in
 //! the contract's units), [`time`] (timestamps, charger clock checks), [`password`]
-//! (argon2 hashes of charger passwords).
+//! (argon2 hashes of charger passwords), [`metrics`] (what the drivers record for
+//! `/metrics` and the status page).
 //!
 //! Hardware traits (status LED, watchdog, link state, sd_notify) live in the
 //! `chargesite-hal` crate beside this one.
@@ -48,12 +53,14 @@ pub mod config;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
 pub mod events;
+pub mod metrics;
 pub mod notice;
 pub mod ocpp;
 pub mod password;
 pub mod reading;
 pub mod session;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod time;
 pub mod uplink;

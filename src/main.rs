@@ -67,6 +67,17 @@ enum Command {
     },
     /// Read a password on stdin and print the `password_hash` for it.
     HashPassword,
+    /// What the running agent sees now: chargers, connectors, sessions, uplink, store.
+    /// Asks it over the local API (the Unix socket, else HTTP to [status] listen; set
+    /// CHARGESITE_STATUS_PASSWORD where that address needs Basic auth).
+    Status {
+        /// Config file (else $CHARGESITE_CONFIG, else /etc/chargesite/chargesite.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the agent's JSON (docs/status.md) instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Simulated OCPP 1.6 or 2.0.1 chargers against any central system (test rigs, field
     /// checks).
     Simulate(SimulateArgs),
@@ -160,6 +171,10 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::HashPassword => hash_password(),
+        Command::Status { config, json } => match load_config(config) {
+            Ok(c) => status(&c, json),
+            Err(code) => code,
+        },
         Command::Simulate(args) => simulate(args),
         #[cfg(feature = "embedded-broker")]
         Command::Demo => demo(),
@@ -204,6 +219,65 @@ fn hash_password() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `chargesite status`: exit 0 with the agent's answer printed, 1 when no agent answered
+/// or it refused.
+fn status(config: &config::Config, json: bool) -> ExitCode {
+    use chargesite::status::{client, summary};
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let targets = client::targets(
+        &config.status,
+        std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
+    );
+    let password = std::env::var("CHARGESITE_STATUS_PASSWORD").ok();
+    let answer =
+        match runtime.block_on(client::get(&targets, "/api/v1/status", password.as_deref())) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("chargesite: {e}; is the agent running (systemctl status chargesite)?");
+                return ExitCode::FAILURE;
+            }
+        };
+    match answer.status {
+        200 => {}
+        401 => {
+            eprintln!(
+                "chargesite: {} wants a password: set CHARGESITE_STATUS_PASSWORD, or run this on the gateway as the service's user or root (Unix socket)",
+                answer.from
+            );
+            return ExitCode::FAILURE;
+        }
+        code => {
+            eprintln!(
+                "chargesite: {} answered HTTP {code}: {}",
+                answer.from,
+                answer.body.trim()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let body: serde_json::Value = match serde_json::from_str(&answer.body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!(
+                "chargesite: {} answered something that is not JSON: {e}",
+                answer.from
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+    } else {
+        print!("{}", summary::render(&body));
+    }
+    ExitCode::SUCCESS
 }
 
 /// A multi-threaded runtime for the client commands; `None` (reported) if it cannot start.

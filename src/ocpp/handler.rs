@@ -39,6 +39,8 @@ pub struct Context {
     pub secret: auth::Secret,
     /// Connected chargers (the budget stop goes through it).
     pub registry: Registry,
+    /// CALL counts and latency, security events, refused connections.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A charger's request, decoded for the version its connection speaks.

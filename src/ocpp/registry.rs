@@ -152,6 +152,14 @@ impl Registry {
         self.map().keys().cloned().collect()
     }
 
+    /// The connected chargers and the version each connection speaks.
+    pub fn connected_versions(&self) -> Vec<(String, Version)> {
+        self.map()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.version))
+            .collect()
+    }
+
     /// Sends a CALL to a charger and waits for its CALLRESULT payload.
     ///
     /// # Errors

@@ -146,10 +146,12 @@ impl Server {
             return;
         };
         let mut decided: Option<Decision> = None;
+        let mut refused: Option<(Option<String>, Refusal)> = None;
         let server = self.clone();
         // tungstenite's callback returns its `ErrorResponse` by value; not ours to shrink.
         #[allow(clippy::result_large_err)]
-        let callback = |req: &Request, resp: Response| server.handshake(req, resp, &mut decided);
+        let callback =
+            |req: &Request, resp: Response| server.handshake(req, resp, &mut decided, &mut refused);
         // Over `&mut stream`, so the socket is still ours when tungstenite gives up on a
         // request without answering it (see `unanswered`).
         let handshake = tokio_tungstenite::accept_hdr_async_with_config(
@@ -161,6 +163,9 @@ impl Server {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
                 tracing::info!(%peer, "handshake refused or failed: {e}");
+                if let Some((cp_id, refusal)) = refused {
+                    self.record_refusal(cp_id, peer, refusal);
+                }
                 if let Some(status) = unanswered(&e) {
                     answer_and_close(&mut stream, status).await;
                 }
@@ -199,6 +204,7 @@ impl Server {
         req: &Request,
         mut resp: Response,
         decided: &mut Option<Decision>,
+        refused: &mut Option<(Option<String>, Refusal)>,
     ) -> Result<Response, ErrorResponse> {
         let headers = req.headers();
         let upgrade = Upgrade {
@@ -233,6 +239,7 @@ impl Server {
                         tracing::warn!(cp_id, "bad or missing credentials")
                     }
                 }
+                *refused = Some((cp_id.map(str::to_string), *refusal));
                 return Err(reject(*refusal));
             }
             Decision::Accept {
@@ -256,6 +263,26 @@ impl Server {
         }
         *decided = Some(decision);
         Ok(resp)
+    }
+
+    /// A refused handshake, for `/metrics` and the status page's recent refusals.
+    fn record_refusal(&self, cp_id: Option<String>, peer: SocketAddr, refusal: Refusal) {
+        let reason = match refusal {
+            Refusal::BadPath => "bad_path",
+            Refusal::UnknownCharger => "unknown_charger",
+            Refusal::MissingCredentials => "auth_missing",
+            Refusal::WrongCredentials => "auth_failed",
+        };
+        let metrics = &self.ctx.metrics;
+        if refusal != Refusal::BadPath {
+            metrics.security_event(reason);
+        }
+        metrics.refused(crate::metrics::Refusal {
+            at: now(),
+            cp_id,
+            peer: peer.to_string(),
+            reason,
+        });
     }
 
     fn verify(&self, cp_id: &str, password: &str, hash: &str) -> bool {
@@ -453,15 +480,28 @@ impl Server {
                 action,
                 payload,
             }) => {
+                let began = Instant::now();
                 let decoded = handler::decode_call(cp_id, version, &id, &action, &payload);
                 drop(payload); // not held while the store commits
-                Some(match decoded {
+                               // Only an action that decoded names its counter: the set of labels stays
+                               // bounded whatever a charger sends.
+                let label = if decoded.is_ok() {
+                    action.as_str()
+                } else {
+                    "invalid"
+                };
+                let answer = match decoded {
                     Ok(request) => {
                         handler::handle_request(&self.ctx, cp_id, version, &id, &action, request)
                             .await
                     }
                     Err(call_error) => call_error,
-                })
+                };
+                // A CALLRESULT is `[3,…`, a CALLERROR `[4,…` (frame::call_result/call_error).
+                self.ctx
+                    .metrics
+                    .call_answered(label, answer.starts_with("[3"), began.elapsed());
+                Some(answer)
             }
             Ok(Frame::CallResult { id, payload }) => {
                 settle(cp_id, rpc, &id, Ok(payload));

@@ -14,6 +14,7 @@ mod orders;
 mod outbox;
 pub mod schema;
 mod sessions;
+mod status;
 mod transactions;
 
 use std::path::{Path, PathBuf};
@@ -87,6 +88,8 @@ pub struct StoreSettings {
     pub limits: Limits,
     /// OTP lockout policy.
     pub lockout: crate::auth::Lockout,
+    /// Where commit latency and batch sizes are recorded (one observe per commit).
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// What the store thread knows beyond each op.
@@ -589,6 +592,16 @@ impl Store {
         .await
     }
 
+    /// What `GET /api/v1/status` shows from the store: chargers, connectors, running
+    /// sessions, the outbox, the database size and recent anomalies. Read-only and cheap
+    /// (see `store::status`); it rides the next group commit like every op.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn status_rows(&self) -> Result<crate::status::view::StoreRows, StoreError> {
+        self.call(false, |c, _| status::rows(c)).await
+    }
+
     /// The 2.0.1 transactions of charger `cp_id` still open here (state `active`, with the
     /// charger's own `transactionId`): after a reconnect the agent asks the charger about
     /// each.
@@ -866,7 +879,14 @@ fn run(
                 Err(_) => break,
             }
         }
+        let began = std::time::Instant::now();
         let committed = commit_batch(&mut conn, &ctx, &mut batch);
+        // Per commit, not per job: two observes for a whole batch.
+        settings
+            .metrics
+            .commit_latency
+            .observe(began.elapsed().as_secs_f64());
+        settings.metrics.batch_size.observe(batch.len() as f64);
         if committed.is_ok() {
             // full means a nudge is already pending: nothing is lost by dropping this one
             let _ = checkpoint.try_send(());
@@ -976,6 +996,7 @@ mod tests {
                 clock_tolerance_secs: 300,
             },
             lockout: crate::auth::Lockout::default(),
+            metrics: Default::default(),
         }
     }
 

@@ -138,6 +138,8 @@ pub struct Acked {
     pub result: Option<String>,
     /// The farewell state reached the broker.
     pub farewell: bool,
+    /// The last seq of the events batch this PUBACK acknowledged, if it was one.
+    pub events_last: Option<i64>,
 }
 
 /// An `events.replay` in progress.
@@ -452,6 +454,7 @@ impl Delivery {
             Some(Tag::Events { first, last }) => {
                 self.batches = self.batches.saturating_sub(1);
                 self.acked.push((first, last));
+                out.events_last = Some(last);
                 self.acked_since.get_or_insert(now);
                 if self.acked.len() >= MARK_EVERY {
                     out.mark = self.take_acked();

@@ -101,6 +101,8 @@ pub struct Parts {
     pub notices: mpsc::Receiver<Notice>,
     /// The per-site OTP key.
     pub secret: crate::auth::Secret,
+    /// Reconnects, PUBACK latency, the last seq PUBACKed.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Runs the uplink until `shutdown`; on shutdown publishes `{"online":false}` as retained
@@ -143,6 +145,9 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
         }),
         results_tx,
         replay_tx,
+        metrics: parts.metrics,
+        connects: 0,
+        published_at: HashMap::new(),
     };
     driver
         .run(link_rx, parts.notices, results_rx, replay_rx, shutdown)
@@ -251,6 +256,11 @@ struct Driver {
     executor: Arc<Executor>,
     results_tx: mpsc::Sender<(String, String)>,
     replay_tx: mpsc::Sender<Replay>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Broker connections so far (each after the first is a reconnect).
+    connects: u64,
+    /// When each QoS 1 publish in flight went out, by packet id: its PUBACK latency.
+    published_at: HashMap<u16, Instant>,
 }
 
 impl Driver {
@@ -447,6 +457,7 @@ impl Driver {
         self.mark_sent(ranges).await;
         let was_connected = self.delivery.connected();
         self.delivery.on_down();
+        self.published_at.clear();
         self.online.store(false, Ordering::Relaxed);
         self.acks.clear();
         self.live.clear();
@@ -469,9 +480,24 @@ impl Driver {
     async fn on_mqtt(&mut self, e: Event) {
         match e {
             Event::Incoming(Incoming::ConnAck(_)) => self.on_connack().await,
-            Event::Outgoing(Outgoing::Publish(pkid)) => self.delivery.on_outgoing_publish(pkid),
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                // pkid 0: a QoS 0 publish, which gets no PUBACK.
+                if pkid != 0 {
+                    self.published_at.insert(pkid, instant());
+                }
+                self.delivery.on_outgoing_publish(pkid);
+            }
             Event::Incoming(Incoming::PubAck(ack)) => {
-                let acked = self.delivery.on_puback(ack.pkid, instant());
+                let now = instant();
+                if let Some(sent) = self.published_at.remove(&ack.pkid) {
+                    self.metrics
+                        .puback_latency
+                        .observe(now.saturating_duration_since(sent).as_secs_f64());
+                }
+                let acked = self.delivery.on_puback(ack.pkid, now);
+                if let Some(seq) = acked.events_last {
+                    self.metrics.pubacked(seq);
+                }
                 if !acked.mark.is_empty() {
                     self.mark_sent(acked.mark).await;
                 }
@@ -487,6 +513,10 @@ impl Driver {
     async fn on_connack(&mut self) {
         self.link_log
             .connected(&self.cfg.host, self.cfg.port, instant());
+        self.connects += 1;
+        if self.connects > 1 {
+            self.metrics.uplink_reconnects.inc();
+        }
         // Resume from the oldest unsent seq; without the status, from the start of the
         // unsent ones (the read skips sent events), never past one.
         let cursor = self

@@ -116,6 +116,7 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
             tech_info,
         } => {
             tracing::warn!(cp_id, kind, ?tech_info, "charger reported a security event");
+            ctx.metrics.security_event("charger_reported");
             ctx.store
                 .security_event(SecurityEventIn {
                     cp_id: cp,

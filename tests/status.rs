@@ -1,0 +1,389 @@
+//! The local status server (CONTRACT §5, docs/status.md) and `chargesite status`, over
+//! real sockets against the real binary: the API's JSON with a connected charger and a
+//! running session (and never its tag), `/metrics` through a Prometheus text parser, Basic
+//! auth off loopback, a status address that cannot be bound, and the CLI.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{ts, Agent, Charger};
+use serde_json::{json, Value};
+
+/// A tag that must never appear in anything the status server says.
+const TAG: &str = "SECRET-TAG-4242";
+
+/// The status server's address, from the agent's log line.
+async fn status_addr(agent: &Agent) -> SocketAddr {
+    let mut found = None;
+    let seen = common::eventually(10, || {
+        found = agent.log().lines().find_map(|l| {
+            let rest = l.split("status page listening on http://").nth(1)?;
+            rest.split('/').next()?.parse().ok()
+        });
+        found.is_some()
+    })
+    .await;
+    assert!(
+        seen,
+        "no status listening line in the log:\n{}",
+        agent.log()
+    );
+    found.unwrap()
+}
+
+/// One HTTP/1.1 GET over a fresh connection: (status, headers, body).
+fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the status server");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+fn basic(password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("engineer:{password}"))
+    )
+}
+
+fn chargesite() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_chargesite"));
+    c.env_remove("CHARGESITE_CONFIG")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("CHARGESITE_STATUS_PASSWORD");
+    c
+}
+
+/// An agent whose status server listens on a free loopback port and whose API socket is
+/// in its temp dir.
+fn agent_with_status(status_extra: &str) -> Agent {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let text = common::base_config(
+        dir.path(),
+        &format!(
+            "[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n\n\
+             [auth]\nfree_vend = true\n\n[status]\nsocket = \"{}\"\n{status_extra}\n",
+            sock.display()
+        ),
+    );
+    let config = dir.path().join("chargesite.toml");
+    std::fs::write(&config, text).unwrap();
+    Agent::start_with(dir, config)
+}
+
+/// A booted charger with connector 1 charging a session started with [`TAG`].
+async fn charging(agent: &Agent, cp: &str) -> (Charger, i64) {
+    let mut c = Charger::connect(&agent.url(cp)).await;
+    c.boot().await;
+    c.ok(
+        "StatusNotification",
+        json!({"connectorId": 1, "status": "Charging", "errorCode": "NoError"}),
+    )
+    .await;
+    let tx = c.start(1, TAG, 1000, &ts(0)).await;
+    c.meter(1, tx, &ts(1), 1600).await;
+    (c, tx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_api_shows_a_connected_charger_and_its_running_session_but_never_its_tag() {
+    let agent = agent_with_status("listen = \"127.0.0.1:0\"");
+    let addr = status_addr(&agent).await;
+    let (_charger, tx) = charging(&agent, "CP-STATUS-1").await;
+
+    let (code, head, body) = get(addr, "/api/v1/status", None);
+    assert_eq!(code, 200, "{head}\n{body}");
+    assert!(head
+        .to_ascii_lowercase()
+        .contains("content-type: application/json"));
+    assert!(!body.contains(TAG), "the tag is in the status body: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["site"], "site-001");
+    let cp = &v["chargers"][0];
+    assert_eq!(cp["id"], "CP-STATUS-1");
+    assert_eq!(cp["online"], true);
+    assert!(cp["since"].is_string(), "{cp}");
+    assert_eq!(cp["ocpp_version"], "1.6");
+    assert_eq!(cp["security_profile"], 1);
+    assert_eq!(cp["vendor"], "TestVendor");
+    assert_eq!(cp["model"], "T1");
+    assert_eq!(cp["serial"], "SN-1");
+    assert_eq!(cp["firmware"], "1.0");
+    assert!(cp["last_seen"].is_string(), "{cp}");
+    assert_eq!(cp["connectors"][0]["connector_id"], 1);
+    assert_eq!(cp["connectors"][0]["status"], "Charging");
+    let s = &v["sessions"][0];
+    assert_eq!(s["transaction_id"], tx);
+    assert_eq!(s["cp_id"], "CP-STATUS-1");
+    assert_eq!(s["connector_id"], 1);
+    assert_eq!(s["energy_wh"], 600);
+    assert_eq!(s["power_w"], 7200);
+    assert_eq!(v["uplink"]["configured"], false);
+    assert!(v["uplink"]["backlog"].as_i64().unwrap() > 0);
+    assert!(v["store"]["db_bytes"].as_u64().unwrap() > 0);
+    assert!(v["store"]["disk_free_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v["store"]["quota_bytes"], 512u64 << 20);
+
+    // The same routes over the Unix socket, which `chargesite status` prefers; it is
+    // open to the service's user only.
+    let sock = agent.dir.path().join("api.sock");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    let out = chargesite()
+        .args(["status", "--json", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(TAG));
+    let over_socket: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(over_socket["sessions"][0]["transaction_id"], tx);
+
+    let out = chargesite()
+        .args(["status", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("chargers: 1 of 1 online"), "{summary}");
+    assert!(summary.contains("CP-STATUS-1"), "{summary}");
+    assert!(summary.contains("connector 1: Charging"), "{summary}");
+    assert!(summary.contains("sessions running: 1"), "{summary}");
+    assert!(summary.contains("600 Wh  7200 W"), "{summary}");
+    assert!(!summary.contains(TAG));
+
+    let (code, _, _) = get(addr, "/api/v1/nothing", None);
+    assert_eq!(code, 404);
+    assert_eq!(get(addr, "/", None).0, 200, "the page's route is there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_a_real_parser_reads() {
+    let agent = agent_with_status("listen = \"127.0.0.1:0\"");
+    let addr = status_addr(&agent).await;
+    let (_charger, _tx) = charging(&agent, "CP-METRICS-1").await;
+    let (code, _, body) = get(addr, "/metrics", None);
+    assert_eq!(code, 200, "{body}");
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("a Prometheus text exposition");
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(k).is_some_and(|x| x == *v))
+            })
+            .map(|s| s.value.clone())
+    };
+    let num = |v: Option<prometheus_parse::Value>| match v {
+        Some(prometheus_parse::Value::Counter(n))
+        | Some(prometheus_parse::Value::Gauge(n))
+        | Some(prometheus_parse::Value::Untyped(n)) => n,
+        other => panic!("not a number: {other:?}"),
+    };
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .all(|s| s.metric.starts_with("chargesite_")),
+        "every name is prefixed"
+    );
+    assert_eq!(num(value("chargesite_chargers_connected", &[])), 1.0);
+    assert_eq!(num(value("chargesite_sessions_running", &[])), 1.0);
+    assert_eq!(
+        num(value(
+            "chargesite_ocpp_calls_total",
+            &[("action", "BootNotification"), ("result", "ok")]
+        )),
+        1.0
+    );
+    assert_eq!(
+        num(value(
+            "chargesite_ocpp_calls_total",
+            &[("action", "MeterValues"), ("result", "ok")]
+        )),
+        1.0
+    );
+    assert!(num(value("chargesite_outbox_backlog", &[])) > 0.0);
+    assert!(num(value("chargesite_disk_free_bytes", &[])) > 0.0);
+    assert_eq!(num(value("chargesite_uplink_online", &[])), 0.0);
+    assert_eq!(num(value("chargesite_uplink_reconnects_total", &[])), 0.0);
+    for histogram in [
+        "chargesite_ocpp_call_duration_seconds",
+        "chargesite_store_commit_duration_seconds",
+        "chargesite_store_batch_size",
+        "chargesite_uplink_puback_duration_seconds",
+    ] {
+        match value(histogram, &[]) {
+            Some(prometheus_parse::Value::Histogram(buckets)) => {
+                assert!(!buckets.is_empty(), "{histogram}")
+            }
+            other => panic!("{histogram} is no histogram: {other:?}"),
+        }
+    }
+    let commits = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "chargesite_store_commit_duration_seconds_count")
+        .map(|s| s.value.clone());
+    assert!(
+        matches!(commits, Some(prometheus_parse::Value::Untyped(n)) | Some(prometheus_parse::Value::Counter(n)) if n >= 4.0),
+        "{commits:?}"
+    );
+    assert!(!body.contains(TAG));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_every_request_needs_the_password_and_a_wrong_one_is_401() {
+    let hash = chargesite::password::hash("field-pass").unwrap();
+    let agent = agent_with_status(&format!(
+        "listen = \"0.0.0.0:0\"\npassword_hash = \"{hash}\""
+    ));
+    let bound = status_addr(&agent).await;
+    assert!(bound.ip().is_unspecified(), "{bound}");
+    let addr: SocketAddr = format!("127.0.0.1:{}", bound.port()).parse().unwrap();
+
+    for path in ["/api/v1/status", "/metrics", "/"] {
+        let (code, head, _) = get(addr, path, None);
+        assert_eq!(code, 401, "{path}: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic"),
+            "{head}"
+        );
+    }
+    let (code, _, _) = get(addr, "/api/v1/status", Some(&basic("wrong")));
+    assert_eq!(code, 401);
+    let (code, _, body) = get(addr, "/api/v1/status", Some(&basic("field-pass")));
+    assert_eq!(code, 200, "{body}");
+    // cached: many refreshes, one argon2 run (not observable here beyond staying fast)
+    for _ in 0..20 {
+        assert_eq!(get(addr, "/metrics", Some(&basic("field-pass"))).0, 200);
+    }
+
+    // `chargesite status` over HTTP (no socket): the password from the environment. The
+    // config names port 0, so the CLI gets one naming the bound port.
+    std::fs::remove_file(agent.dir.path().join("api.sock")).unwrap();
+    let text = std::fs::read_to_string(&agent.config)
+        .unwrap()
+        .replace("0.0.0.0:0", &format!("0.0.0.0:{}", bound.port()));
+    let config = agent.dir.path().join("cli.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = chargesite()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CHARGESITE_STATUS_PASSWORD"),
+        "{out:?}"
+    );
+    let out = chargesite()
+        .args(["status", "--config"])
+        .arg(&config)
+        .env("CHARGESITE_STATUS_PASSWORD", "field-pass")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chargers: 0 of 0 online"));
+
+    // Wrong passwords are rate-limited.
+    let mut throttled = false;
+    for _ in 0..10 {
+        let (code, _, _) = get(addr, "/api/v1/status", Some(&basic("guess")));
+        assert!(code == 401 || code == 429, "{code}");
+        throttled |= code == 429;
+    }
+    assert!(throttled, "guessing was never throttled");
+    assert_eq!(
+        get(addr, "/api/v1/status", Some(&basic("field-pass"))).0,
+        200,
+        "the verified password still works while guessing is throttled"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_address_that_cannot_be_bound_does_not_stop_the_agent() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let agent = agent_with_status(&format!("listen = \"127.0.0.1:{port}\""));
+    let mut c = Charger::connect(&agent.url("CP-BIND-1")).await;
+    let boot = c.boot().await;
+    assert_eq!(boot["status"], "Accepted");
+    let said = common::eventually(10, || agent.log().contains("status page not served")).await;
+    assert!(said, "{}", agent.log());
+    // the socket still serves the API
+    let out = chargesite()
+        .args(["status", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    drop(taken);
+}
+
+#[test]
+fn chargesite_status_exits_1_when_no_agent_answers_and_2_on_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[site]\nid = \"s\"\n[status]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"{}\"\n",
+            dir.path().join("api.sock").display()
+        ),
+    )
+    .unwrap();
+    let out = chargesite()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no chargesite agent answered"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+
+    let out = chargesite()
+        .args(["status", "--config", "/nonexistent/chargesite.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    std::fs::write(
+        &config,
+        "[site]\nid = \"s\"\n[status]\nlisten = \"0.0.0.0:9001\"\n",
+    )
+    .unwrap();
+    let out = chargesite()
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("status.password_hash"));
+}
