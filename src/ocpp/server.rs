@@ -483,8 +483,9 @@ impl Server {
                 let began = Instant::now();
                 let decoded = handler::decode_call(cp_id, version, &id, &action, &payload);
                 drop(payload); // not held while the store commits
-                               // Only an action that decoded names its counter: the set of labels stays
-                               // bounded whatever a charger sends.
+
+                // Only an action that decoded names its counter: the set of labels stays
+                // bounded whatever a charger sends.
                 let label = if decoded.is_ok() {
                     action.as_str()
                 } else {
