@@ -78,6 +78,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Commissioning a charger through the running agent: config get [KEY...], config set
+    /// KEY VALUE, reset [--hard], trigger MESSAGE [CONNECTOR], unlock CONNECTOR,
+    /// availability CONNECTOR operative|inoperative. OCPP 1.6 and 2.0.1 alike (a 2.0.1 key
+    /// is Component.Variable). Needs the local API socket, or CHARGESITE_STATUS_PASSWORD.
+    Charger {
+        /// Config file (else $CHARGESITE_CONFIG, else /etc/chargesite/chargesite.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The charger's id.
+        cp_id: String,
+        /// The verb and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        action: Vec<String>,
+    },
     /// Simulated OCPP 1.6 or 2.0.1 chargers against any central system (test rigs, field
     /// checks).
     Simulate(SimulateArgs),
@@ -175,6 +189,23 @@ fn main() -> ExitCode {
             Ok(c) => status(&c, json),
             Err(code) => code,
         },
+        Command::Charger {
+            config,
+            cp_id,
+            action,
+        } => {
+            let verb = match chargesite::status::verbs::parse_args(&action) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("chargesite charger: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match load_config(config) {
+                Ok(c) => charger(&c, &cp_id, &verb),
+                Err(code) => code,
+            }
+        }
         Command::Simulate(args) => simulate(args),
         #[cfg(feature = "embedded-broker")]
         Command::Demo => demo(),
@@ -218,6 +249,78 @@ fn hash_password() -> ExitCode {
             eprintln!("chargesite: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `chargesite charger CP_ID ...`: the verb through the running agent; exit 0 when the
+/// charger did it, 1 when it refused, did not answer, or is not connected (the reason
+/// printed).
+fn charger(
+    config: &config::Config,
+    cp_id: &str,
+    verb: &chargesite::status::verbs::Verb,
+) -> ExitCode {
+    use chargesite::ocpp::frame::Version;
+    use chargesite::status::{client, verbs};
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let targets = client::targets(
+        &config.status,
+        std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
+    );
+    let password = std::env::var("CHARGESITE_STATUS_PASSWORD").ok();
+    let body = serde_json::to_string(verb).unwrap_or_default();
+    // The agent gives the charger 30 s; a little more for the way there and back.
+    let path = format!("/api/v1/chargers/{cp_id}/command");
+    let asked = client::post(
+        &targets,
+        &path,
+        body,
+        password.as_deref(),
+        std::time::Duration::from_secs(40),
+    );
+    let answer = match runtime.block_on(asked) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("chargesite: {e}; is the agent running (systemctl status chargesite)?");
+            return ExitCode::FAILURE;
+        }
+    };
+    let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap_or_default();
+    match answer.status {
+        200 => {}
+        401 => {
+            eprintln!(
+                "chargesite: {} wants a password for charger verbs: set CHARGESITE_STATUS_PASSWORD, or run this on the gateway as the service's user or root (Unix socket)",
+                answer.from
+            );
+            return ExitCode::FAILURE;
+        }
+        code => {
+            let message = body
+                .pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map_or_else(|| answer.body.trim().to_string(), str::to_string);
+            eprintln!("chargesite: {cp_id}: {message} (HTTP {code})");
+            return ExitCode::FAILURE;
+        }
+    }
+    let version = match body["ocpp_version"].as_str() {
+        Some("2.0.1") => Version::V201,
+        _ => Version::V16,
+    };
+    let action = body["action"].as_str().unwrap_or("?");
+    let verdict = verbs::verdict(verb, version, &body["answer"]);
+    println!("{cp_id} (OCPP {}): {action}", version.as_str());
+    for line in &verdict.lines {
+        println!("  {line}");
+    }
+    if verdict.ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("chargesite: {cp_id} refused: {}", verdict.lines.join("; "));
+        ExitCode::FAILURE
     }
 }
 

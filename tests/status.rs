@@ -387,3 +387,157 @@ fn chargesite_status_exits_1_when_no_agent_answers_and_2_on_a_bad_config() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("status.password_hash"));
 }
+
+/// Runs `chargesite charger --config CONFIG ARGS...` beside the test's chargers (which
+/// must answer the agent meanwhile): the child's output, once it exits.
+fn charger_cli(agent: &Agent, args: &[&str]) -> tokio::task::JoinHandle<std::process::Output> {
+    let mut cmd = chargesite();
+    cmd.arg("charger")
+        .arg("--config")
+        .arg(&agent.config)
+        .args(args);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+}
+
+/// The agent's next CALL to this charger: (unique id, action, payload).
+async fn next_call(c: &mut Charger) -> (Value, String, Value) {
+    let f = c.recv().await;
+    assert_eq!(f[0], 2, "a CALL from the agent, got {f}");
+    (
+        f[1].clone(),
+        f[2].as_str().unwrap().to_string(),
+        f[3].clone(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charger_verbs_reach_a_1_6_and_a_2_0_1_charger_and_a_refusal_exits_1_with_its_reason() {
+    let agent = agent_with_status("listen = \"127.0.0.1:0\"");
+    let addr = status_addr(&agent).await;
+    let mut old = Charger::connect(&agent.url("CP-VERB-16")).await;
+    old.boot().await;
+    let mut new = Charger::connect_v201(&agent.url("CP-VERB-201")).await;
+    new.ok(
+        "BootNotification",
+        json!({"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}),
+    )
+    .await;
+
+    // 1.6: unlock, answered Unlocked: exit 0.
+    let cli = charger_cli(&agent, &["CP-VERB-16", "unlock", "1"]);
+    let (id, action, payload) = next_call(&mut old).await;
+    assert_eq!(action, "UnlockConnector");
+    assert_eq!(payload, json!({"connectorId": 1}));
+    old.send_text(&json!([3, id, {"status": "Unlocked"}]).to_string())
+        .await;
+    let out = cli.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout.contains("unlock connector 1: Unlocked"), "{stdout}");
+
+    // 1.6: config get, the keys as the charger reports them; an unknown key fails.
+    let cli = charger_cli(
+        &agent,
+        &["CP-VERB-16", "config", "get", "HeartbeatInterval", "Nope"],
+    );
+    let (id, action, payload) = next_call(&mut old).await;
+    assert_eq!(action, "GetConfiguration");
+    assert_eq!(payload, json!({"key": ["HeartbeatInterval", "Nope"]}));
+    old.send_text(
+        &json!([3, id, {"configurationKey": [{"key": "HeartbeatInterval", "readonly": false, "value": "300"}],
+                        "unknownKey": ["Nope"]}])
+        .to_string(),
+    )
+    .await;
+    let out = cli.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(stdout.contains("HeartbeatInterval = 300"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown to the charger: Nope"),
+        "{out:?}"
+    );
+
+    // 2.0.1: availability refused, with the charger's reason: exit 1.
+    let cli = charger_cli(&agent, &["CP-VERB-201", "availability", "1", "inoperative"]);
+    let (id, action, payload) = next_call(&mut new).await;
+    assert_eq!(action, "ChangeAvailability");
+    assert_eq!(payload["operationalStatus"], "Inoperative");
+    new.send_text(
+        &json!([3, id, {"status": "Rejected", "statusInfo": {"reasonCode": "TxInProgress"}}])
+            .to_string(),
+    )
+    .await;
+    let out = cli.await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Rejected (TxInProgress)"), "{stderr}");
+
+    // 2.0.1: config set is SetVariables on Component.Variable.
+    let cli = charger_cli(
+        &agent,
+        &[
+            "CP-VERB-201",
+            "config",
+            "set",
+            "OCPPCommCtrlr.HeartbeatInterval",
+            "60",
+        ],
+    );
+    let (id, action, payload) = next_call(&mut new).await;
+    assert_eq!(action, "SetVariables");
+    assert_eq!(
+        payload["setVariableData"][0]["variable"]["name"],
+        "HeartbeatInterval"
+    );
+    assert_eq!(payload["setVariableData"][0]["attributeValue"], "60");
+    new.send_text(
+        &json!([3, id, {"setVariableResult": [{"attributeStatus": "Accepted",
+            "component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}]}])
+        .to_string(),
+    )
+    .await;
+    let out = cli.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // A charger that does not answer in time, one not connected, a bad verb.
+    let out = charger_cli(&agent, &["CP-NOT-HERE", "reset"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CP-NOT-HERE is not connected"),
+        "{out:?}"
+    );
+    let out = charger_cli(&agent, &["CP-VERB-16", "explode"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = charger_cli(&agent, &["CP-VERB-201", "config", "get", "NoDot"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Component.Variable"),
+        "{out:?}"
+    );
+
+    // Over loopback HTTP without a password set, a verb is refused (only the socket may).
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = r#"{"verb":"reset","hard":true}"#;
+    write!(
+        s,
+        "POST /api/v1/chargers/CP-VERB-16/command HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    assert!(
+        old.try_recv(Duration::from_millis(500)).await.is_none(),
+        "the refused reset reached the charger"
+    );
+}

@@ -1,5 +1,4 @@
-//! The client side of the local API, for `chargesite status` (and later `chargesite
-//! charger`): finds the running agent from the config, over the Unix socket when it is
+//! The client side of the local API, for `chargesite status` and `chargesite charger`: finds the running agent from the config, over the Unix socket when it is
 //! there and can be opened, else over HTTP to `[status] listen`, and makes one request.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -9,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{AUTHORIZATION, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -90,6 +89,31 @@ pub async fn get(
     path: &str,
     password: Option<&str>,
 ) -> Result<Answer, ClientError> {
+    ask(targets, path, None, password, TIMEOUT).await
+}
+
+/// POSTs the JSON `body` to `path` of the first target that answers (a charger verb);
+/// `timeout` bounds each attempt (the charger's own answer is inside it).
+///
+/// # Errors
+/// [`ClientError`] when no target answered at all.
+pub async fn post(
+    targets: &[Target],
+    path: &str,
+    body: String,
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
+    ask(targets, path, Some(body), password, timeout).await
+}
+
+async fn ask(
+    targets: &[Target],
+    path: &str,
+    body: Option<String>,
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<Answer, ClientError> {
     if targets.is_empty() {
         return Err(ClientError::NothingToAsk);
     }
@@ -99,15 +123,15 @@ pub async fn get(
             match t {
                 Target::Socket(p) => {
                     let s = tokio::net::UnixStream::connect(p).await?;
-                    request(s, path, None).await
+                    request(s, path, body.clone(), None).await
                 }
                 Target::Http(a) => {
                     let s = tokio::net::TcpStream::connect(a).await?;
-                    request(s, path, password).await
+                    request(s, path, body.clone(), password).await
                 }
             }
         };
-        match tokio::time::timeout(TIMEOUT, attempt).await {
+        match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok((status, body))) => {
                 return Ok(Answer {
                     from: t.clone(),
@@ -122,7 +146,12 @@ pub async fn get(
     Err(ClientError::NoAnswer(failures))
 }
 
-async fn request<S>(stream: S, path: &str, password: Option<&str>) -> std::io::Result<(u16, String)>
+async fn request<S>(
+    stream: S,
+    path: &str,
+    body: Option<String>,
+    password: Option<&str>,
+) -> std::io::Result<(u16, String)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -131,13 +160,17 @@ where
         .await
         .map_err(io_err)?;
     let driver = tokio::spawn(conn);
-    let mut req = Request::get(path).header(HOST, "localhost");
+    let mut req = match body {
+        Some(_) => Request::post(path).header(CONTENT_TYPE, "application/json"),
+        None => Request::get(path),
+    }
+    .header(HOST, "localhost");
     if let Some(p) = password {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("chargesite:{p}"));
         req = req.header(AUTHORIZATION, format!("Basic {token}"));
     }
     let req = req
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(body.map_or_else(Bytes::new, Bytes::from)))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let resp = sender.send_request(req).await.map_err(io_err)?;
     let status = resp.status().as_u16();

@@ -19,6 +19,7 @@ pub mod client;
 pub mod gate;
 pub mod routes;
 pub mod summary;
+pub mod verbs;
 pub mod view;
 
 use std::convert::Infallible;
@@ -246,6 +247,17 @@ fn respond(
     r
 }
 
+/// The local API's error body: `{"error": {"code", "message"}}`.
+fn api_error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response<Body> {
+    let body = serde_json::json!({"error": {"code": code, "message": message.to_string()}});
+    respond(status, "application/json", body.to_string())
+}
+
+/// How long a charger has to answer a verb.
+const VERB_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest verb body read.
+const VERB_BODY_LIMIT: usize = 8 * 1024;
+
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     respond(status, "text/plain; charset=utf-8", text)
 }
@@ -287,9 +299,23 @@ impl Server {
             Ok(a) => a,
             Err(refusal) => return refusal,
         };
-        // Every route reads today; `access` decides once the charger verbs arrive.
-        let _ = access;
         match routes::route(req.method().as_str(), req.uri().path()) {
+            Route::ChargerCommand(cp_id) if !access.may_change() => {
+                tracing::warn!(
+                    cp_id,
+                    "charger verb refused: needs the password or the local socket"
+                );
+                if self.parts.config.password_hash.is_some() {
+                    unauthorized()
+                } else {
+                    api_error(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "a charger verb needs [status] password_hash set and given, or the local API socket",
+                    )
+                }
+            }
+            Route::ChargerCommand(cp_id) => self.charger_command(&cp_id, req).await,
             Route::Status => match self.gather().await {
                 Ok(g) => respond(
                     StatusCode::OK,
@@ -325,6 +351,72 @@ impl Server {
                 plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             Route::NotFound => plain(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    /// A commissioning verb for `cp_id`: carried in the version its connection speaks
+    /// ([`verbs::command`], [`crate::ocpp::commands::send`]); the charger's validated
+    /// answer goes back with that version, for [`verbs::verdict`].
+    async fn charger_command(&self, cp_id: &str, req: Request<Incoming>) -> Response<Body> {
+        use crate::ocpp::commands::{self, CommandError};
+        use crate::ocpp::registry::CallFailure;
+        use http_body_util::BodyExt;
+        let body = match http_body_util::Limited::new(req.into_body(), VERB_BODY_LIMIT)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
+        };
+        let verb: verbs::Verb = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
+        };
+        let Some(version) = self.parts.registry.version(cp_id) else {
+            return api_error(
+                StatusCode::NOT_FOUND,
+                "not_connected",
+                format!("charger {cp_id} is not connected"),
+            );
+        };
+        let command = match verbs::command(&verb, version) {
+            Ok(c) => c,
+            Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
+        };
+        let action = command.action(version).unwrap_or("?");
+        tracing::info!(cp_id, action, "charger verb from the local API");
+        match commands::send(&self.parts.registry, cp_id, command, VERB_TIMEOUT).await {
+            Ok(answer) => respond(
+                StatusCode::OK,
+                "application/json",
+                serde_json::json!({
+                    "charger": cp_id,
+                    "ocpp_version": version.as_str(),
+                    "action": action,
+                    "answer": answer,
+                })
+                .to_string(),
+            ),
+            Err(e) => {
+                let (status, code) = match &e {
+                    CommandError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+                    CommandError::BadResponse(_) => (StatusCode::BAD_GATEWAY, "bad_response"),
+                    CommandError::Call(CallFailure::NotConnected | CallFailure::Disconnected) => {
+                        (StatusCode::NOT_FOUND, "not_connected")
+                    }
+                    CommandError::Call(CallFailure::Timeout) => {
+                        (StatusCode::GATEWAY_TIMEOUT, "timeout")
+                    }
+                    CommandError::Call(CallFailure::Rejected { .. }) => {
+                        (StatusCode::BAD_GATEWAY, "call_error")
+                    }
+                    CommandError::Call(CallFailure::Busy) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "busy")
+                    }
+                };
+                tracing::info!(cp_id, action, "charger verb failed: {e}");
+                api_error(status, code, e)
+            }
         }
     }
 

@@ -12,6 +12,9 @@ pub enum Route {
     Metrics,
     /// `GET /api/v1/status`: the JSON `chargesite status` prints.
     Status,
+    /// `POST /api/v1/chargers/{id}/command`: a commissioning verb (`chargesite charger`),
+    /// for the charger named.
+    ChargerCommand(String),
     /// A known path with another method: 405.
     MethodNotAllowed,
     /// 404.
@@ -29,7 +32,7 @@ pub struct Access {
 
 impl Access {
     /// Whether a request may change something (CONTRACT §5: auth on any address, or the
-    /// Unix socket). No route changes anything yet.
+    /// Unix socket): the charger verbs.
     pub fn may_change(self) -> bool {
         self.via_socket || self.authenticated
     }
@@ -37,6 +40,19 @@ impl Access {
 
 /// The route for `method` and `path` (the query string is not part of `path`).
 pub fn route(method: &str, path: &str) -> Route {
+    if let Some(id) = path
+        .strip_prefix("/api/v1/chargers/")
+        .and_then(|rest| rest.strip_suffix("/command"))
+    {
+        if id.is_empty() || id.contains('/') {
+            return Route::NotFound;
+        }
+        return if method == "POST" {
+            Route::ChargerCommand(id.to_string())
+        } else {
+            Route::MethodNotAllowed
+        };
+    }
     let target = match path {
         "/" | "/index.html" => Route::Page,
         "/metrics" => Route::Metrics,
@@ -61,6 +77,23 @@ mod tests {
         assert_eq!(route("GET", "/"), Route::Page);
         assert_eq!(route("POST", "/api/v1/status"), Route::MethodNotAllowed);
         assert_eq!(route("GET", "/api/v1/secrets"), Route::NotFound);
+    }
+
+    #[test]
+    fn a_charger_verb_is_a_post_to_that_chargers_command() {
+        assert_eq!(
+            route("POST", "/api/v1/chargers/CP001/command"),
+            Route::ChargerCommand("CP001".into())
+        );
+        assert_eq!(
+            route("GET", "/api/v1/chargers/CP001/command"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(route("POST", "/api/v1/chargers//command"), Route::NotFound);
+        assert_eq!(
+            route("POST", "/api/v1/chargers/a/b/command"),
+            Route::NotFound
+        );
     }
 
     #[test]
