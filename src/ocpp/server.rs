@@ -149,7 +149,8 @@ impl Server {
         let server = self.clone();
         // tungstenite's callback returns its `ErrorResponse` by value; not ours to shrink.
         #[allow(clippy::result_large_err)]
-        let callback = |req: &Request, resp: Response| server.handshake(req, resp, &mut decided);
+        let callback =
+            |req: &Request, resp: Response| server.handshake(req, resp, peer, &mut decided);
         // Over `&mut stream`, so the socket is still ours when tungstenite gives up on a
         // request without answering it (see `unanswered`).
         let handshake = tokio_tungstenite::accept_hdr_async_with_config(
@@ -160,7 +161,10 @@ impl Server {
         let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
-                tracing::info!(%peer, "handshake refused or failed: {e}");
+                // A refusal was logged by the callback, with the charger id: one line each.
+                if !matches!(decided, Some(Decision::Refuse(_))) {
+                    tracing::info!(%peer, "handshake failed: {e}");
+                }
                 if let Some(status) = unanswered(&e) {
                     answer_and_close(&mut stream, status).await;
                 }
@@ -198,6 +202,7 @@ impl Server {
         &self,
         req: &Request,
         mut resp: Response,
+        peer: SocketAddr,
         decided: &mut Option<Decision>,
     ) -> Result<Response, ErrorResponse> {
         let headers = req.headers();
@@ -226,14 +231,20 @@ impl Server {
         match &decision {
             Decision::Refuse(refusal) => {
                 let cp_id = handshake::cp_id_from_path(upgrade.path);
+                let refusal = *refusal;
                 match refusal {
-                    Refusal::BadPath => {}
-                    Refusal::UnknownCharger => tracing::warn!(cp_id, "unknown charger refused"),
+                    Refusal::BadPath => {
+                        tracing::info!(%peer, "refused: the path is not /ocpp/<chargePointId>")
+                    }
+                    Refusal::UnknownCharger => {
+                        tracing::warn!(cp_id, %peer, "unknown charger refused")
+                    }
                     Refusal::MissingCredentials | Refusal::WrongCredentials => {
-                        tracing::warn!(cp_id, "bad or missing credentials")
+                        tracing::warn!(cp_id, %peer, "bad or missing credentials")
                     }
                 }
-                return Err(reject(*refusal));
+                *decided = Some(decision);
+                return Err(reject(refusal));
             }
             Decision::Accept {
                 cp_id,
