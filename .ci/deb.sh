@@ -98,8 +98,9 @@ if ! command -v lintian >/dev/null 2>&1; then
         || { tail -n 40 "${work}/apt.log" >&2; fail "apt-get install lintian failed"; }
 fi
 if ! cargo deb --version >/dev/null 2>&1; then
-    note "installing cargo-deb (cargo install cargo-deb --locked)"
-    cargo install cargo-deb --locked </dev/null
+    note "installing cargo-deb (cargo install cargo-deb --locked, about 2 min on 2 cores)"
+    # In a throwaway target dir of its own, not among chargesite's build products.
+    env -u CARGO_TARGET_DIR cargo install cargo-deb --locked </dev/null
 fi
 lintian --version
 cargo deb --version
