@@ -474,14 +474,64 @@ fn simulate(a: SimulateArgs) -> ExitCode {
     }
 }
 
+/// Logs go to stderr, one line per event (`CHARGESITE_LOG`: an `EnvFilter`, default
+/// `info`). Colours only on a terminal (and not with `NO_COLOR`): a pipe, a file or the
+/// journal gets plain text. Under systemd, when stderr is the journal's stream, each line
+/// starts with its syslog priority (`<4>` for a warning, sd-daemon(3)), which journald
+/// strips and records (`journalctl -p warning`), and carries no timestamp: journald stamps
+/// every line itself.
 fn init_tracing() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHARGESITE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let journal = chargesite_hal::systemd::stderr_is_journal();
+    let colour = !journal
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
+        .with_ansi(colour)
+        .event_format(LineFormat {
+            journal,
+            stamped: tracing_subscriber::fmt::format(),
+            bare: tracing_subscriber::fmt::format().without_time(),
+        })
         .init();
+}
+
+/// tracing's full line format, either with its timestamp or, for the journal, without it
+/// and behind the line's sd-daemon(3) priority (journald's `SyslogLevelPrefix=`, on by
+/// default). One type for both, so the gateway binary carries one logging stack.
+struct LineFormat {
+    journal: bool,
+    stamped: tracing_subscriber::fmt::format::Format,
+    bare: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for LineFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if !self.journal {
+            return self.stamped.format_event(ctx, writer, event);
+        }
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.bare.format_event(ctx, writer, event)
+    }
 }
 
 fn run(config: config::Config) -> anyhow::Result<()> {

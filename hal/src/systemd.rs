@@ -71,6 +71,33 @@ pub fn watchdog_interval() -> Option<Duration> {
     watchdog_interval_from(usec.as_deref(), pid.as_deref(), std::process::id())
 }
 
+/// Whether our stderr is the journal's stream socket, i.e. what systemd connected when it
+/// set `$JOURNAL_STREAM` (`DEVICE:INODE` of that socket, in decimal). journald stamps every
+/// line itself, so a logger can leave its own timestamp out. Compared with stderr's own
+/// device and inode, as systemd.exec(5) advises: a child that inherited the variable but
+/// had stderr redirected (a shell pipe, a file) is not writing to the journal.
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    match std::fs::File::from(fd).metadata() {
+        Ok(m) => journal_stream_is(&value.to_string_lossy(), m.dev(), m.ino()),
+        Err(_) => false,
+    }
+}
+
+fn journal_stream_is(value: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = value.trim().split_once(':') else {
+        return false;
+    };
+    d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
+}
+
 fn status_message(text: &str) -> String {
     let one_line: String = text
         .chars()
@@ -281,6 +308,20 @@ mod tests {
             }
         }
         assert_eq!(interval, Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn journal_stream_names_the_device_and_inode_of_stderr() {
+        assert!(journal_stream_is("8:12345", 8, 12345));
+        assert!(!journal_stream_is("8:12345", 8, 12346));
+        assert!(!journal_stream_is("9:12345", 8, 12345));
+    }
+
+    #[test]
+    fn a_garbled_journal_stream_is_not_the_journal() {
+        for value in ["", "8", "8:", ":12345", "8:12345:1", "x:y", "-8:12345"] {
+            assert!(!journal_stream_is(value, 8, 12345), "{value:?}");
+        }
     }
 
     #[test]

@@ -150,8 +150,9 @@ impl Server {
         let server = self.clone();
         // tungstenite's callback returns its `ErrorResponse` by value; not ours to shrink.
         #[allow(clippy::result_large_err)]
-        let callback =
-            |req: &Request, resp: Response| server.handshake(req, resp, &mut decided, &mut refused);
+        let callback = |req: &Request, resp: Response| {
+            server.handshake(req, resp, peer, &mut decided, &mut refused)
+        };
         // Over `&mut stream`, so the socket is still ours when tungstenite gives up on a
         // request without answering it (see `unanswered`).
         let handshake = tokio_tungstenite::accept_hdr_async_with_config(
@@ -162,9 +163,10 @@ impl Server {
         let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(ws)) => ws,
             Ok(Err(e)) => {
-                tracing::info!(%peer, "handshake refused or failed: {e}");
-                if let Some((cp_id, refusal)) = refused {
-                    self.record_refusal(cp_id, peer, refusal);
+                // A refusal was logged by the callback, with the charger id: one line each.
+                match refused {
+                    Some((cp_id, refusal)) => self.record_refusal(cp_id, peer, refusal),
+                    None => tracing::info!(%peer, "handshake failed: {e}"),
                 }
                 if let Some(status) = unanswered(&e) {
                     answer_and_close(&mut stream, status).await;
@@ -203,6 +205,7 @@ impl Server {
         &self,
         req: &Request,
         mut resp: Response,
+        peer: SocketAddr,
         decided: &mut Option<Decision>,
         refused: &mut Option<(Option<String>, Refusal)>,
     ) -> Result<Response, ErrorResponse> {
@@ -232,15 +235,21 @@ impl Server {
         match &decision {
             Decision::Refuse(refusal) => {
                 let cp_id = handshake::cp_id_from_path(upgrade.path);
+                let refusal = *refusal;
                 match refusal {
-                    Refusal::BadPath => {}
-                    Refusal::UnknownCharger => tracing::warn!(cp_id, "unknown charger refused"),
+                    Refusal::BadPath => {
+                        tracing::info!(%peer, "refused: the path is not /ocpp/<chargePointId>")
+                    }
+                    Refusal::UnknownCharger => {
+                        tracing::warn!(cp_id, %peer, "unknown charger refused")
+                    }
                     Refusal::MissingCredentials | Refusal::WrongCredentials => {
-                        tracing::warn!(cp_id, "bad or missing credentials")
+                        tracing::warn!(cp_id, %peer, "bad or missing credentials")
                     }
                 }
-                *refused = Some((cp_id.map(str::to_string), *refusal));
-                return Err(reject(*refusal));
+                *refused = Some((cp_id.map(str::to_string), refusal));
+                *decided = Some(decision);
+                return Err(reject(refusal));
             }
             Decision::Accept {
                 cp_id,
