@@ -265,11 +265,7 @@ fn charger(
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    let targets = client::targets(
-        &config.status,
-        std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
-    );
-    let password = std::env::var("CHARGESITE_STATUS_PASSWORD").ok();
+    let (targets, password) = local_api(config);
     let body = serde_json::to_string(verb).unwrap_or_default();
     // The agent gives the charger 30 s; a little more for the way there and back.
     let path = format!("/api/v1/chargers/{cp_id}/command");
@@ -324,6 +320,16 @@ fn charger(
     }
 }
 
+/// Where the running agent's local API may answer, and the password for HTTP
+/// (`CHARGESITE_STATUS_PASSWORD`).
+fn local_api(config: &config::Config) -> (Vec<chargesite::status::client::Target>, Option<String>) {
+    let targets = chargesite::status::client::targets(
+        &config.status,
+        std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
+    );
+    (targets, std::env::var("CHARGESITE_STATUS_PASSWORD").ok())
+}
+
 /// `chargesite status`: exit 0 with the agent's answer printed, 1 when no agent answered
 /// or it refused.
 fn status(config: &config::Config, json: bool) -> ExitCode {
@@ -331,11 +337,7 @@ fn status(config: &config::Config, json: bool) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    let targets = client::targets(
-        &config.status,
-        std::env::var("RUNTIME_DIRECTORY").ok().as_deref(),
-    );
-    let password = std::env::var("CHARGESITE_STATUS_PASSWORD").ok();
+    let (targets, password) = local_api(config);
     let answer =
         match runtime.block_on(client::get(&targets, "/api/v1/status", password.as_deref())) {
             Ok(a) => a,

@@ -262,25 +262,13 @@ pub fn verdict(verb: &Verb, version: Version, answer: &Value) -> Verdict {
             }
             Verdict { ok, lines }
         }
-        (Verb::ConfigSet { key, value }, Version::V16) => {
-            let (status, _) = status_of(answer);
-            let line = match status.as_str() {
-                "Accepted" => format!("{key} set to {value}"),
-                "RebootRequired" => {
-                    format!("{key} set to {value}; the charger applies it after a reset")
-                }
-                other => format!("{key} not set: the charger answered {other}"),
+        (Verb::ConfigSet { key, value }, version) => {
+            let status = match version {
+                Version::V16 => status_of(answer).0,
+                Version::V201 => answer
+                    .pointer("/setVariableResult/0/attributeStatus")
+                    .map_or_else(|| "(no status)".into(), text),
             };
-            Verdict {
-                ok: matches!(status.as_str(), "Accepted" | "RebootRequired"),
-                lines: vec![line],
-            }
-        }
-        (Verb::ConfigSet { key, value }, Version::V201) => {
-            let r = answer.pointer("/setVariableResult/0");
-            let status = r
-                .and_then(|r| r.get("attributeStatus"))
-                .map_or_else(|| "(no status)".into(), text);
             let line = match status.as_str() {
                 "Accepted" => format!("{key} set to {value}"),
                 "RebootRequired" => {
