@@ -194,6 +194,12 @@ fn main() -> ExitCode {
             cp_id,
             action,
         } => {
+            if !chargesite::ocpp::handshake::valid_cp_id(&cp_id) {
+                eprintln!(
+                    "chargesite charger: CP_ID {cp_id:?} is not a charger id (1-48 of A-Z a-z 0-9 . _ : -)"
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
             let verb = match chargesite::status::verbs::parse_args(&action) {
                 Ok(v) => v,
                 Err(e) => {
@@ -298,8 +304,17 @@ fn charger(
                 .pointer("/error/message")
                 .and_then(|m| m.as_str())
                 .map_or_else(|| answer.body.trim().to_string(), str::to_string);
-            eprintln!("chargesite: {cp_id}: {message} (HTTP {code})");
-            return ExitCode::FAILURE;
+            eprintln!(
+                "chargesite: {cp_id}: {} (HTTP {code})",
+                verbs::printable(&message)
+            );
+            // The agent found the verb itself wrong (a 2.0.1 key that is not
+            // Component.Variable): bad usage, as CONTRACT §1 has it.
+            return if code == 400 {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            };
         }
     }
     let version = match body["ocpp_version"].as_str() {
@@ -310,12 +325,15 @@ fn charger(
     let verdict = verbs::verdict(verb, version, &body["answer"]);
     println!("{cp_id} (OCPP {}): {action}", version.as_str());
     for line in &verdict.lines {
-        println!("  {line}");
+        println!("  {}", verbs::printable(line));
     }
     if verdict.ok {
         ExitCode::SUCCESS
     } else {
-        eprintln!("chargesite: {cp_id} refused: {}", verdict.lines.join("; "));
+        eprintln!(
+            "chargesite: {cp_id} refused: {}",
+            verbs::printable(&verdict.lines.join("; "))
+        );
         ExitCode::FAILURE
     }
 }
@@ -380,7 +398,10 @@ fn status(config: &config::Config, json: bool) -> ExitCode {
             serde_json::to_string_pretty(&body).unwrap_or_default()
         );
     } else {
-        print!("{}", summary::render(&body));
+        print!(
+            "{}",
+            chargesite::status::verbs::printable(&summary::render(&body))
+        );
     }
     ExitCode::SUCCESS
 }

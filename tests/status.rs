@@ -516,7 +516,11 @@ async fn charger_verbs_reach_a_1_6_and_a_2_0_1_charger_and_a_refusal_exits_1_wit
     let out = charger_cli(&agent, &["CP-VERB-201", "config", "get", "NoDot"])
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a key 2.0.1 cannot carry is bad usage"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Component.Variable"),
         "{out:?}"

@@ -15,6 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::StatusConfig;
 
+/// Where systemd creates the unit's `RuntimeDirectory=chargesite`.
+pub const SERVICE_RUNTIME_DIRECTORY: &str = "/run/chargesite";
+
 /// How long one attempt may take, connect to last byte.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,6 +38,10 @@ impl std::fmt::Display for Target {
         }
     }
 }
+
+/// A connection to the agent, over either transport.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Why no agent answered.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +69,9 @@ pub struct Answer {
 /// `$RUNTIME_DIRECTORY`).
 pub fn targets(config: &StatusConfig, runtime_dir: Option<&str>) -> Vec<Target> {
     let mut out = Vec::new();
+    // A shell on the gateway has no `$RUNTIME_DIRECTORY` (only the service gets it): the
+    // unit's `RuntimeDirectory=chargesite` is then looked for where systemd puts it.
+    let runtime_dir = runtime_dir.or(Some(SERVICE_RUNTIME_DIRECTORY));
     if let Some(p) = super::socket_path(config, runtime_dir) {
         if p.exists() {
             out.push(Target::Socket(p));
@@ -119,18 +129,35 @@ async fn ask(
     }
     let mut failures = Vec::new();
     for t in targets {
-        let attempt = async {
+        // Only a target that could not be reached is passed over: once a request has gone
+        // out (a verb may have reached the charger), its failure is the answer, so a verb
+        // is never sent twice.
+        let connected = async {
             match t {
-                Target::Socket(p) => {
-                    let s = tokio::net::UnixStream::connect(p).await?;
-                    request(s, path, body.clone(), None).await
-                }
-                Target::Http(a) => {
-                    let s = tokio::net::TcpStream::connect(a).await?;
-                    request(s, path, body.clone(), password).await
-                }
+                Target::Socket(p) => tokio::net::UnixStream::connect(p)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Stream>),
+                Target::Http(a) => tokio::net::TcpStream::connect(a)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Stream>),
             }
         };
+        let stream = match tokio::time::timeout(TIMEOUT, connected).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                failures.push((t.clone(), e.to_string()));
+                continue;
+            }
+            Err(_) => {
+                failures.push((t.clone(), "no connection in time".into()));
+                continue;
+            }
+        };
+        let password = match t {
+            Target::Socket(_) => None,
+            Target::Http(_) => password,
+        };
+        let attempt = request(stream, path, body.clone(), password);
         match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok((status, body))) => {
                 return Ok(Answer {
@@ -139,8 +166,13 @@ async fn ask(
                     body,
                 })
             }
-            Ok(Err(e)) => failures.push((t.clone(), e.to_string())),
-            Err(_) => failures.push((t.clone(), "no answer in time".into())),
+            Ok(Err(e)) => return Err(ClientError::NoAnswer(vec![(t.clone(), e.to_string())])),
+            Err(_) => {
+                return Err(ClientError::NoAnswer(vec![(
+                    t.clone(),
+                    "no answer in time".into(),
+                )]))
+            }
         }
     }
     Err(ClientError::NoAnswer(failures))

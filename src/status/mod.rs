@@ -47,7 +47,7 @@ use crate::store::Store;
 use crate::time::now;
 use gate::{Check, Gate};
 use routes::{Access, Route};
-use view::{Gathered, Live, RefusedRow};
+use view::{Gathered, Live, RefusedRow, StoreRows};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
@@ -94,7 +94,14 @@ struct Server {
     /// One argon2 run at a time (~7 MiB each): a burst of guesses on every connection
     /// must not cost the gateway 32 of them at once.
     verifying: Semaphore,
+    /// The last store read and when it was taken: requests within [`ROWS_FRESH`] of it
+    /// share it, and one read at a time is made (the lock is held across it), so pages
+    /// and scrapers polling at once cost the store thread one read per second at most.
+    rows: tokio::sync::Mutex<Option<(std::time::Instant, StoreRows)>>,
 }
+
+/// How long a store read serves later requests.
+const ROWS_FRESH: Duration = Duration::from_secs(1);
 
 /// Serves until `shutdown`; returns at once (logged) when neither listener could be set
 /// up, so that the agent runs on without it.
@@ -143,21 +150,21 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) {
         started_at: now(),
         gate: Mutex::new(Gate::default()),
         verifying: Semaphore::new(1),
+        rows: tokio::sync::Mutex::new(None),
     });
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Separate pools: connections held open over TCP (before or after auth) can never
+    // keep root's `chargesite charger` off the socket.
+    let tcp_slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let unix_slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(accepted) = accept_tcp(tcp.as_ref()) => match accepted {
-                Ok((stream, _)) => {
+            Some((accepted, permit)) = accept_tcp(tcp.as_ref(), &tcp_slots) => match accepted {
+                Ok((stream, peer)) => {
                     let (s, t) = (server.clone(), shutdown.clone());
                     tracker.spawn(async move {
-                        s.connection(stream, false, t).await;
+                        s.connection(stream, false, Some(peer.ip()), t).await;
                         drop(permit);
                     });
                 }
@@ -166,11 +173,11 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            Some(accepted) = accept_unix(unix.as_ref()) => match accepted {
+            Some((accepted, permit)) = accept_unix(unix.as_ref(), &unix_slots) => match accepted {
                 Ok(stream) => {
                     let (s, t) = (server.clone(), shutdown.clone());
                     tracker.spawn(async move {
-                        s.connection(stream, true, t).await;
+                        s.connection(stream, true, None, t).await;
                         drop(permit);
                     });
                 }
@@ -190,25 +197,38 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) {
     }
 }
 
+/// A slot of `slots`, then the next TCP connection; pending forever without a listener.
 async fn accept_tcp(
     l: Option<&TcpListener>,
-) -> Option<std::io::Result<(tokio::net::TcpStream, SocketAddr)>> {
-    match l {
-        Some(l) => Some(l.accept().await),
+    slots: &Arc<Semaphore>,
+) -> Option<(
+    std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let l = match l {
+        Some(l) => l,
         None => std::future::pending().await,
-    }
+    };
+    let permit = slots.clone().acquire_owned().await.ok()?;
+    Some((l.accept().await, permit))
 }
 
-async fn accept_unix(l: Option<&UnixListener>) -> Option<std::io::Result<tokio::net::UnixStream>> {
-    match l {
-        Some(l) => Some(l.accept().await.map(|(s, _)| s)),
+/// A slot of `slots`, then the next socket connection; pending forever without a listener.
+async fn accept_unix(
+    l: Option<&UnixListener>,
+    slots: &Arc<Semaphore>,
+) -> Option<(
+    std::io::Result<tokio::net::UnixStream>,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let l = match l {
+        Some(l) => l,
         None => std::future::pending().await,
-    }
+    };
+    let permit = slots.clone().acquire_owned().await.ok()?;
+    Some((l.accept().await.map(|(s, _)| s), permit))
 }
 
-/// Binds the socket with mode 0600 from its first moment: bound under a temporary name,
-/// restricted, then renamed into place, so no client ever finds it open to others. A stale
-/// socket left by a crash is replaced; any other file there is left alone (an error).
 fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(m) = std::fs::symlink_metadata(path) {
@@ -267,6 +287,7 @@ impl Server {
         self: Arc<Self>,
         stream: S,
         via_socket: bool,
+        peer: Option<std::net::IpAddr>,
         shutdown: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -274,7 +295,7 @@ impl Server {
         let server = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
-            async move { Ok::<_, Infallible>(server.handle(req, via_socket).await) }
+            async move { Ok::<_, Infallible>(server.handle(req, via_socket, peer).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -294,8 +315,13 @@ impl Server {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, via_socket: bool) -> Response<Body> {
-        let access = match self.authorize(&req, via_socket).await {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        via_socket: bool,
+        peer: Option<std::net::IpAddr>,
+    ) -> Response<Body> {
+        let access = match self.authorize(&req, via_socket, peer).await {
             Ok(a) => a,
             Err(refusal) => return refusal,
         };
@@ -386,17 +412,20 @@ impl Server {
         let action = command.action(version).unwrap_or("?");
         tracing::info!(cp_id, action, "charger verb from the local API");
         match commands::send(&self.parts.registry, cp_id, command, VERB_TIMEOUT).await {
-            Ok(answer) => respond(
-                StatusCode::OK,
-                "application/json",
-                serde_json::json!({
-                    "charger": cp_id,
-                    "ocpp_version": version.as_str(),
-                    "action": action,
-                    "answer": answer,
-                })
-                .to_string(),
-            ),
+            Ok(mut answer) => {
+                verbs::redact(&mut answer);
+                respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::json!({
+                        "charger": cp_id,
+                        "ocpp_version": version.as_str(),
+                        "action": action,
+                        "answer": answer,
+                    })
+                    .to_string(),
+                )
+            }
             Err(e) => {
                 let (status, code) = match &e {
                     CommandError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -425,6 +454,7 @@ impl Server {
         &self,
         req: &Request<Incoming>,
         via_socket: bool,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Access, Response<Body>> {
         let mut access = Access {
             via_socket,
@@ -438,13 +468,13 @@ impl Server {
             .get(AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
         let needed = !via_socket && self.parts.config.requires_auth();
-        let mut check = self.gate().check(header, std::time::Instant::now());
+        let mut check = self.gate().check(header, peer, std::time::Instant::now());
         // Waits behind the argon2 run in progress, then asks again: that run may have
         // verified this very password, or tipped the failures over the limit.
         let _turn = match check {
             Check::Verify(_) => {
                 let turn = self.verifying.acquire().await.ok();
-                check = self.gate().check(header, std::time::Instant::now());
+                check = self.gate().check(header, peer, std::time::Instant::now());
                 turn
             }
             _ => None,
@@ -471,7 +501,7 @@ impl Server {
             .await
             .unwrap_or(false);
         self.gate()
-            .verified(&password, ok, std::time::Instant::now());
+            .verified(&password, ok, peer, std::time::Instant::now());
         if ok {
             access.authenticated = true;
             Ok(access)
@@ -492,7 +522,17 @@ impl Server {
     /// Everything the body is built from: one store read, the rest from memory.
     async fn gather(&self) -> Result<Gathered, crate::store::StoreError> {
         let p = &self.parts;
-        let store = p.store.status_rows().await?;
+        let store = {
+            let mut last = self.rows.lock().await;
+            match &*last {
+                Some((at, rows)) if at.elapsed() < ROWS_FRESH => rows.clone(),
+                _ => {
+                    let rows = p.store.status_rows().await?;
+                    *last = Some((std::time::Instant::now(), rows.clone()));
+                    rows
+                }
+            }
+        };
         let dir = p
             .store_path
             .parent()

@@ -176,6 +176,68 @@ pub fn command(verb: &Verb, version: Version) -> Result<Command, String> {
     })
 }
 
+/// Whether a configuration key or variable names a secret (a password, a key, a PSK):
+/// its value is never served or printed, whatever the charger answers.
+pub fn is_secret(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "authorizationkey",
+        "psk",
+        "privatekey",
+        "passphrase",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
+
+/// Hides the values of secret keys in a charger's answer to `config get`, before the agent
+/// serves it: firmware that answers `AuthorizationKey` or a modem's password anyway must
+/// not put it on the local API.
+pub fn redact(answer: &mut Value) {
+    const HIDDEN: &str = "(hidden)";
+    if let Some(keys) = answer
+        .get_mut("configurationKey")
+        .and_then(Value::as_array_mut)
+    {
+        for k in keys {
+            let secret = k.get("key").and_then(Value::as_str).is_some_and(is_secret);
+            if secret && k.get("value").is_some() {
+                k["value"] = Value::from(HIDDEN);
+            }
+        }
+    }
+    if let Some(results) = answer
+        .get_mut("getVariableResult")
+        .and_then(Value::as_array_mut)
+    {
+        for r in results {
+            let secret = r
+                .pointer("/variable/name")
+                .and_then(Value::as_str)
+                .is_some_and(is_secret);
+            if secret && r.get("attributeValue").is_some() {
+                r["attributeValue"] = Value::from(HIDDEN);
+            }
+        }
+    }
+}
+
+/// Every control character of a charger's string made visible, so what it sends cannot
+/// move a terminal's cursor or retitle its window when printed.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// What the charger's answer means for the engineer: whether it did what was asked, and
 /// lines to print.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,6 +331,7 @@ pub fn verdict(verb: &Verb, version: Version, answer: &Value) -> Verdict {
                     .pointer("/setVariableResult/0/attributeStatus")
                     .map_or_else(|| "(no status)".into(), text),
             };
+            let value = if is_secret(key) { "(hidden)" } else { value };
             let line = match status.as_str() {
                 "Accepted" => format!("{key} set to {value}"),
                 "RebootRequired" => {
@@ -424,6 +487,36 @@ mod tests {
             &json!({"status": "Scheduled"}),
         );
         assert!(soft.ok, "scheduled: done once the transaction ends");
+    }
+
+    #[test]
+    fn a_secret_the_charger_answers_anyway_is_hidden_and_never_echoed() {
+        let mut a = json!({"configurationKey": [
+            {"key": "AuthorizationKey", "readonly": false, "value": "0123456789abcdef"},
+            {"key": "HeartbeatInterval", "readonly": false, "value": "300"}]});
+        redact(&mut a);
+        assert_eq!(a["configurationKey"][0]["value"], "(hidden)");
+        assert_eq!(a["configurationKey"][1]["value"], "300");
+        let mut b = json!({"getVariableResult": [{"attributeStatus": "Accepted",
+            "attributeValue": "hunter2", "component": {"name": "SecurityCtrlr"},
+            "variable": {"name": "BasicAuthPassword"}}]});
+        redact(&mut b);
+        assert_eq!(b["getVariableResult"][0]["attributeValue"], "(hidden)");
+        let set = verdict(
+            &Verb::ConfigSet {
+                key: "SecurityCtrlr.BasicAuthPassword".into(),
+                value: "hunter2".into(),
+            },
+            Version::V201,
+            &json!({"setVariableResult": [{"attributeStatus": "Accepted",
+                "component": {"name": "SecurityCtrlr"}, "variable": {"name": "BasicAuthPassword"}}]}),
+        );
+        assert!(set.ok);
+        assert!(!set.lines.join(" ").contains("hunter2"), "{:?}", set.lines);
+        assert_eq!(
+            printable("AC\u{1b}]0;pwned\u{7}22"),
+            "AC\u{fffd}]0;pwned\u{fffd}22"
+        );
     }
 
     #[test]

@@ -374,6 +374,24 @@ impl Store {
         .await
     }
 
+    /// A commissioning test session's tag, accepted on `cp_id` for a while with no order;
+    /// its 2.0.1 `remoteStartId`.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn test_start(
+        &self,
+        cp_id: String,
+        connector_id: u32,
+        tag: String,
+        at: DateTime<Utc>,
+    ) -> Result<i32, StoreError> {
+        self.call(false, move |c, _| {
+            orders::test_start(c, &cp_id, connector_id, &tag, at)
+        })
+        .await
+    }
+
     /// The charger did not accept a remote start: the use is given back.
     ///
     /// # Errors

@@ -266,6 +266,8 @@ pub(super) fn decide(
         )
         .optional()?;
     if let Some((order_id, _)) = remote {
+        // A commissioning test session (`chargesite charger … test-session`) has no order.
+        let order_id = (!order_id.is_empty()).then_some(order_id);
         if consume {
             c.execute(
                 "UPDATE remote_starts SET used = 1 WHERE tag = ?1",
@@ -275,7 +277,7 @@ pub(super) fn decide(
         return Ok(AuthDecision {
             method: AuthMethod::Remote,
             result: AuthResult::Accepted,
-            order_id: Some(order_id),
+            order_id,
             tag_key: presented.tag_key.clone(),
         });
     }
@@ -382,6 +384,29 @@ pub(super) fn remote_start(
         },
         remote_start_id,
     })
+}
+
+/// A commissioning test session's remote start (`chargesite charger … test-session`, by
+/// an engineer with the local API's socket or password): `tag` is accepted on this
+/// charger, as a `session.start` tag is, for [`REMOTE_TAG_TTL_MINUTES`], with no order
+/// (stored as `''`) and no OTP; returns the 2.0.1 `remoteStartId` allocated for it.
+pub(super) fn test_start(
+    c: &Connection,
+    cp_id: &str,
+    connector_id: u32,
+    tag: &str,
+    now: DateTime<Utc>,
+) -> Result<i32, StoreError> {
+    let id = next_remote_start_id(c)?;
+    c.execute(
+        "INSERT INTO remote_starts
+             (tag, order_id, cp_id, connector_id, created_ms, used, remote_start_id)
+         VALUES (?1, '', ?2, ?3, ?4, 0, ?5)
+         ON CONFLICT (tag) DO UPDATE SET cp_id = ?2, connector_id = ?3, created_ms = ?4,
+             used = 0, remote_start_id = ?5",
+        params![tag, cp_id, connector_id, ms(now), id],
+    )?;
+    Ok(id)
 }
 
 /// The charger refused the remote start: the use is given back and the tag withdrawn.
