@@ -200,6 +200,19 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(EXIT_USAGE);
             }
+            if action.first().map(String::as_str) == Some("test-session") {
+                let t = match chargesite::status::test_session::parse(&action[1..]) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("chargesite charger: {e}");
+                        return ExitCode::from(EXIT_USAGE);
+                    }
+                };
+                return match load_config(config) {
+                    Ok(c) => test_session(&c, &cp_id, &t),
+                    Err(code) => code,
+                };
+            }
             let verb = match chargesite::status::verbs::parse_args(&action) {
                 Ok(v) => v,
                 Err(e) => {
@@ -335,6 +348,195 @@ fn charger(
             verbs::printable(&verdict.lines.join("; "))
         );
         ExitCode::FAILURE
+    }
+}
+
+/// `chargesite charger CP_ID test-session`: remote start with a test tag, a live progress
+/// line, the stop, and a verdict (exit 0 when every check passed, 1 otherwise).
+fn test_session(
+    config: &config::Config,
+    cp_id: &str,
+    t: &chargesite::status::test_session::TestSession,
+) -> ExitCode {
+    use chargesite::ocpp::frame::Version;
+    use chargesite::status::test_session as ts;
+    use chargesite::status::{client, verbs};
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let (targets, password) = local_api(config);
+    let password = password.as_deref();
+    let path = format!("/api/v1/chargers/{cp_id}/command");
+    // A verb's answer (its body), or the reason it failed, printed.
+    let verb = |v: verbs::Verb| {
+        let body = serde_json::to_string(&v).unwrap_or_default();
+        let asked = client::post(&targets, &path, body, password, Duration::from_secs(40));
+        match runtime.block_on(asked) {
+            Ok(a) if a.status == 200 => {
+                serde_json::from_str::<serde_json::Value>(&a.body).map_err(|e| e.to_string())
+            }
+            Ok(a) => {
+                let body: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
+                Err(body
+                    .pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .map_or_else(|| format!("HTTP {}", a.status), str::to_string))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let status = || -> Result<serde_json::Value, String> {
+        let a = runtime
+            .block_on(client::get(&targets, "/api/v1/status", password))
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str(&a.body).map_err(|e| format!("HTTP {}: {e}", a.status))
+    };
+    let fail = |why: String| {
+        eprintln!("chargesite: {cp_id}: {}", verbs::printable(&why));
+        ExitCode::FAILURE
+    };
+    let before: Vec<String> = match status() {
+        Ok(s) => ts::running(&s, cp_id)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect(),
+        Err(e) => return fail(format!("{e}; is the agent running?")),
+    };
+    // The interval the charger is configured to send MeterValues at, if it says.
+    let configured = [
+        "MeterValueSampleInterval",
+        "SampledDataCtrlr.TxUpdatedInterval",
+    ]
+    .iter()
+    .find_map(|key| {
+        let answer = verb(verbs::Verb::ConfigGet {
+            keys: vec![key.to_string()],
+        })
+        .ok()?;
+        ts::configured_interval(&answer["answer"])
+    });
+    let started = match verb(verbs::Verb::TestStart {
+        connector: t.connector,
+        tag: t.tag.clone(),
+    }) {
+        Ok(b) => b,
+        Err(e) => return fail(format!("the remote start failed: {e}")),
+    };
+    let version = match started["ocpp_version"].as_str() {
+        Some("2.0.1") => Version::V201,
+        _ => Version::V16,
+    };
+    let start_verdict = verbs::verdict(
+        &verbs::Verb::TestStart {
+            connector: t.connector,
+            tag: None,
+        },
+        version,
+        &started["answer"],
+    );
+    println!(
+        "{cp_id} (OCPP {}): {}",
+        version.as_str(),
+        verbs::printable(&start_verdict.lines.join("; "))
+    );
+    if !start_verdict.ok {
+        return fail("refused the remote start".into());
+    }
+    // The transaction, once the charger has started it.
+    let waited = Instant::now();
+    let session_id = loop {
+        if let Ok(s) = status() {
+            if let Some(id) = ts::started(&s, cp_id, t.connector, &before) {
+                break id;
+            }
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            return fail(format!(
+                "accepted the remote start but began no transaction on connector {} within 60 s (is a vehicle or tester plugged in?)",
+                t.connector
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("  session {session_id} started; charging for {} s", t.secs);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let began = Instant::now();
+    let mut samples = Vec::new();
+    let mut flags = String::new();
+    let mut last_printed = -10.0;
+    while began.elapsed() < Duration::from_secs(t.secs) {
+        std::thread::sleep(Duration::from_secs(1));
+        let secs = began.elapsed().as_secs_f64();
+        match status().map(|s| ts::progress(&s, &session_id, secs)) {
+            Ok(Some((p, f))) => {
+                samples.push(p);
+                flags = f;
+                if tty {
+                    print!("\r  {}   ", ts::progress_line(&p));
+                    let _ = std::io::stdout().flush();
+                } else if secs - last_printed >= 5.0 {
+                    println!("  {}", ts::progress_line(&p));
+                    last_printed = secs;
+                }
+            }
+            Ok(None) => {
+                if tty {
+                    println!();
+                }
+                return fail(format!(
+                    "session {session_id} ended before the stop (stopped at the charger?)"
+                ));
+            }
+            Err(e) => eprintln!("chargesite: status: {e}"),
+        }
+    }
+    if tty {
+        println!();
+    }
+    let offset = status().ok().and_then(|s| ts::clock_offset(&s, cp_id));
+    let stopped = verb(verbs::Verb::TestStop {
+        session_id: session_id.clone(),
+    });
+    match &stopped {
+        Ok(b) if b["answer"]["status"] == "Accepted" => {}
+        Ok(b) => eprintln!(
+            "chargesite: {cp_id} answered the remote stop {}",
+            b["answer"]
+        ),
+        Err(e) => eprintln!("chargesite: the remote stop failed: {e}"),
+    }
+    let gone = Instant::now();
+    let mut ended = false;
+    while gone.elapsed() < Duration::from_secs(30) {
+        if let Ok(s) = status() {
+            if ts::progress(&s, &session_id, 0.0).is_none() {
+                ended = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut verdict = ts::verdict(&samples, &flags, offset, configured);
+    if !ended {
+        verdict.ok = false;
+        verdict
+            .lines
+            .push("FAIL the session was still running 30 s after the remote stop".into());
+    }
+    println!(
+        "  session {session_id} {}",
+        if ended { "stopped" } else { "still running" }
+    );
+    for line in &verdict.lines {
+        println!("  {}", verbs::printable(line));
+    }
+    if verdict.ok {
+        println!("{cp_id}: test session passed");
+        ExitCode::SUCCESS
+    } else {
+        fail("test session failed (see the FAIL lines)".into())
     }
 }
 

@@ -545,3 +545,129 @@ async fn charger_verbs_reach_a_1_6_and_a_2_0_1_charger_and_a_refusal_exits_1_wit
         "the refused reset reached the charger"
     );
 }
+
+/// A 1.6 charger that does what a test session asks: starts a transaction on a remote
+/// start (with the tag it was given), sends MeterValues every second at 7.2 kW, stops
+/// on a remote stop; answers GetConfiguration's MeterValueSampleInterval with 1. Runs
+/// until the stop is done.
+async fn obliging_charger(mut c: Charger) -> (Charger, String) {
+    let now = || chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut tx: Option<i64> = None;
+    let mut tag = String::new();
+    let mut register = 50_000i64;
+    let mut next_id = 0u64;
+    let mut stopping = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            f = c.try_recv(Duration::from_secs(30)) => {
+                let f = f.expect("the agent went quiet");
+                match f[0].as_i64() {
+                    Some(2) => {
+                        let (id, action) = (f[1].clone(), f[2].as_str().unwrap().to_string());
+                        let reply = match action.as_str() {
+                            "GetConfiguration" => json!({"configurationKey": [
+                                {"key": "MeterValueSampleInterval", "readonly": false, "value": "1"}]}),
+                            "RemoteStartTransaction" => {
+                                tag = f[3]["idTag"].as_str().unwrap().to_string();
+                                json!({"status": "Accepted"})
+                            }
+                            "RemoteStopTransaction" => {
+                                stopping = true;
+                                json!({"status": "Accepted"})
+                            }
+                            other => panic!("unexpected CALL {other}"),
+                        };
+                        c.send_text(&json!([3, id, reply]).to_string()).await;
+                        if action == "RemoteStartTransaction" {
+                            next_id += 1;
+                            c.send_text(&json!([2, format!("s{next_id}"), "StartTransaction",
+                                {"connectorId": 1, "idTag": tag, "meterStart": register, "timestamp": now()}]).to_string()).await;
+                        }
+                        if stopping {
+                            let t = tx.expect("a stop before the start");
+                            next_id += 1;
+                            c.send_text(&json!([2, format!("s{next_id}"), "StopTransaction",
+                                {"transactionId": t, "meterStop": register, "timestamp": now(), "reason": "Remote"}]).to_string()).await;
+                            let answer = c.recv().await;
+                            assert_eq!(answer[0], 3, "{answer}");
+                            return (c, tag);
+                        }
+                    }
+                    Some(3) => {
+                        if let Some(t) = f[2]["transactionId"].as_i64() {
+                            assert_eq!(f[2]["idTagInfo"]["status"], "Accepted", "{f}");
+                            tx = Some(t);
+                        }
+                    }
+                    _ => panic!("unexpected frame {f}"),
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(t) = tx {
+                    register += 2; // 7.2 kW for one second
+                    next_id += 1;
+                    c.send_text(&json!([2, format!("s{next_id}"), "MeterValues",
+                        {"connectorId": 1, "transactionId": t, "meterValue": [{"timestamp": now(), "sampledValue": [
+                            {"value": register.to_string(), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                            {"value": "7200", "measurand": "Power.Active.Import", "unit": "W"}]}]}]).to_string()).await;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_session_starts_shows_progress_stops_and_gives_a_verdict() {
+    // free vend off: the test session's own tag is what lets the charger start
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let text = common::base_config(
+        dir.path(),
+        &format!(
+            "[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n\n\
+             [status]\nlisten = \"127.0.0.1:0\"\nsocket = \"{}\"\n",
+            sock.display()
+        ),
+    );
+    let config = dir.path().join("chargesite.toml");
+    std::fs::write(&config, text).unwrap();
+    let agent = Agent::start_with(dir, config);
+    status_addr(&agent).await;
+    let mut c = Charger::connect(&agent.url("CP-TEST-SESSION")).await;
+    c.boot().await;
+    let charger = tokio::spawn(obliging_charger(c));
+    let out = charger_cli(&agent, &["CP-TEST-SESSION", "test-session", "--secs", "6"])
+        .await
+        .unwrap();
+    let (_c, tag) = charger.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("start a test session on connector 1: Accepted"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("kW"), "a progress line: {stdout}");
+    assert!(stdout.contains("ok   meter increasing"), "{stdout}");
+    assert!(stdout.contains("MeterValues about every"), "{stdout}");
+    assert!(stdout.contains("test session passed"), "{stdout}");
+    assert!(
+        !stdout.contains(&tag),
+        "the test tag is not printed: {stdout}"
+    );
+    // the session went upstream as a remote start without an order, and it is over
+    let started = agent.events_of("session.started");
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(started[0]["order_id"].is_null(), "{started:?}");
+    assert_eq!(agent.events_of("session.stopped").len(), 1);
+    // its tag is accepted no more
+    let tag_used: i64 = agent
+        .db()
+        .query_row(
+            "SELECT used FROM remote_starts WHERE tag = ?1",
+            [&tag],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tag_used, 1);
+}

@@ -19,6 +19,7 @@ pub mod client;
 pub mod gate;
 pub mod routes;
 pub mod summary;
+pub mod test_session;
 pub mod verbs;
 pub mod view;
 
@@ -273,6 +274,13 @@ fn api_error(status: StatusCode, code: &str, message: impl std::fmt::Display) ->
     respond(status, "application/json", body.to_string())
 }
 
+/// A tag for a test session, the agent's own (1.6 CiString20: "CT" and 16 hex digits).
+fn test_tag_now() -> Result<String, String> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| e.to_string())?;
+    Ok(format!("CT{}", crate::auth::hex(&b).to_uppercase()))
+}
+
 /// How long a charger has to answer a verb.
 const VERB_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest verb body read.
@@ -405,13 +413,79 @@ impl Server {
                 format!("charger {cp_id} is not connected"),
             );
         };
-        let command = match verbs::command(&verb, version) {
+        let mut test_tag = None;
+        let command = match &verb {
+            verbs::Verb::TestStart { connector, tag } => {
+                let tag = match tag.clone().map_or_else(test_tag_now, Ok) {
+                    Ok(t) => t,
+                    Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+                };
+                let id = match self
+                    .parts
+                    .store
+                    .test_start(cp_id.to_string(), *connector, tag.clone(), now())
+                    .await
+                {
+                    Ok(id) => id,
+                    Err(e) => {
+                        return api_error(StatusCode::SERVICE_UNAVAILABLE, "store", e);
+                    }
+                };
+                test_tag = Some(tag.clone());
+                Ok(crate::ocpp::commands::Command::RemoteStart {
+                    id_tag: tag,
+                    connector_id: Some(*connector),
+                    remote_start_id: id,
+                })
+            }
+            verbs::Verb::TestStop { session_id } => {
+                match self
+                    .parts
+                    .store
+                    .find_session(Some(session_id.clone()), None)
+                    .await
+                {
+                    Ok(Some(s)) if s.cp_id == cp_id => {
+                        Ok(crate::ocpp::commands::Command::RemoteStop {
+                            transaction: match s.charger_tx_id {
+                                Some(id) => crate::ocpp::commands::TransactionRef::V201(id),
+                                None => {
+                                    crate::ocpp::commands::TransactionRef::V16(s.transaction_id)
+                                }
+                            },
+                        })
+                    }
+                    Ok(_) => {
+                        return api_error(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            format!("no session {session_id} on {cp_id}"),
+                        )
+                    }
+                    Err(e) => return api_error(StatusCode::SERVICE_UNAVAILABLE, "store", e),
+                }
+            }
+            other => verbs::command(other, version),
+        };
+        let command = match command {
             Ok(c) => c,
             Err(e) => return api_error(StatusCode::BAD_REQUEST, "bad_request", e),
         };
         let action = command.action(version).unwrap_or("?");
         tracing::info!(cp_id, action, "charger verb from the local API");
-        match commands::send(&self.parts.registry, cp_id, command, VERB_TIMEOUT).await {
+        let sent = commands::send(&self.parts.registry, cp_id, command, VERB_TIMEOUT).await;
+        if let Some(tag) = test_tag {
+            let accepted = sent
+                .as_ref()
+                .is_ok_and(|a| a.get("status").and_then(|s| s.as_str()) == Some("Accepted"));
+            if !accepted {
+                // not started: the tag is withdrawn at once
+                if let Err(e) = self.parts.store.remote_start_failed(tag).await {
+                    tracing::warn!(cp_id, "withdrawing a test session's tag: {e}");
+                }
+            }
+        }
+        match sent {
             Ok(mut answer) => {
                 verbs::redact(&mut answer);
                 respond(

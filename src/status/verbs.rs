@@ -59,6 +59,20 @@ pub enum Verb {
         /// Operative rather than inoperative.
         operative: bool,
     },
+    /// `test-session`'s start ([`super::test_session`]): the agent accepts the tag on this
+    /// charger with no order, then remote-starts it.
+    TestStart {
+        /// Connector (2.0.1: EVSE).
+        connector: u32,
+        /// The tag; the agent makes one up when absent.
+        #[serde(default)]
+        tag: Option<String>,
+    },
+    /// `test-session`'s stop: a remote stop of the session it started.
+    TestStop {
+        /// The session.
+        session_id: String,
+    },
 }
 
 /// The usage line of each verb, for errors.
@@ -173,6 +187,9 @@ pub fn command(verb: &Verb, version: Version) -> Result<Command, String> {
             operative: *operative,
             evse_connector: None,
         },
+        Verb::TestStart { .. } | Verb::TestStop { .. } => {
+            return Err("a test session is carried by the agent itself".into())
+        }
     })
 }
 
@@ -362,6 +379,10 @@ pub fn verdict(verb: &Verb, version: Version, answer: &Value) -> Verdict {
                         "inoperative"
                     }
                 ),
+                Verb::TestStart { connector, .. } => {
+                    format!("start a test session on connector {connector}")
+                }
+                Verb::TestStop { .. } => "stop the test session".to_string(),
                 Verb::ConfigGet { .. } | Verb::ConfigSet { .. } => unreachable!("matched above"),
             };
             // Scheduled: the charger does it once its transactions end.
