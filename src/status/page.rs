@@ -48,8 +48,14 @@ mod tests {
     fn the_policy_allows_the_pages_own_script_and_style_by_hash_and_nothing_else() {
         let p = csp("<style>b{}</style><script>go()</script>");
         assert!(p.starts_with("default-src 'none'; "), "{p}");
-        assert!(p.contains(&format!("script-src {};", sha256_source("go()"))), "{p}");
-        assert!(p.contains(&format!("style-src {};", sha256_source("b{}"))), "{p}");
+        assert!(
+            p.contains(&format!("script-src {};", sha256_source("go()"))),
+            "{p}"
+        );
+        assert!(
+            p.contains(&format!("style-src {};", sha256_source("b{}"))),
+            "{p}"
+        );
         assert!(!p.contains("unsafe"), "{p}");
         assert_eq!(csp("<p>no script</p>").matches("'none'").count(), 6);
     }
