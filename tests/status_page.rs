@@ -2,7 +2,8 @@
 //! chromium loads `/` from the real agent with a 1.6 charger charging and a 2.0.1 charger
 //! connected, renders both and the running session, and a later load shows the energy
 //! grown and the 2.0.1 charger gone offline. It also takes the screenshot the docs show,
-//! and opens the page with no agent behind it to see the banner.
+//! shows a charger's markup as text, and opens the page with no agent behind it to see
+//! the banner.
 //!
 //! Without chromium the test is skipped with a message, unless `CI` is set: there it fails.
 //! `CHARGESITE_SCREENSHOT_TO=docs/status-page.png` copies the screenshot into the docs.
@@ -296,6 +297,24 @@ async fn the_page_shows_the_chargers_and_the_running_session_in_a_real_browser_a
     if let Some(to) = std::env::var_os("CHARGESITE_SCREENSHOT_TO") {
         std::fs::copy(shots.join("status-page.png"), &to).unwrap();
     }
+
+    // Markup from a charger is shown as text, never run or parsed.
+    let mut evil = Charger::connect(&agent.url("CP-PAGE-XSS")).await;
+    evil.ok(
+        "BootNotification",
+        json!({"chargePointVendor": "<b id=\"xss\">V</b>", "chargePointModel": "<img src=x>"}),
+    )
+    .await;
+    let third = dom(&chromium, &url).await;
+    assert!(
+        third.contains("&lt;b id=\"xss\"&gt;V&lt;/b&gt; / &lt;img src=x&gt;"),
+        "{third}"
+    );
+    assert!(
+        !third.contains("<b id=\"xss\">") && !third.contains("<img"),
+        "{third}"
+    );
+    drop(evil);
 
     // No agent behind the page: the banner says so.
     let dir = tempfile::tempdir().unwrap();
