@@ -26,6 +26,7 @@ LAYERS = [
     ("ocpp::v201::messages", 3), ("ocpp::v201::schema", 3),
     ("uplink::batch", 3), ("uplink::delivery", 3),
     ("status::view", 3), ("status::gate", 3), ("status::routes", 3), ("status::summary", 3),
+    ("status::page", 3),
     ("store", 4),
     ("ocpp", 5),
     ("uplink", 6), ("status", 6),

@@ -1,5 +1,5 @@
 //! The local status server (CONTRACT §5, docs/status.md): `/api/v1/status`, `/metrics`
-//! and the status page's route, over HTTP on `[status] listen` and over the local API's
+//! and the status page, over HTTP on `[status] listen` and over the local API's
 //! Unix socket.
 //!
 //! The chargers come first: a status address that cannot be bound is logged and skipped,
@@ -9,6 +9,7 @@
 //! HTTP request needs Basic auth ([`gate`]); the socket is guarded by its file mode
 //! (0600: the service's user and root).
 //!
+//! - [`page`]: the status page (HTML compiled in) and its Content-Security-Policy (pure).
 //! - [`routes`]: which handler a request goes to, and what its access allows (pure).
 //! - [`gate`]: Basic auth with a verified-password cache and a failure rate limit (pure).
 //! - [`view`]: the status body from the gathered state (pure).
@@ -17,6 +18,7 @@
 
 pub mod client;
 pub mod gate;
+pub mod page;
 pub mod routes;
 pub mod summary;
 pub mod test_session;
@@ -27,13 +29,16 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -377,10 +382,7 @@ impl Server {
                     self.parts.metrics.render(),
                 )
             }
-            Route::Page => plain(
-                StatusCode::OK,
-                "chargesite status: the page is not built yet; see /api/v1/status and /metrics\n",
-            ),
+            Route::Page => page_response(),
             Route::MethodNotAllowed => {
                 plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
@@ -662,6 +664,21 @@ impl Server {
         m.uplink_online.set(i64::from(g.uplink_online));
         m.disk_free.set(g.disk_free_bytes.map_or(0, int));
     }
+}
+
+/// The page with its policy (hashed once: the page is a constant), never cached so that
+/// a new binary's page is what the next load gets.
+fn page_response() -> Response<Body> {
+    static CSP: OnceLock<Option<HeaderValue>> = OnceLock::new();
+    let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", page::PAGE);
+    let h = r.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // The policy is ASCII (hashes in base64), so it is always a valid header value.
+    if let Some(csp) = CSP.get_or_init(|| HeaderValue::from_str(&page::csp(page::PAGE)).ok()) {
+        h.insert(CONTENT_SECURITY_POLICY, csp.clone());
+    }
+    r
 }
 
 fn unauthorized() -> Response<Body> {

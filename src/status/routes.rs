@@ -6,7 +6,7 @@
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /`: the status page a person reads (a placeholder until the page lands).
+    /// `GET /`: the status page a person reads.
     Page,
     /// `GET /metrics`: Prometheus text.
     Metrics,
