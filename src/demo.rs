@@ -144,6 +144,7 @@ pub async fn run() -> Result<bool, String> {
         offline: Duration::from_secs(1),
         max_power_w: 22_000.0,
         deadline: Duration::from_secs(90),
+        wait_remote_start: false,
     };
     say(
         "chargers",

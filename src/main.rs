@@ -148,6 +148,11 @@ struct SimulateArgs {
     /// Hard bound on the whole run, seconds.
     #[arg(long, default_value_t = 600)]
     duration_secs: u64,
+    /// Begin each session only when the central system asks (RemoteStartTransaction /
+    /// RequestStartTransaction), as a charger waiting for a driver does: for
+    /// `chargesite charger CP_ID test-session`.
+    #[arg(long)]
+    wait_remote_start: bool,
 }
 
 /// Exit status for bad usage or bad config (CONTRACT §1).
@@ -686,6 +691,7 @@ fn simulate(a: SimulateArgs) -> ExitCode {
         offline: std::time::Duration::from_secs(a.offline_secs),
         max_power_w: a.max_power_kw * 1000.0,
         deadline: std::time::Duration::from_secs(a.duration_secs),
+        wait_remote_start: a.wait_remote_start,
     };
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;

@@ -310,3 +310,114 @@ fn simulate_rejects_bad_arguments_with_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `chargesite charger SIMxxxx test-session` against `chargesite simulate
+/// --wait-remote-start`, a 1.6 and a 2.0.1 charger: each session is started by the
+/// engineer's command only, charges, is stopped, and passes every check.
+#[test]
+fn a_field_engineers_test_session_passes_on_simulated_1_6_and_2_0_1_chargers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let config = dir.path().join("chargesite.toml");
+    std::fs::write(
+        &config,
+        common::base_config(
+            dir.path(),
+            &format!(
+                "[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n\n\
+                 [status]\nlisten = \"\"\nsocket = \"{}\"\n",
+                sock.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start_with(dir, config);
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_chargesite"))
+        .args([
+            "simulate",
+            "--url",
+            &format!("ws://{}/ocpp", agent.addr),
+            "--chargers",
+            "2",
+            "--ocpp",
+            "mixed",
+            "--wait-remote-start",
+            "--sessions",
+            "1",
+            "--session-secs",
+            "600",
+            "--meter-interval-ms",
+            "1000",
+            "--duration-secs",
+            "120",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let online = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let up: i64 = agent
+                .db()
+                .query_row(
+                    "SELECT count(*) FROM chargers WHERE vendor IS NOT NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0);
+            if up >= n as i64 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    };
+    assert!(
+        online(2),
+        "the simulated chargers did not boot:\n{}",
+        agent.log()
+    );
+    // nothing starts on its own
+    std::thread::sleep(Duration::from_secs(2));
+    let sessions = || -> i64 {
+        agent
+            .db()
+            .query_row("SELECT count(*) FROM sessions", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(sessions(), 0, "a session began without a remote start");
+    for (cp, version) in [("SIM0001", "1.6"), ("SIM0002", "2.0.1")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_chargesite"))
+            .env_remove("RUNTIME_DIRECTORY")
+            .env_remove("CHARGESITE_STATUS_PASSWORD")
+            .args(["charger", "--config"])
+            .arg(&agent.config)
+            .args([cp, "test-session", "--secs", "6"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{cp}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(&format!("(OCPP {version})")), "{stdout}");
+        assert!(stdout.contains("ok   meter increasing"), "{stdout}");
+        assert!(
+            stdout.contains("ok   MeterValues about every 1 s (configured 1 s)"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("ok   energy"), "{stdout}");
+        assert!(stdout.contains("test session passed"), "{stdout}");
+    }
+    let status = sim.wait().unwrap();
+    let mut sim_out = String::new();
+    std::io::Read::read_to_string(sim.stdout.as_mut().unwrap(), &mut sim_out).unwrap();
+    assert!(status.success(), "{sim_out}");
+    assert!(
+        sim_out.contains("sessions: 2 started, 2 stopped"),
+        "{sim_out}"
+    );
+    assert_eq!(sessions(), 2);
+}

@@ -50,6 +50,7 @@ fn sim(url: String) -> SimConfig {
         offline: Duration::from_secs(1),
         max_power_w: 11_000.0,
         deadline: Duration::from_secs(60),
+        wait_remote_start: false,
     }
 }
 

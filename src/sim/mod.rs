@@ -248,6 +248,10 @@ pub struct SimConfig {
     pub max_power_w: f64,
     /// Hard bound on the whole run.
     pub deadline: Duration,
+    /// Each session begins only when the central system asks for it (RemoteStart /
+    /// RequestStartTransaction), as a charger waiting for a driver does; for commissioning
+    /// rigs (`chargesite charger … test-session`).
+    pub wait_remote_start: bool,
 }
 
 /// What happened.
@@ -870,6 +874,9 @@ impl SimCharger {
         }
         self.status(Plug::Available).await?;
         for n in 0..self.cfg.sessions {
+            while self.cfg.wait_remote_start && self.requests.remote_start.is_none() {
+                self.idle(Duration::from_millis(200)).await?;
+            }
             self.session(n).await?;
             self.idle(Duration::from_millis(200)).await?;
         }
