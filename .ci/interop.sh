@@ -164,18 +164,23 @@ start_broker() {
     return 1
 }
 
-# start_agent NAME: a fresh agent in ${workdir}/NAME; sets agent_pid, agent_url, agent_db
-# (and agent_site). A NAME ending in 201 gets the 2.0.1 configuration: free_vend = false and
-# an uplink to the broker, site id site-NAME.
+# start_agent NAME: a fresh agent in ${workdir}/NAME; sets agent_pid, agent_url, agent_db,
+# agent_config (and agent_site). A NAME ending in 201 gets the 2.0.1 configuration:
+# free_vend = false and an uplink to the broker, site id site-NAME; the others the local API
+# on a Unix socket in that dir only (`[status] listen = ""`).
 start_agent() {
-    local dir="${workdir}/$1" auth="free_vend = true" uplink=""
+    local dir="${workdir}/$1" auth="free_vend = true" uplink="" status=""
     mkdir -p "${dir}"
     agent_db="${dir}/cs.db"
+    agent_config="${dir}/chargesite.toml"
     agent_site="site-001"
     if [[ "$1" == *201 ]]; then
         agent_site="site-$1"
         auth="free_vend = false"
         uplink="$(printf '[uplink]\nurl = "mqtt://127.0.0.1:%s"\nkeepalive_secs = 5' "${broker_port}")"
+    else
+        # the local API on a socket only (no auth), for `chargesite charger ... test-session`
+        status="$(printf '[status]\nlisten = ""\nsocket = "%s/api.sock"' "${dir}")"
     fi
     cat >"${dir}/chargesite.toml" <<EOF
 [site]
@@ -190,6 +195,8 @@ ${auth}
 
 [store]
 path = "${agent_db}"
+
+${status}
 
 ${uplink}
 EOF
@@ -245,6 +252,7 @@ suite_python() {
     local out="${workdir}/python.out" rc summary_line pass fail n xfail
     set +e
     CHARGESITE_WS_URL="${agent_url}" CHARGESITE_DB="${agent_db}" \
+        CHARGESITE_CONFIG="${agent_config}" CHARGESITE_BIN="${agent_bin}" \
         "${venv}/bin/python" -m pytest -p no:cacheprovider -q -rfE interop/python/test_interop.py </dev/null 2>&1 | tee "${out}"
     rc=${PIPESTATUS[0]}
     set -e

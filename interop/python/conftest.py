@@ -7,6 +7,10 @@ Two agents, one per OCPP version under test, given by the environment (this is h
   CHARGESITE201_WS_URL, CHARGESITE201_DB  the 2.0.1 agent (free_vend = false, uplink on)
   CHARGESITE201_MQTT                      its broker, host:port (the test plays the BPP)
   CHARGESITE201_SITE                      its [site] id (topics chargesite/v1/<site>/...)
+  CHARGESITE_CONFIG                       the 1.6 agent's config file, with a `[status]
+                                          socket` (for `chargesite charger`, run from
+                                          CHARGESITE_BIN); without it, the test that
+                                          needs it is skipped
 
 Without them, each fixture starts its own agent from CHARGESITE_BIN (default:
 <repo>/target/debug/chargesite) on 127.0.0.1:0 in a temp dir (and, for 2.0.1, its own
@@ -29,12 +33,18 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
+def agent_bin():
+    return os.environ.get("CHARGESITE_BIN", str(REPO / "target" / "debug" / "chargesite"))
+
+
 class Agent:
-    def __init__(self, ws_url, db, mqtt=None, site="site-001"):
+    def __init__(self, ws_url, db, mqtt=None, site="site-001", config=None):
         self.ws_url = ws_url.rstrip("/")
         self.db = db
         self.mqtt = mqtt  # (host, port) of the agent's broker, or None
         self.site = site
+        self.config = config  # its config file (1.6: with a [status] socket), or None
+        self.bin = agent_bin()
 
     def url(self, cp_id):
         return f"{self.ws_url}/{cp_id}"
@@ -72,7 +82,7 @@ def _start_broker(tmp):
 
 
 def _start_own_agent(tmp, site="site-001", auth="free_vend = true", uplink=""):
-    binary = os.environ.get("CHARGESITE_BIN", str(REPO / "target" / "debug" / "chargesite"))
+    binary = agent_bin()
     db = os.path.join(tmp, "cs.db")
     cfg = os.path.join(tmp, "chargesite.toml")
     with open(cfg, "w") as f:
@@ -81,6 +91,8 @@ def _start_own_agent(tmp, site="site-001", auth="free_vend = true", uplink=""):
             '[ocpp]\nlisten = "127.0.0.1:0"\nallow_unknown_chargers = true\n'
             f"[auth]\n{auth}\n"
             f'[store]\npath = "{db}"\n'
+            # the local API on a socket only (no auth), for `chargesite charger`
+            f'[status]\nlisten = ""\nsocket = "{tmp}/api.sock"\n'
             f"{uplink}"
         )
     log = open(os.path.join(tmp, "agent.log"), "w")
@@ -104,7 +116,7 @@ def _start_own_agent(tmp, site="site-001", auth="free_vend = true", uplink=""):
     if port is None:
         proc.kill()
         raise RuntimeError(f"agent did not start; see {tmp}/agent.log")
-    return proc, f"ws://127.0.0.1:{port}/ocpp", db
+    return proc, f"ws://127.0.0.1:{port}/ocpp", db, cfg
 
 
 def _stop(proc):
@@ -119,12 +131,12 @@ def agent():
     url = os.environ.get("CHARGESITE_WS_URL")
     db = os.environ.get("CHARGESITE_DB")
     if url and db:
-        yield Agent(url, db)
+        yield Agent(url, db, config=os.environ.get("CHARGESITE_CONFIG"))
         return
     with tempfile.TemporaryDirectory(prefix="interop-py-") as tmp:
-        proc, url, db = _start_own_agent(tmp)
+        proc, url, db, cfg = _start_own_agent(tmp)
         try:
-            yield Agent(url, db)
+            yield Agent(url, db, config=cfg)
         finally:
             _stop(proc)
 
@@ -144,7 +156,7 @@ def agent201():
         broker, port = _start_broker(tmp)
         site = f"site-py201-{uuid.uuid4().hex[:6]}"
         try:
-            proc, url, db = _start_own_agent(
+            proc, url, db, _cfg = _start_own_agent(
                 tmp, site=site, auth="free_vend = false",
                 uplink=f'[uplink]\nurl = "mqtt://127.0.0.1:{port}"\nkeepalive_secs = 5\n',
             )

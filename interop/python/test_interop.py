@@ -10,8 +10,10 @@ and `OccurenceConstraintViolation` (one 'r').
 
 OCPP 2.0.1 is driven by test_v201.py (against its own agent, fixture `agent201`).
 
-Reverse direction (the agent sending CALLs to the charger) is not covered: the agent only
-sends CALLs when its uplink asks, which is out of reach from here.
+Reverse direction (the agent sending CALLs to the charger): the agent sends them when its
+uplink or its local API asks; `test_cli_test_session_against_a_remote_started_charger`
+drives it through `chargesite charger ... test-session` (needs CHARGESITE_CONFIG, see
+conftest.py).
 """
 
 import asyncio
@@ -19,8 +21,10 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import os
 import re
 import sqlite3
+import time
 import uuid
 
 import pytest
@@ -31,6 +35,7 @@ from ocpp import exceptions as ocpp_exc
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16 import datatypes as dtypes
 from ocpp.v16 import enums
+from ocpp.routing import after, on
 
 OCPP16 = "ocpp1.6"
 TIMEOUT = 10
@@ -671,3 +676,160 @@ def test_callerror_for_raw_frames(agent, case, uid, text, code):
             assert hb.current_time
 
     run(go())
+
+
+# --------------------------------------------------------------------------- the reverse direction
+
+
+class RemoteCharger(ChargePoint):
+    """A charger that charges when the central system remote-starts it: RemoteStart ->
+    StartTransaction with the idTag it was given, then MeterValues every second (about
+    2 Wh/s, 7200 W) until RemoteStop -> StopTransaction. Its handlers run after the
+    library has validated the agent's CALL against the official request schema."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tasks = []
+        self.stop = asyncio.Event()
+        self.id_tags = []
+        self.tx = None
+        self.sent = []  # every CALL this charger sent (action names)
+
+    @on(enums.Action.get_configuration)
+    def on_get_configuration(self, key=None):
+        keys = [] if key is None else key
+        known = [
+            dtypes.KeyValue(key="MeterValueSampleInterval", readonly=False, value="1")
+            for k in keys
+            if k == "MeterValueSampleInterval"
+        ]
+        unknown = [k for k in keys if k != "MeterValueSampleInterval"]
+        if key is None:
+            known = [dtypes.KeyValue(key="MeterValueSampleInterval", readonly=False, value="1")]
+        return call_result.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
+
+    @on(enums.Action.remote_start_transaction)
+    def on_remote_start(self, id_tag, connector_id=None, charging_profile=None):
+        self.id_tags.append(id_tag)
+        return call_result.RemoteStartTransaction(status=enums.RemoteStartStopStatus.accepted)
+
+    @after(enums.Action.remote_start_transaction)
+    def after_remote_start(self, id_tag, connector_id=None, charging_profile=None):
+        self.tasks.append(asyncio.get_running_loop().create_task(self.charge(connector_id or 1, id_tag)))
+
+    @on(enums.Action.remote_stop_transaction)
+    def on_remote_stop(self, transaction_id):
+        if transaction_id != self.tx:
+            return call_result.RemoteStopTransaction(status=enums.RemoteStartStopStatus.rejected)
+        return call_result.RemoteStopTransaction(status=enums.RemoteStartStopStatus.accepted)
+
+    @after(enums.Action.remote_stop_transaction)
+    def after_remote_stop(self, transaction_id):
+        if transaction_id == self.tx:
+            self.stop.set()
+
+    async def send(self, payload):
+        self.sent.append(type(payload).__name__)
+        return await self.call(payload, suppress=False)
+
+    async def charge(self, connector_id, id_tag):
+        now = lambda: ts(dt.datetime.now(dt.timezone.utc))  # noqa: E731
+        meter_start = 50_000
+        await self.send(
+            call.StatusNotification(
+                connector_id=connector_id, error_code=enums.ChargePointErrorCode.no_error,
+                status=enums.ChargePointStatus.preparing, timestamp=now(),
+            )
+        )
+        start = await self.send(
+            call.StartTransaction(connector_id=connector_id, id_tag=id_tag, meter_start=meter_start, timestamp=now())
+        )
+        assert start.id_tag_info["status"] == enums.AuthorizationStatus.accepted, start
+        self.tx = start.transaction_id
+        await self.send(
+            call.StatusNotification(
+                connector_id=connector_id, error_code=enums.ChargePointErrorCode.no_error,
+                status=enums.ChargePointStatus.charging, timestamp=now(),
+            )
+        )
+        t0 = time.monotonic()
+        register = meter_start
+        while not self.stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+            register = meter_start + round(2 * (time.monotonic() - t0))  # 7200 W = 2 Wh/s
+            if self.stop.is_set():
+                break
+            mv = dtypes.MeterValue(
+                timestamp=now(),
+                sampled_value=[
+                    sv(str(register), M.energy_active_import_register, U.wh),
+                    sv("7200", M.power_active_import, U.w),
+                ],
+            )
+            await self.send(call.MeterValues(connector_id=connector_id, transaction_id=self.tx, meter_value=[mv]))
+        await self.send(
+            call.StopTransaction(
+                meter_stop=register, timestamp=now(), transaction_id=self.tx, reason=enums.Reason.remote
+            )
+        )
+        await self.send(
+            call.StatusNotification(
+                connector_id=connector_id, error_code=enums.ChargePointErrorCode.no_error,
+                status=enums.ChargePointStatus.finishing, timestamp=now(),
+            )
+        )
+
+
+def test_cli_test_session_against_a_remote_started_charger(agent):
+    """`chargesite charger --config CFG CP_ID test-session --secs 5` (through the agent's
+    local API on its Unix socket) against a PyPI `ocpp` charger: the agent's
+    GetConfiguration, RemoteStartTransaction and RemoteStopTransaction, each validated by
+    the library against the official request schema before the handler answers; the
+    charger's StartTransaction, MeterValues and StopTransaction validated as every CALL
+    is; the CLI's verdict passes."""
+    if not agent.config:
+        pytest.skip("CHARGESITE_CONFIG (the agent's config, with a [status] socket) not given")
+    cp_id = new_cp_id("tsess")
+
+    async def go():
+        async with connect(agent.url(cp_id), subprotocols=[OCPP16], open_timeout=TIMEOUT) as ws:
+            wire = Wire(ws)
+            cp = RemoteCharger(cp_id, wire, response_timeout=TIMEOUT)
+            reader = asyncio.create_task(cp.start())
+            try:
+                await boot(cp)
+                env = {k: v for k, v in os.environ.items() if k != "CHARGESITE_STATUS_PASSWORD"}
+                proc = await asyncio.create_subprocess_exec(
+                    agent.bin, "charger", "--config", agent.config, cp_id, "test-session", "--secs", "5",
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, env=env,
+                )
+                out, err = await asyncio.wait_for(proc.communicate(), 100)
+                out, err = out.decode(), err.decode()
+                for t in cp.tasks:
+                    await asyncio.wait_for(t, TIMEOUT)  # re-raises what failed in charge()
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                    await reader
+        return proc.returncode, out, err, cp, wire
+
+    rc, out, err, cp, wire = asyncio.run(asyncio.wait_for(go(), 120))
+    report = f"exit {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert rc == 0, report
+    assert "test session passed" in out, report
+    assert "ok   meter increasing" in out, report
+    # the tag the agent made up (never printed) is the one the charger started with
+    assert len(cp.id_tags) == 1 and cp.id_tags[0] not in out + err, report
+    assert cp.sent.count("StartTransaction") == 1 and cp.sent.count("StopTransaction") == 1, cp.sent
+    assert cp.sent.count("MeterValues") >= 3, cp.sent
+    # the agent's CALLs, as spelled on the wire; no CALLERROR either way
+    actions = [json.loads(r)[2] for r in wire.received if json.loads(r)[0] == 2]
+    assert "GetConfiguration" in actions and "RemoteStartTransaction" in actions, actions
+    assert "RemoteStopTransaction" in actions, actions
+    assert not [r for r in wire.received + wire.sent if json.loads(r)[0] == 4], "CALLERROR on the wire"
+    started = session_started(agent.db, cp_id, cp.tx)
+    assert started["auth_method"] == "remote" and started.get("order_id") is None, started
+    stopped = events(agent.db, ["session.stopped"], started["session_id"])
+    assert len(stopped) == 1 and stopped[0]["energy_wh"] > 0, stopped
