@@ -90,6 +90,7 @@ done
 trap cleanup EXIT
 
 # ---------------------------------------------------------------------------------------
+readonly CARGO_DEB_VERSION="3.8.0"
 step "tools: lintian, cargo-deb"
 if ! command -v lintian >/dev/null 2>&1; then
     note "installing lintian"
@@ -98,9 +99,10 @@ if ! command -v lintian >/dev/null 2>&1; then
         || { tail -n 40 "${work}/apt.log" >&2; fail "apt-get install lintian failed"; }
 fi
 if ! cargo deb --version >/dev/null 2>&1; then
-    note "installing cargo-deb (cargo install cargo-deb --locked, about 2 min on 2 cores)"
-    # In a throwaway target dir of its own, not among chargesite's build products.
-    env -u CARGO_TARGET_DIR cargo install cargo-deb --locked </dev/null
+    note "installing cargo-deb ${CARGO_DEB_VERSION} (cargo install --locked, about 2 min on 2 cores)"
+    # In a throwaway target dir of its own, not among chargesite's build products. Pinned:
+    # a new release (a newer MSRV, changed defaults) must not change CI by itself.
+    env -u CARGO_TARGET_DIR cargo install cargo-deb --version "${CARGO_DEB_VERSION}" --locked </dev/null
 fi
 lintian --version
 cargo deb --version
