@@ -495,6 +495,11 @@ async fn the_page_shows_the_chargers_and_the_running_session_in_a_real_browser_a
         json!({"chargePointVendor": "<b id=\"xss\">V</b>", "chargePointModel": "<img src=x>"}),
     )
     .await;
+    // The status server shares one store read a second between requests: wait until it
+    // shows the new charger, so that the page's first poll does too.
+    let shown =
+        common::eventually(10, || get(addr, "/api/v1/status").2.contains("CP-PAGE-XSS")).await;
+    assert!(shown, "the status API never showed CP-PAGE-XSS");
     let third = dom(&chromium, &url).await;
     assert!(
         third.contains("&lt;b id=\"xss\"&gt;V&lt;/b&gt; / &lt;img src=x&gt;"),
