@@ -82,6 +82,17 @@ impl Secret {
 }
 
 /// Lowercase hex.
+/// An id tag the agent controls (a remote start's, a test session's): `prefix` and 16
+/// random hex digits, within 1.6's CiString20.
+///
+/// # Errors
+/// The system's random source failed.
+pub fn agent_tag(prefix: &str) -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b)?;
+    Ok(format!("{prefix}{}", hex(&b).to_uppercase()))
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

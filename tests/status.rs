@@ -11,30 +11,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{ts, Agent, Charger};
+use common::{status_addr, ts, Agent, Charger};
 use serde_json::{json, Value};
 
 /// A tag that must never appear in anything the status server says.
 const TAG: &str = "SECRET-TAG-4242";
-
-/// The status server's address, from the agent's log line.
-async fn status_addr(agent: &Agent) -> SocketAddr {
-    let mut found = None;
-    let seen = common::eventually(10, || {
-        found = agent.log().lines().find_map(|l| {
-            let rest = l.split("status page listening on http://").nth(1)?;
-            rest.split('/').next()?.parse().ok()
-        });
-        found.is_some()
-    })
-    .await;
-    assert!(
-        seen,
-        "no status listening line in the log:\n{}",
-        agent.log()
-    );
-    found.unwrap()
-}
 
 /// One HTTP/1.1 GET over a fresh connection: (status, headers, body).
 fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> (u16, String, String) {

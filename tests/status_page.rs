@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Charger};
+use common::{status_addr, Agent, Charger};
 use serde_json::{json, Value};
 
 /// A tag that must never appear on the page.
@@ -256,20 +256,6 @@ fn get(addr: SocketAddr, path: &str) -> (usize, String, String) {
     let text = String::from_utf8(raw.clone()).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
     (raw.len(), head.to_ascii_lowercase(), body.to_string())
-}
-
-async fn status_addr(agent: &Agent) -> SocketAddr {
-    let mut found = None;
-    let seen = common::eventually(10, || {
-        found = agent.log().lines().find_map(|l| {
-            let rest = l.split("status page listening on http://").nth(1)?;
-            rest.split('/').next()?.parse().ok()
-        });
-        found.is_some()
-    })
-    .await;
-    assert!(seen, "no status listening line:\n{}", agent.log());
-    found.unwrap()
 }
 
 fn start_agent() -> Agent {

@@ -36,6 +36,17 @@ pub enum TransactionRef {
     V201(String),
 }
 
+impl TransactionRef {
+    /// A stored session's transaction as its charger names it: the charger's own id on
+    /// 2.0.1 (`charger_tx_id`), else the store's integer one (1.6).
+    pub fn of(charger_tx_id: Option<String>, transaction_id: i32) -> TransactionRef {
+        match charger_tx_id {
+            Some(id) => TransactionRef::V201(id),
+            None => TransactionRef::V16(transaction_id),
+        }
+    }
+}
+
 impl fmt::Display for TransactionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -279,13 +279,6 @@ fn api_error(status: StatusCode, code: &str, message: impl std::fmt::Display) ->
     respond(status, "application/json", body.to_string())
 }
 
-/// A tag for a test session, the agent's own (1.6 CiString20: "CT" and 16 hex digits).
-fn test_tag_now() -> Result<String, String> {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| e.to_string())?;
-    Ok(format!("CT{}", crate::auth::hex(&b).to_uppercase()))
-}
-
 /// How long a charger has to answer a verb.
 const VERB_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest verb body read.
@@ -418,7 +411,10 @@ impl Server {
         let mut test_tag = None;
         let command = match &verb {
             verbs::Verb::TestStart { connector, tag } => {
-                let tag = match tag.clone().map_or_else(test_tag_now, Ok) {
+                let tag = match tag.clone().map_or_else(
+                    || crate::auth::agent_tag("CT").map_err(|e| e.to_string()),
+                    Ok,
+                ) {
                     Ok(t) => t,
                     Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
                 };
@@ -449,12 +445,10 @@ impl Server {
                 {
                     Ok(Some(s)) if s.cp_id == cp_id => {
                         Ok(crate::ocpp::commands::Command::RemoteStop {
-                            transaction: match s.charger_tx_id {
-                                Some(id) => crate::ocpp::commands::TransactionRef::V201(id),
-                                None => {
-                                    crate::ocpp::commands::TransactionRef::V16(s.transaction_id)
-                                }
-                            },
+                            transaction: crate::ocpp::commands::TransactionRef::of(
+                                s.charger_tx_id,
+                                s.transaction_id,
+                            ),
                         })
                     }
                     Ok(_) => {

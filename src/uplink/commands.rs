@@ -604,10 +604,7 @@ impl Executor {
                 format!("session {} has already stopped", session.session_id),
             ));
         }
-        let transaction = match session.charger_tx_id {
-            Some(id) => TransactionRef::V201(id),
-            None => TransactionRef::V16(session.transaction_id),
-        };
+        let transaction = TransactionRef::of(session.charger_tx_id, session.transaction_id);
         let answer = ocpp_cmd::send(
             &self.registry,
             &session.cp_id,
@@ -632,9 +629,7 @@ impl Executor {
 
 /// An id tag the agent controls, for a remote start (CiString20: "CS" and 16 hex digits).
 fn remote_tag() -> Result<String, CmdError> {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| CmdError::new("internal", e.to_string()))?;
-    Ok(format!("CS{}", auth::hex(&b).to_uppercase()))
+    auth::agent_tag("CS").map_err(|e| CmdError::new("internal", e.to_string()))
 }
 
 /// Maps an outbound CALL failure to a `cmd/result` error.

@@ -348,3 +348,22 @@ pub fn ts(mins: i64) -> String {
     let t = base + chrono::Duration::minutes(mins);
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
+
+/// The status server's address, from the agent's log line.
+pub async fn status_addr(agent: &Agent) -> std::net::SocketAddr {
+    let mut found = None;
+    let seen = eventually(10, || {
+        found = agent.log().lines().find_map(|l| {
+            let rest = l.split("status page listening on http://").nth(1)?;
+            rest.split('/').next()?.parse().ok()
+        });
+        found.is_some()
+    })
+    .await;
+    assert!(
+        seen,
+        "no status listening line in the log:\n{}",
+        agent.log()
+    );
+    found.unwrap()
+}
