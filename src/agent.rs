@@ -39,6 +39,9 @@ pub enum AgentError {
         /// Why.
         source: std::io::Error,
     },
+    /// The `wss://` certificates or keys cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::ocpp::tls::TlsError),
     /// The uplink could not be configured.
     #[error("uplink: {0}")]
     Uplink(#[from] crate::uplink::UplinkError),
@@ -56,6 +59,8 @@ pub enum AgentError {
 pub struct Agent {
     /// The address the OCPP server listens on.
     pub local_addr: SocketAddr,
+    /// The `wss://` endpoint's address, when `[ocpp] tls_listen` is set.
+    pub tls_addr: Option<SocketAddr>,
     /// Connected chargers and outbound CALLs.
     pub registry: Registry,
     /// The store handle.
@@ -100,6 +105,26 @@ pub async fn run(
         addr: config.ocpp.listen,
         source,
     })?;
+    let (tls_slot, tls_listener) = match &config.ocpp.tls {
+        None => (None, None),
+        Some(t) => {
+            let slot = crate::ocpp::tls::Slot::load(t)?;
+            let l = TcpListener::bind(t.listen)
+                .await
+                .map_err(|source| AgentError::Listen {
+                    addr: t.listen,
+                    source,
+                })?;
+            (Some(slot), Some(l))
+        }
+    };
+    let tls_addr = match &tls_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| AgentError::Listen {
+            addr: local_addr,
+            source,
+        })?),
+        None => None,
+    };
     let state_dir = config
         .store
         .path
@@ -139,12 +164,33 @@ pub async fn run(
             notices: notices_rx,
             secret,
             metrics: metrics.clone(),
+            binding: crate::uplink::Binding {
+                cert_cn: config
+                    .ocpp
+                    .chargers
+                    .iter()
+                    .filter_map(|(id, e)| e.cert_cn.clone().map(|cn| (id.clone(), cn)))
+                    .collect(),
+                cpo_name: config.ocpp.cpo_name.clone(),
+            },
         },
         uplink_token.clone(),
     ));
-    let server = Server::new(ctx, registry.clone());
+    let server = Server::new(ctx, registry.clone(), tls_slot);
     tracing::info!(site = %config.site_id, %local_addr, "chargesite listening for chargers on ws://{local_addr}/ocpp/<id>");
+    let tls_server = tls_listener.map(|l| {
+        if let Some(a) = tls_addr {
+            tracing::info!(%a, "and on wss://{a}/ocpp/<id> (security profiles 2 and 3)");
+        }
+        tokio::spawn(server.clone().serve_tls(l, shutdown.clone()))
+    });
+    let reloader = tokio::spawn(reload_on_sighup(
+        config.clone(),
+        server.clone(),
+        shutdown.clone(),
+    ));
     on_ready(&Agent {
+        tls_addr,
         local_addr,
         registry: registry.clone(),
         store: store.clone(),
@@ -189,7 +235,13 @@ pub async fn run(
     server.serve(listener, shutdown.clone()).await;
     notify(hal::systemd::stopping());
     shutdown.cancel();
+    if let Some(t) = tls_server {
+        if let Err(e) = t.await {
+            tracing::error!("wss:// server failed: {e}");
+        }
+    }
     for (name, task) in [
+        ("config reloader", reloader),
         ("gateway supervisor", supervisor),
         ("housekeeping", housekeeping),
         ("status server", status),
@@ -213,6 +265,92 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
     tracing::info!("chargesite stopped");
     Ok(())
+}
+
+/// SIGHUP (`systemctl reload`): reads the config file again and applies what can change
+/// without a restart (CONTRACT §6): the charger list and the TLS certificates and keys.
+/// An invalid new config, or TLS files that cannot be used, are refused with a log line
+/// and the old config stays in force; connected chargers stay connected unless their
+/// own entry changed.
+async fn reload_on_sighup(config: Arc<Config>, server: Arc<Server>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Some(path) = config.source.clone() else {
+        return;
+    };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; a config reload needs a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        notify(hal::systemd::reloading());
+        let outcome = crate::config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|new| {
+                let restart = restart_only_changes(&config, &new);
+                server.reload(&new.ocpp).map(|notes| (notes, restart))
+            });
+        match outcome {
+            Ok((notes, restart)) => {
+                tracing::info!(
+                    "config reloaded from {}: {}",
+                    path.display(),
+                    notes.join("; ")
+                );
+                if !restart.is_empty() {
+                    tracing::warn!(
+                        "changed keys that only a restart applies: {}",
+                        restart.join(", ")
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!("config reload refused, the running config stays in force: {e}")
+            }
+        }
+        notify(hal::systemd::ready());
+    }
+}
+
+/// The sections a reload does not apply, when the new config changes them.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let (o, n) = (&old.ocpp, &new.ocpp);
+    if o.listen != n.listen {
+        changed.push("ocpp.listen");
+    }
+    if (
+        o.heartbeat_interval,
+        o.ping_interval,
+        o.pong_timeout,
+        o.call_timeout,
+    ) != (
+        n.heartbeat_interval,
+        n.ping_interval,
+        n.pong_timeout,
+        n.call_timeout,
+    ) {
+        changed.push("ocpp timers");
+    }
+    if old.site_id != new.site_id {
+        changed.push("site.id");
+    }
+    if old.store.path != new.store.path {
+        changed.push("store.path");
+    }
+    if format!("{:?}", old.uplink) != format!("{:?}", new.uplink) {
+        changed.push("uplink");
+    }
+    if format!("{:?}", old.status) != format!("{:?}", new.status) {
+        changed.push("status");
+    }
+    if old.auth.free_vend != new.auth.free_vend {
+        changed.push("auth");
+    }
+    changed
 }
 
 /// Longest retention the arithmetic takes: a hundred years.

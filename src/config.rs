@@ -101,6 +101,17 @@ struct RawOcpp {
     max_connections: usize,
     #[serde(default)]
     assume_subprotocol: Option<String>,
+    tls_listen: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    cpo_name: Option<String>,
+    #[serde(default = "default_handshake_failures")]
+    handshake_failures_per_minute: u32,
+}
+
+fn default_handshake_failures() -> u32 {
+    10
 }
 
 fn default_listen() -> String {
@@ -146,6 +157,12 @@ impl Default for RawOcpp {
             clock_tolerance_secs: default_clock_tolerance(),
             max_connections: default_max_connections(),
             assume_subprotocol: None,
+            tls_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            client_ca_file: None,
+            cpo_name: None,
+            handshake_failures_per_minute: default_handshake_failures(),
         }
     }
 }
@@ -155,6 +172,14 @@ impl Default for RawOcpp {
 struct RawCharger {
     id: String,
     password_hash: Option<String>,
+    #[serde(default = "default_profile")]
+    security_profile: u8,
+    cert_cn: Option<String>,
+    serial: Option<String>,
+}
+
+fn default_profile() -> u8 {
+    1
 }
 
 #[derive(Deserialize)]
@@ -238,6 +263,7 @@ struct RawUplink {
     live_interval_secs: u64,
     username: Option<String>,
     password: Option<String>,
+    password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
@@ -310,6 +336,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// `[status]`: the local status page, `/metrics` and the local API.
     pub status: StatusConfig,
+    /// The file it was loaded from (SIGHUP reads it again); `None` when parsed from text.
+    pub source: Option<PathBuf>,
 }
 
 /// `[status]` (CONTRACT §5).
@@ -345,8 +373,15 @@ pub struct OcppConfig {
     pub listen: SocketAddr,
     /// Accept charger ids that are not listed.
     pub allow_unknown_chargers: bool,
-    /// Listed chargers: id -> optional argon2 PHC hash.
-    pub chargers: HashMap<String, Option<String>>,
+    /// Listed chargers by id.
+    pub chargers: HashMap<String, ChargerEntry>,
+    /// The `wss://` endpoint (`tls_listen` and its files), when configured.
+    pub tls: Option<TlsConfig>,
+    /// `cpo_name`: the O= that charger certificates (and CSRs) must carry.
+    pub cpo_name: Option<String>,
+    /// Failed handshakes (wrong password, refused certificate, downgrade) one charger id
+    /// or one remote address may have in a minute; beyond it, answered 429 without argon2.
+    pub handshake_failures_per_minute: u32,
     /// Heartbeat interval given in BootNotification.conf.
     pub heartbeat_interval: Duration,
     /// WebSocket ping period.
@@ -366,6 +401,44 @@ pub struct OcppConfig {
     /// The version a charger that offers no subprotocol is taken to speak (`None`: such a
     /// charger is closed after the handshake, as OCPP-J says).
     pub assume_subprotocol: Option<&'static str>,
+}
+
+/// One `[[ocpp.chargers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargerEntry {
+    /// argon2 PHC hash of its Basic auth password.
+    pub password_hash: Option<String>,
+    /// 1, 2 or 3: the least it is accepted with (CONTRACT §2).
+    pub security_profile: u8,
+    /// The subject CN its certificate must carry (profile 3); its id when unset.
+    pub cert_cn: Option<String>,
+    /// The serial number its BootNotification must report, when set.
+    pub serial: Option<String>,
+}
+
+impl ChargerEntry {
+    /// A profile-1 entry with an optional password hash.
+    pub fn basic(password_hash: Option<String>) -> Self {
+        Self {
+            password_hash,
+            security_profile: 1,
+            cert_cn: None,
+            serial: None,
+        }
+    }
+}
+
+/// `[ocpp] tls_listen` and the files it serves with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Address of the `wss://` endpoint.
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA that signs charger certificates (profile 3).
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `[auth]`.
@@ -413,8 +486,10 @@ pub struct UplinkConfig {
     pub live_interval: Duration,
     /// MQTT username.
     pub username: Option<String>,
-    /// MQTT password.
+    /// MQTT password (from `password`, or read from `password_file` at load).
     pub password: Option<String>,
+    /// `password_file`: where the password was read from, if from a file.
+    pub password_file: Option<PathBuf>,
     /// CA bundle for `mqtts://`.
     pub ca_file: Option<PathBuf>,
     /// Client certificate (mTLS).
@@ -439,6 +514,19 @@ pub struct GatewayConfig {
 /// # Errors
 /// [`ConfigError`] naming the file or key.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let mut config = load_unchecked(path)?;
+    let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    resolve_files(&mut config, creds.as_deref())?;
+    config.source = Some(path.to_path_buf());
+    Ok(config)
+}
+
+/// Reads and validates a config file without opening the files it names (for `chargesite
+/// tls init`, which creates them).
+///
+/// # Errors
+/// [`ConfigError`] naming the file or key.
+pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
@@ -452,6 +540,105 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })
 }
 
+/// The prefix of a `*_file` value that names a systemd credential: `%d/NAME` is
+/// `$CREDENTIALS_DIRECTORY/NAME`, as `%d` means in a unit file.
+pub const CREDENTIAL_PREFIX: &str = "%d/";
+
+/// Resolves `%d/` credential paths, checks that every `*_file` can be read and that no
+/// private key or password file is open to other users, and reads `uplink.password_file`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key.
+pub fn resolve_files(config: &mut Config, creds: Option<&Path>) -> Result<(), ConfigError> {
+    if let Some(t) = &mut config.ocpp.tls {
+        t.cert_file = checked_file("ocpp.tls_cert_file", &t.cert_file, creds, false)?;
+        t.key_file = checked_file("ocpp.tls_key_file", &t.key_file, creds, true)?;
+        if let Some(ca) = &t.client_ca_file {
+            t.client_ca_file = Some(checked_file("ocpp.client_ca_file", ca, creds, false)?);
+        }
+    }
+    if let Some(u) = &mut config.uplink {
+        if let Some(p) = &u.ca_file {
+            u.ca_file = Some(checked_file("uplink.ca_file", p, creds, false)?);
+        }
+        if let Some(p) = &u.cert_file {
+            u.cert_file = Some(checked_file("uplink.cert_file", p, creds, false)?);
+        }
+        if let Some(p) = &u.key_file {
+            u.key_file = Some(checked_file("uplink.key_file", p, creds, true)?);
+        }
+        if let Some(p) = &u.password_file {
+            let p = checked_file("uplink.password_file", p, creds, true)?;
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| invalid("uplink.password_file", format!("{}: {e}", p.display())))?;
+            let password = text.trim_end_matches(['\r', '\n']).to_string();
+            if password.is_empty() {
+                return Err(invalid("uplink.password_file", "the file is empty"));
+            }
+            u.password = Some(password);
+            u.password_file = Some(p);
+        }
+    }
+    Ok(())
+}
+
+/// `path` resolved (a `%d/` credential) and opened for reading; with `private`, a file
+/// that other users may read or write is refused (its group may read it: Debian's
+/// `ssl-cert` convention).
+fn checked_file(
+    key: &str,
+    path: &Path,
+    creds: Option<&Path>,
+    private: bool,
+) -> Result<PathBuf, ConfigError> {
+    let resolved = match path
+        .to_str()
+        .and_then(|p| p.strip_prefix(CREDENTIAL_PREFIX))
+    {
+        Some(name) => {
+            let Some(dir) = creds else {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{}` names a systemd credential, but $CREDENTIALS_DIRECTORY is not set \
+                         (LoadCredential= in the unit)",
+                        path.display()
+                    ),
+                ));
+            };
+            if name.is_empty() || name.contains('/') {
+                return Err(invalid(
+                    key,
+                    "a credential is `%d/NAME`, NAME without slashes",
+                ));
+            }
+            dir.join(name)
+        }
+        None => path.to_path_buf(),
+    };
+    let file = std::fs::File::open(&resolved)
+        .map_err(|e| invalid(key, format!("cannot read {}: {e}", resolved.display())))?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file
+            .metadata()
+            .map_err(|e| invalid(key, format!("{}: {e}", resolved.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o007 != 0 {
+            return Err(invalid(
+                key,
+                format!(
+                    "{} is open to other users (mode {:o}); a secret must not be: chmod o-rwx",
+                    resolved.display(),
+                    mode & 0o777
+                ),
+            ));
+        }
+    }
+    Ok(resolved)
+}
+
 /// Parses and validates config text.
 ///
 /// # Errors
@@ -462,6 +649,12 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         message: e.to_string().trim_end().to_string(),
     })?;
     validate(raw)
+}
+
+/// `listen` parsed, or an address no other parses to (validated separately).
+fn listen_addr(text: &str) -> SocketAddr {
+    text.parse()
+        .unwrap_or(SocketAddr::from(([255, 255, 255, 255], 0)))
 }
 
 fn valid_id(s: &str, max: usize) -> bool {
@@ -490,26 +683,118 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })?;
     let mut chargers = HashMap::new();
     for (i, c) in o.chargers.into_iter().enumerate() {
+        let key = |k: &str| format!("ocpp.chargers[{i}].{k}");
         if !valid_id(&c.id, 48) {
-            return Err(invalid(
-                format!("ocpp.chargers[{i}].id"),
-                "must match [A-Za-z0-9_-]{1,48}",
-            ));
+            return Err(invalid(key("id"), "must match [A-Za-z0-9_-]{1,48}"));
         }
         if let Some(h) = &c.password_hash {
             if argon2::password_hash::phc::PasswordHash::new(h).is_err() {
                 return Err(invalid(
-                    format!("ocpp.chargers[{i}].password_hash"),
+                    key("password_hash"),
                     "is not a PHC string; create one with `chargesite hash-password`",
                 ));
             }
         }
-        if chargers.insert(c.id.clone(), c.password_hash).is_some() {
+        match c.security_profile {
+            1 | 3 => {}
+            2 if c.password_hash.is_none() => {
+                return Err(invalid(
+                    key("password_hash"),
+                    "is required with security_profile = 2 (TLS + Basic auth)",
+                ))
+            }
+            2 => {}
+            _ => return Err(invalid(key("security_profile"), "must be 1, 2 or 3")),
+        }
+        if c.security_profile >= 2 && o.tls_listen.is_none() {
             return Err(invalid(
-                format!("ocpp.chargers[{i}].id"),
+                "ocpp.tls_listen",
+                format!(
+                    "is required: charger `{}` has security_profile = {}",
+                    c.id, c.security_profile
+                ),
+            ));
+        }
+        if c.security_profile == 3 && o.client_ca_file.is_none() {
+            return Err(invalid(
+                "ocpp.client_ca_file",
+                format!("is required: charger `{}` has security_profile = 3", c.id),
+            ));
+        }
+        if c.cert_cn
+            .as_deref()
+            .is_some_and(|cn| cn.is_empty() || cn.len() > 64)
+        {
+            return Err(invalid(key("cert_cn"), "must be 1 to 64 characters"));
+        }
+        if c.serial
+            .as_deref()
+            .is_some_and(|s| s.is_empty() || s.len() > 64)
+        {
+            return Err(invalid(key("serial"), "must be 1 to 64 characters"));
+        }
+        let entry = ChargerEntry {
+            password_hash: c.password_hash,
+            security_profile: c.security_profile,
+            cert_cn: c.cert_cn,
+            serial: c.serial,
+        };
+        if chargers.insert(c.id.clone(), entry).is_some() {
+            return Err(invalid(
+                key("id"),
                 format!("charger `{}` is listed twice", c.id),
             ));
         }
+    }
+    let tls = match o.tls_listen.as_deref() {
+        None => {
+            for (k, set) in [
+                ("ocpp.tls_cert_file", o.tls_cert_file.is_some()),
+                ("ocpp.tls_key_file", o.tls_key_file.is_some()),
+                ("ocpp.client_ca_file", o.client_ca_file.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(k, "is set but ocpp.tls_listen is not"));
+                }
+            }
+            None
+        }
+        Some(text) => {
+            let listen: SocketAddr = text.parse().map_err(|_| {
+                invalid(
+                    "ocpp.tls_listen",
+                    "must be HOST:PORT with an IP address, e.g. 0.0.0.0:9443",
+                )
+            })?;
+            if listen.port() != 0 && listen == listen_addr(&o.listen) {
+                return Err(invalid("ocpp.tls_listen", "must differ from ocpp.listen"));
+            }
+            Some(TlsConfig {
+                listen,
+                cert_file: o.tls_cert_file.ok_or_else(|| {
+                    invalid(
+                        "ocpp.tls_cert_file",
+                        "is required with tls_listen (create one with `chargesite tls init`)",
+                    )
+                })?,
+                key_file: o
+                    .tls_key_file
+                    .ok_or_else(|| invalid("ocpp.tls_key_file", "is required with tls_listen"))?,
+                client_ca_file: o.client_ca_file,
+            })
+        }
+    };
+    if o.cpo_name
+        .as_deref()
+        .is_some_and(|n| n.is_empty() || n.len() > 64)
+    {
+        return Err(invalid("ocpp.cpo_name", "must be 1 to 64 characters"));
+    }
+    if o.handshake_failures_per_minute == 0 {
+        return Err(invalid(
+            "ocpp.handshake_failures_per_minute",
+            "must be at least 1",
+        ));
     }
     if o.max_message_bytes < 4096 {
         return Err(invalid("ocpp.max_message_bytes", "must be at least 4096"));
@@ -547,6 +832,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .map_err(|_| invalid("ocpp.clock_tolerance_secs", "too large"))?,
         max_connections: o.max_connections,
         assume_subprotocol,
+        tls,
+        cpo_name: o.cpo_name,
+        handshake_failures_per_minute: o.handshake_failures_per_minute,
     };
     if raw.store.path.as_os_str().is_empty() {
         return Err(invalid("store.path", "must not be empty"));
@@ -602,6 +890,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             uplink_interface: raw.gateway.uplink_interface,
         },
         status,
+        source: None,
     })
 }
 
@@ -713,7 +1002,13 @@ fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
             "TLS files are set but the url is not mqtts://",
         ));
     }
-    if u.password.is_some() && u.username.is_none() {
+    if u.password.is_some() && u.password_file.is_some() {
+        return Err(invalid(
+            "uplink.password_file",
+            "password and password_file exclude each other",
+        ));
+    }
+    if (u.password.is_some() || u.password_file.is_some()) && u.username.is_none() {
         return Err(invalid(
             "uplink.username",
             "is required when a password is set",
@@ -732,6 +1027,7 @@ fn validate_uplink(u: RawUplink) -> Result<UplinkConfig, ConfigError> {
         live_interval: positive("uplink.live_interval_secs", u.live_interval_secs)?,
         username: u.username,
         password: u.password,
+        password_file: u.password_file,
         ca_file: u.ca_file,
         cert_file: u.cert_file,
         key_file: u.key_file,

@@ -135,7 +135,10 @@ pub enum Event {
         /// Charger, if known.
         #[serde(skip_serializing_if = "Option::is_none")]
         cp_id: Option<String>,
-        /// `charger_reported`, `auth_failed`, `tls_refused`, `profile_downgrade`.
+        /// `charger_reported`, or the agent's own: `auth_failed`, `auth_missing`,
+        /// `tls_refused`, `profile_downgrade`, `certificate_missing`,
+        /// `certificate_mismatch`, `serial_mismatch`, `unknown_charger`, `throttled`,
+        /// `csr_refused`.
         kind: &'static str,
         /// What happened; for `charger_reported` the charger's own `type` (e.g.
         /// `FirmwareUpdated`): `type` is the event's own.
@@ -143,6 +146,24 @@ pub enum Event {
         /// `charger_reported`: the charger's `techInfo`.
         #[serde(skip_serializing_if = "Option::is_none")]
         tech_info: Option<String>,
+        /// The remote address of a refused connection (the agent's own findings about
+        /// a connection).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remote: Option<String>,
+        /// Events about the same address held back by the rate limit since the last
+        /// one that went (present when some were).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        suppressed: Option<u64>,
+    },
+    /// `charger.csr`: a charger asks for a certificate (SignCertificate), its CSR
+    /// already checked against the profile-3 binding.
+    ChargerCsr {
+        /// Charger.
+        cp_id: String,
+        /// `ChargingStationCertificate` (1.6: `ChargePointCertificate`) or `V2GCertificate`.
+        certificate_type: String,
+        /// The CSR, PEM.
+        csr: String,
     },
     /// `events.gap`: events dropped to keep the store inside its quota.
     Gap {
@@ -265,6 +286,7 @@ impl Event {
             Event::StopUnmatched { .. } => "session.stop_unmatched",
             Event::Gap { .. } => "events.gap",
             Event::SecurityEvent { .. } => "security.event",
+            Event::ChargerCsr { .. } => "charger.csr",
         }
     }
 

@@ -57,6 +57,7 @@ pub mod metrics;
 pub mod notice;
 pub mod ocpp;
 pub mod password;
+pub mod pki;
 pub mod reading;
 pub mod session;
 pub mod sim;

@@ -52,6 +52,23 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum TlsVerb {
+    /// Create the site CA (once) and a server certificate for the gateway.
+    Init {
+        /// A host name or IP address chargers use to reach the gateway (repeatable;
+        /// default: this machine's host name and `localhost`).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// A client certificate for charger CP_ID (CN=CP_ID, O=cpo_name, serialNumber=serial
+    /// from its [[ocpp.chargers]] entry).
+    Issue {
+        /// The charger's id.
+        cp_id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the daemon.
     Run {
@@ -91,6 +108,20 @@ enum Command {
         /// The verb and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         action: Vec<String>,
+    },
+    /// The site's certificates for wss:// (security profiles 2 and 3): `tls init` creates a
+    /// site CA and the gateway's server certificate in the state directory and prints the
+    /// CA fingerprint to load into chargers; `tls issue CP_ID` makes a client certificate
+    /// for a charger that cannot make a CSR.
+    Tls {
+        /// Config file (else $CHARGESITE_CONFIG, else /etc/chargesite/chargesite.toml).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        /// Where the files go (default: `tls/` beside the store's database).
+        #[arg(long, global = true)]
+        dir: Option<PathBuf>,
+        #[command(subcommand)]
+        verb: TlsVerb,
     },
     /// Simulated OCPP 1.6 or 2.0.1 chargers against any central system (test rigs, field
     /// checks).
@@ -175,6 +206,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match load_config(config) {
+            Ok(c) if c.ocpp.tls.is_some() && tls_config_error(&c) => ExitCode::from(EXIT_USAGE),
             Ok(c) => {
                 println!(
                     "config ok: site {} listening on {}, {} charger(s) listed, uplink {}",
@@ -230,6 +262,16 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Tls { config, dir, verb } => {
+            let path = config_path(config);
+            match config::load_unchecked(&path) {
+                Ok(c) => tls(&c, dir, verb),
+                Err(e) => {
+                    eprintln!("chargesite: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
         Command::Simulate(args) => simulate(args),
         #[cfg(feature = "embedded-broker")]
         Command::Demo => demo(),
@@ -246,6 +288,189 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `check-config`: the wss:// certificates and keys must load as the agent loads them.
+fn tls_config_error(c: &config::Config) -> bool {
+    match c
+        .ocpp
+        .tls
+        .as_ref()
+        .map(chargesite::ocpp::tls::server_config)
+    {
+        Some(Err(e)) => {
+            eprintln!("chargesite: {e}");
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Where `tls init` puts its files: `--dir`, else `tls/` beside the database.
+fn tls_dir(c: &config::Config, dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| {
+        c.store
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .join("tls")
+    })
+}
+
+/// Writes `text` to a new file `path` (never over an existing one), with `mode`.
+fn write_new(path: &std::path::Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+fn tls(c: &config::Config, dir: Option<PathBuf>, verb: TlsVerb) -> ExitCode {
+    use chargesite::pki;
+    let dir = tls_dir(c, dir);
+    let now = chrono::Utc::now();
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("chargesite tls: {what}: {e}");
+        ExitCode::FAILURE
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(&format!("cannot create {}", dir.display()), &e);
+    }
+    let (ca_cert, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let cpo_name = c.ocpp.cpo_name.as_deref();
+    match verb {
+        TlsVerb::Init { names } => {
+            let names = if names.is_empty() {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_default();
+                [host, "localhost".to_string()]
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            } else {
+                names
+            };
+            if !ca_cert.exists() {
+                let ca = match pki::new_ca(&c.site_id, cpo_name, now) {
+                    Ok(ca) => ca,
+                    Err(e) => return fail("cannot create the site CA", &e),
+                };
+                if let Err(e) = write_new(&ca_key, &ca.key_pem, 0o600)
+                    .and_then(|()| write_new(&ca_cert, &ca.cert_pem, 0o644))
+                {
+                    return fail("cannot write the site CA", &e);
+                }
+                println!("created the site CA: {}", ca_cert.display());
+            } else {
+                println!("the site CA exists: {} (kept)", ca_cert.display());
+            }
+            let (server_cert, server_key) = (dir.join("server.pem"), dir.join("server.key"));
+            if server_cert.exists() {
+                println!(
+                    "the server certificate exists: {} (kept; remove it and server.key to make a new one)",
+                    server_cert.display()
+                );
+            } else {
+                let (Ok(cert_pem), Ok(key_pem)) = (
+                    std::fs::read_to_string(&ca_cert),
+                    std::fs::read_to_string(&ca_key),
+                ) else {
+                    return fail("cannot read the site CA", &"ca.pem or ca.key");
+                };
+                let leaf = match pki::issue_server(&cert_pem, &key_pem, &names, now) {
+                    Ok(l) => l,
+                    Err(e) => return fail("cannot issue the server certificate", &e),
+                };
+                // The chain a charger is sent: the server certificate, then the CA.
+                if let Err(e) = write_new(&server_key, &leaf.key_pem, 0o600).and_then(|()| {
+                    write_new(
+                        &server_cert,
+                        &format!("{}{}", leaf.cert_pem, cert_pem),
+                        0o644,
+                    )
+                }) {
+                    return fail("cannot write the server certificate", &e);
+                }
+                println!(
+                    "created the server certificate for {}: {}",
+                    pki::describe_sans(&names),
+                    server_cert.display()
+                );
+            }
+            let der = std::fs::read_to_string(&ca_cert).ok().and_then(|p| {
+                use rustls::pki_types::pem::PemObject;
+                rustls::pki_types::CertificateDer::from_pem_slice(p.as_bytes()).ok()
+            });
+            if let Some(der) = der {
+                println!("site CA SHA-256 fingerprint (load ca.pem into each charger as its CSMS root certificate):");
+                println!("  {}", pki::fingerprint(&der));
+            }
+            println!("\nin [ocpp] of the config:");
+            println!("  tls_listen = \"0.0.0.0:9443\"");
+            println!("  tls_cert_file = \"{}\"", server_cert.display());
+            println!("  tls_key_file = \"{}\"", server_key.display());
+            println!("  client_ca_file = \"{}\"", ca_cert.display());
+            println!("keep ca.key off the gateway once the chargers have their certificates (docs/ocpp.md)");
+            ExitCode::SUCCESS
+        }
+        TlsVerb::Issue { cp_id } => {
+            if !chargesite::ocpp::handshake::valid_cp_id(&cp_id) {
+                eprintln!("chargesite tls issue: {cp_id:?} is not a charger id");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let entry = c.ocpp.chargers.get(&cp_id);
+            let cn = entry.and_then(|e| e.cert_cn.as_deref()).unwrap_or(&cp_id);
+            let serial = entry.and_then(|e| e.serial.as_deref());
+            let (Ok(cert_pem), Ok(key_pem)) = (
+                std::fs::read_to_string(&ca_cert),
+                std::fs::read_to_string(&ca_key),
+            ) else {
+                return fail(
+                    &format!("no site CA in {}", dir.display()),
+                    &"run `chargesite tls init` first",
+                );
+            };
+            let issued = match pki::issue_client(&cert_pem, &key_pem, cn, cpo_name, serial, now) {
+                Ok(i) => i,
+                Err(e) => return fail("cannot issue the certificate", &e),
+            };
+            let (crt, key) = (
+                dir.join(format!("{cp_id}.pem")),
+                dir.join(format!("{cp_id}.key")),
+            );
+            if let Err(e) = write_new(&key, &issued.key_pem, 0o600)
+                .and_then(|()| write_new(&crt, &issued.cert_pem, 0o644))
+            {
+                return fail(
+                    "cannot write the certificate (an older one is not overwritten)",
+                    &e,
+                );
+            }
+            println!(
+                "created {} and {} for charger {cp_id} (CN={cn}{}{}), valid {} years",
+                crt.display(),
+                key.display(),
+                cpo_name.map(|o| format!(", O={o}")).unwrap_or_default(),
+                serial
+                    .map(|s| format!(", serialNumber={s}"))
+                    .unwrap_or_default(),
+                pki::LEAF_YEARS
+            );
+            if entry.is_none_or(|e| e.security_profile != 3) {
+                println!(
+                    "note: set security_profile = 3 in its [[ocpp.chargers]] entry to require it"
+                );
+            }
+            ExitCode::SUCCESS
         }
     }
 }
@@ -782,6 +1007,9 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         chargesite::agent::run(config, shutdown, |agent| {
             // Test rigs and field engineers read this line to find the port.
             println!("listening on {}", agent.local_addr);
+            if let Some(a) = agent.tls_addr {
+                println!("tls listening on {a}");
+            }
         })
         .await
         .context("agent failed")

@@ -36,6 +36,14 @@ pub fn ready() -> io::Result<bool> {
     notify("READY=1")
 }
 
+/// Tells systemd a config reload has begun (`RELOADING=1`); [`ready`] ends it.
+///
+/// # Errors
+/// See [`notify`].
+pub fn reloading() -> io::Result<bool> {
+    notify("RELOADING=1")
+}
+
 /// Tells systemd a deliberate shutdown has begun (`STOPPING=1`).
 ///
 /// # Errors

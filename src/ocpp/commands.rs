@@ -187,6 +187,12 @@ pub enum Command {
     },
     /// ClearCache (both versions): the charger forgets its authorization cache.
     ClearCache,
+    /// CertificateSigned (2.0.1; 1.6 with the security whitepaper's extensions): installs
+    /// the chain signed for the charger's CSR (`charger.certificate`).
+    CertificateSigned {
+        /// PEM chain, leaf first (at most 10,000 characters).
+        certificate_chain: String,
+    },
 }
 
 /// Why a command did not get a valid answer.
@@ -224,6 +230,7 @@ impl Command {
             Command::ChangeAvailability { .. } => "ChangeAvailability",
             Command::UnlockConnector { .. } => "UnlockConnector",
             Command::ClearCache => "ClearCache",
+            Command::CertificateSigned { .. } => "CertificateSigned",
             Command::GetConfiguration { .. }
             | Command::ChangeConfiguration { .. }
             | Command::GetVariables { .. }
@@ -391,6 +398,9 @@ fn v16_payload(command: &Command) -> Result<Value, CommandError> {
             connector_id: *connector_id,
         }),
         Command::ClearCache => to_value(&call::ClearCache {}),
+        Command::CertificateSigned { certificate_chain } => to_value(&call::CertificateSigned {
+            certificate_chain: certificate_chain.clone(),
+        }),
         // `request` only asks for a version's payload of an action that version has.
         Command::GetVariables { .. }
         | Command::SetVariables { .. }
@@ -647,6 +657,10 @@ fn v201_payload(command: &Command) -> Result<Value, CommandError> {
         Command::ClearCache => {
             to_value(&m201::clear_cache::ClearCacheRequest { custom_data: None })
         }
+        Command::CertificateSigned { certificate_chain } => Ok(serde_json::json!({
+            "certificateChain": certificate_chain,
+            "certificateType": "ChargingStationCertificate",
+        })),
         // `request` only asks for a version's payload of an action that version has.
         Command::GetConfiguration { .. } | Command::ChangeConfiguration { .. } => {
             bad("not an OCPP 2.0.1 operation")
@@ -684,6 +698,7 @@ fn check_v16(action: &str, answer: &Value) -> Result<(), CommandError> {
         "ChangeAvailability" => shape::<call_result::ChangeAvailability>(answer),
         "UnlockConnector" => shape::<call_result::UnlockConnector>(answer),
         "ClearCache" => shape::<call_result::ClearCache>(answer),
+        "CertificateSigned" => shape::<call_result::CertificateSigned>(answer),
         other => Err(CommandError::BadResponse(format!(
             "no 1.6 response shape for {other}"
         ))),
@@ -710,6 +725,7 @@ fn check_v201(action: &str, answer: &Value) -> Result<(), CommandError> {
             shape::<get_transaction_status::GetTransactionStatusResponse>(answer)
         }
         "ClearCache" => shape::<clear_cache::ClearCacheResponse>(answer),
+        "CertificateSigned" => shape::<certificate_signed::CertificateSignedResponse>(answer),
         other => Err(CommandError::BadResponse(format!(
             "no 2.0.1 response shape for {other}"
         ))),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::binding;
 use super::commands::{self as ocpp_cmd, Command, TransactionRef, TransactionStatus};
 use super::frame::{self, ErrorCode, Version};
 use super::messages::{self, Request};
@@ -20,7 +21,9 @@ use crate::config::OcppConfig;
 use crate::events::LiveSnapshot;
 use crate::notice::{Notice, Notices};
 use crate::reading::Sample;
-use crate::store::{Boot, MeterIn, StartTx, StatusIn, StopOutcome, StopTx, Store};
+use crate::store::{
+    Boot, CsrIn, MeterIn, SecurityAlert, StartTx, StatusIn, StopOutcome, StopTx, Store,
+};
 use crate::time::{fmt_ts, now};
 
 /// What every connection's handler shares.
@@ -292,11 +295,62 @@ async fn answer(
             ctx.store.charger_note(cp, None, Some(status)).await?;
             json!({})
         }
+        Request::SignCertificate { csr } => {
+            sign_certificate(ctx, cp_id, csr, "ChargePointCertificate".into()).await?
+        }
         Request::Acknowledge { action } => {
             tracing::info!(cp_id, action, "acknowledged");
             json!({})
         }
     })
+}
+
+/// SignCertificate, both versions: a CSR that names the charger as its profile-3
+/// certificate must (`ocpp::binding::check_csr`) goes upstream as `charger.csr` and is
+/// answered Accepted; any other is Rejected, and reported as a `security.event`. The
+/// operator's answer comes back as `charger.certificate` (CertificateSigned).
+pub(crate) async fn sign_certificate(
+    ctx: &Context,
+    cp_id: &str,
+    csr: String,
+    certificate_type: String,
+) -> Result<Value, crate::store::StoreError> {
+    let entry = ctx.ocpp.chargers.get(cp_id);
+    let expected = entry.and_then(|e| e.cert_cn.as_deref()).unwrap_or(cp_id);
+    let checked = if binding::binds_charger(&certificate_type) {
+        binding::check_csr(&csr, expected, ctx.ocpp.cpo_name.as_deref())
+    } else {
+        Ok(())
+    };
+    match checked {
+        Ok(()) => {
+            ctx.store
+                .charger_csr(CsrIn {
+                    cp_id: cp_id.to_string(),
+                    certificate_type: certificate_type.clone(),
+                    csr,
+                    at: now(),
+                })
+                .await?;
+            tracing::info!(cp_id, certificate_type, "CSR sent upstream for signing");
+            Ok(json!({"status": "Accepted"}))
+        }
+        Err(why) => {
+            tracing::warn!(cp_id, certificate_type, "CSR refused: {why}");
+            ctx.metrics.security_event("csr_refused");
+            ctx.store
+                .security_alert(SecurityAlert {
+                    cp_id: Some(cp_id.to_string()),
+                    kind: "csr_refused",
+                    detail: why,
+                    remote: None,
+                    suppressed: 0,
+                    at: now(),
+                })
+                .await?;
+            Ok(json!({"status": "Rejected"}))
+        }
+    }
 }
 
 /// The running cost reached the order's budget: stop the charger (1.6

@@ -17,6 +17,9 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 
+use super::binding::{self, Identity, Mismatch};
+use crate::config::ChargerEntry;
+
 /// The OCPP 1.6 subprotocol name.
 pub const OCPP16: &str = "ocpp1.6";
 /// The OCPP 2.0.1 subprotocol name.
@@ -39,6 +42,22 @@ pub struct Upgrade<'a> {
     pub authorization: Vec<&'a [u8]>,
     /// Every `Sec-WebSocket-Protocol` header value, in order (each may list several).
     pub protocols: Vec<&'a [u8]>,
+    /// The connection it came over.
+    pub transport: Transport<'a>,
+}
+
+/// What the request came over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport<'a> {
+    /// `ws://`.
+    #[default]
+    Plain,
+    /// `wss://`, with the subject of the client certificate rustls verified against
+    /// `client_ca_file`, if the charger presented one.
+    Tls {
+        /// The verified leaf's subject.
+        client: Option<&'a Identity>,
+    },
 }
 
 /// What the config says about chargers, borrowed from `[ocpp]`.
@@ -46,10 +65,12 @@ pub struct Upgrade<'a> {
 pub struct Chargers<'a> {
     /// `allow_unknown_chargers`.
     pub allow_unknown: bool,
-    /// Listed chargers: id -> optional argon2 PHC hash.
-    pub listed: &'a HashMap<String, Option<String>>,
+    /// Listed chargers by id.
+    pub listed: &'a HashMap<String, ChargerEntry>,
     /// `[ocpp] assume_subprotocol`: what a charger offering none is taken to speak.
     pub assume: Option<&'static str>,
+    /// `[ocpp] cpo_name`: the O= a profile-3 certificate must carry.
+    pub cpo_name: Option<&'a str>,
 }
 
 /// A password to check against a listed charger's hash.
@@ -63,8 +84,30 @@ pub struct Credentials<'a> {
     pub hash: &'a str,
 }
 
-/// Why a handshake is refused.
+/// What the password check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The password is the charger's.
+    Yes,
+    /// It is not.
+    No,
+    /// Not checked: too many failures lately from this address or for this id, or too
+    /// many argon2 runs at once (the guard's 429, answered without argon2).
+    Throttled,
+}
+
+impl From<bool> for Verified {
+    fn from(ok: bool) -> Self {
+        if ok {
+            Verified::Yes
+        } else {
+            Verified::No
+        }
+    }
+}
+
+/// Why a handshake is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// The path is not `/ocpp/<chargePointId>` with a valid id.
     BadPath,
@@ -74,24 +117,58 @@ pub enum Refusal {
     MissingCredentials,
     /// Basic auth for another user, or a password that does not verify.
     WrongCredentials,
+    /// Plain `ws://` for a charger whose profile needs TLS.
+    Downgrade,
+    /// Profile 3 without a client certificate.
+    CertificateMissing,
+    /// Profile 3 with a certificate that does not name this charger.
+    CertificateMismatch(Mismatch),
+    /// Too many failed handshakes lately from this address or for this id: answered
+    /// without checking anything.
+    Throttled,
 }
 
 impl Refusal {
     /// The HTTP status the refusal is answered with (OCPP-J: 404 or 401).
-    pub fn status(self) -> u16 {
+    pub fn status(&self) -> u16 {
         match self {
             Refusal::BadPath | Refusal::UnknownCharger => 404,
-            Refusal::MissingCredentials | Refusal::WrongCredentials => 401,
+            Refusal::MissingCredentials
+            | Refusal::WrongCredentials
+            | Refusal::Downgrade
+            | Refusal::CertificateMissing
+            | Refusal::CertificateMismatch(_) => 401,
+            Refusal::Throttled => 429,
         }
     }
 
+    /// The `security.event` kind (CONTRACT §4) and `/metrics` reason of the refusal;
+    /// `None` for a path that names no charger (a prober, not a security event).
+    pub fn kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Refusal::BadPath => return None,
+            Refusal::UnknownCharger => "unknown_charger",
+            Refusal::MissingCredentials => "auth_missing",
+            Refusal::WrongCredentials => "auth_failed",
+            Refusal::Downgrade => "profile_downgrade",
+            Refusal::CertificateMissing => "certificate_missing",
+            Refusal::CertificateMismatch(_) => "certificate_mismatch",
+            Refusal::Throttled => "throttled",
+        })
+    }
+
     /// The response body: enough for a person at the charger, nothing for a prober.
-    pub fn body(self) -> &'static str {
+    pub fn body(&self) -> &'static str {
         match self {
             Refusal::BadPath => "use /ocpp/<chargePointId>",
             Refusal::UnknownCharger => "unknown charger",
             // One text for both, so a prober cannot tell a user name from a password.
             Refusal::MissingCredentials | Refusal::WrongCredentials => "authentication required",
+            Refusal::Downgrade => "this charger must connect over wss://",
+            Refusal::CertificateMissing | Refusal::CertificateMismatch(_) => {
+                "a client certificate for this charger is required"
+            }
+            Refusal::Throttled => "too many failed attempts; retry later",
         }
     }
 }
@@ -123,6 +200,10 @@ pub enum Decision {
         cp_id: String,
         /// The subprotocol, and whether to echo it.
         subprotocol: Subprotocol,
+        /// The serial numbers its BootNotification must report.
+        serial: binding::BoundSerial,
+        /// The security profile it connected with (at least its configured one).
+        profile: u8,
     },
     /// Answer with an HTTP error instead of upgrading.
     Refuse(Refusal),
@@ -140,7 +221,7 @@ pub enum Decision {
 pub fn decide(
     req: &Upgrade<'_>,
     chargers: Chargers<'_>,
-    verify: impl FnOnce(Credentials<'_>) -> bool,
+    verify: impl FnOnce(Credentials<'_>) -> Verified,
 ) -> Decision {
     let Some(cp_id) = cp_id_from_path(req.path) else {
         return Decision::Refuse(Refusal::BadPath);
@@ -149,7 +230,28 @@ pub fn decide(
     if listed.is_none() && !chargers.allow_unknown {
         return Decision::Refuse(Refusal::UnknownCharger);
     }
-    if let Some(Some(hash)) = listed {
+    let profile = listed.map_or(1, |c| c.security_profile);
+    let tls_client = match req.transport {
+        Transport::Plain if profile >= 2 => return Decision::Refuse(Refusal::Downgrade),
+        Transport::Plain => None,
+        Transport::Tls { client } => client,
+    };
+    let mut serial = binding::BoundSerial {
+        configured: listed.and_then(|c| c.serial.clone()),
+        certificate: None,
+    };
+    if profile == 3 {
+        // Mutual TLS: the certificate is the credential (the whitepaper's profile 3 has
+        // no Basic auth); it must name this charger.
+        let Some(identity) = tls_client else {
+            return Decision::Refuse(Refusal::CertificateMissing);
+        };
+        let expected = listed.and_then(|c| c.cert_cn.as_deref()).unwrap_or(cp_id);
+        if let Err(m) = binding::names_charger(identity, expected, chargers.cpo_name) {
+            return Decision::Refuse(Refusal::CertificateMismatch(m));
+        }
+        serial.certificate = identity.serial.clone();
+    } else if let Some(hash) = listed.and_then(|c| c.password_hash.as_deref()) {
         let presented = match req.authorization.as_slice() {
             [one] => visible_ascii(one).and_then(basic_credentials),
             // Several Authorization headers are ambiguous (RFC 9110 allows one); none is
@@ -161,14 +263,17 @@ pub fn decide(
         };
         // The user must be the charger itself (OCPP security profile 1), so one
         // charger's password never opens another's id; no argon2 run for a mismatch.
-        if user != cp_id
-            || !verify(Credentials {
-                cp_id,
-                password: &password,
-                hash,
-            })
-        {
+        if user != cp_id {
             return Decision::Refuse(Refusal::WrongCredentials);
+        }
+        match verify(Credentials {
+            cp_id,
+            password: &password,
+            hash,
+        }) {
+            Verified::Yes => {}
+            Verified::No => return Decision::Refuse(Refusal::WrongCredentials),
+            Verified::Throttled => return Decision::Refuse(Refusal::Throttled),
         }
     }
     let offered: Vec<String> = req
@@ -180,8 +285,17 @@ pub fn decide(
         .filter(|p| !p.is_empty())
         .collect();
     let cp_id = cp_id.to_string();
+    let profile = match req.transport {
+        Transport::Plain => 1,
+        Transport::Tls { .. } => profile.max(2),
+    };
     match select_subprotocol(&offered, SUPPORTED, chargers.assume) {
-        Some(subprotocol) => Decision::Accept { cp_id, subprotocol },
+        Some(subprotocol) => Decision::Accept {
+            cp_id,
+            subprotocol,
+            serial,
+            profile,
+        },
         None => Decision::NoSubprotocol { cp_id },
     }
 }
@@ -252,10 +366,10 @@ fn visible_ascii(value: &[u8]) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn listed(entries: &[(&str, Option<&str>)]) -> HashMap<String, Option<String>> {
+    fn listed(entries: &[(&str, Option<&str>)]) -> HashMap<String, ChargerEntry> {
         entries
             .iter()
-            .map(|(id, h)| (id.to_string(), h.map(str::to_string)))
+            .map(|(id, h)| (id.to_string(), ChargerEntry::basic(h.map(str::to_string))))
             .collect()
     }
 
@@ -272,7 +386,7 @@ mod tests {
         auth: &[&str],
         protocols: &[&str],
         allow_unknown: bool,
-        chargers: &HashMap<String, Option<String>>,
+        chargers: &HashMap<String, ChargerEntry>,
     ) -> (Decision, usize) {
         decide_assuming(path, auth, protocols, allow_unknown, chargers, None)
     }
@@ -282,13 +396,14 @@ mod tests {
         auth: &[&str],
         protocols: &[&str],
         allow_unknown: bool,
-        chargers: &HashMap<String, Option<String>>,
+        chargers: &HashMap<String, ChargerEntry>,
         assume: Option<&'static str>,
     ) -> (Decision, usize) {
         let req = Upgrade {
             path,
             authorization: auth.iter().map(|a| a.as_bytes()).collect(),
             protocols: protocols.iter().map(|p| p.as_bytes()).collect(),
+            transport: Transport::Plain,
         };
         let mut calls = 0;
         let d = decide(
@@ -297,10 +412,11 @@ mod tests {
                 allow_unknown,
                 listed: chargers,
                 assume,
+                cpo_name: None,
             },
             |c| {
                 calls += 1;
-                c.password == "s3cret" && c.hash == "HASH"
+                (c.password == "s3cret" && c.hash == "HASH").into()
             },
         );
         (d, calls)
@@ -310,7 +426,155 @@ mod tests {
         Decision::Accept {
             cp_id: cp_id.into(),
             subprotocol,
+            serial: binding::BoundSerial::default(),
+            profile: 1,
         }
+    }
+
+    /// Decides over `transport` for a charger `CP1` with `entry`, operator `ACME`.
+    fn decide_over(entry: ChargerEntry, auth: &[&str], transport: Transport<'_>) -> Decision {
+        let cfg: HashMap<String, ChargerEntry> = [("CP1".to_string(), entry)].into();
+        let req = Upgrade {
+            path: "/ocpp/CP1",
+            authorization: auth.iter().map(|a| a.as_bytes()).collect(),
+            protocols: vec![OCPP201.as_bytes()],
+            transport,
+        };
+        let chargers = Chargers {
+            allow_unknown: false,
+            listed: &cfg,
+            assume: None,
+            cpo_name: Some("ACME"),
+        };
+        decide(&req, chargers, |c| {
+            (c.password == "s3cret" && c.hash == "HASH").into()
+        })
+    }
+
+    fn profile(n: u8) -> ChargerEntry {
+        ChargerEntry {
+            security_profile: n,
+            password_hash: (n == 2).then(|| "HASH".to_string()),
+            cert_cn: None,
+            serial: None,
+        }
+    }
+
+    fn subject(cn: &str, o: &str) -> Identity {
+        Identity {
+            cn: Some(cn.into()),
+            o: Some(o.into()),
+            serial: Some("SN-7".into()),
+        }
+    }
+
+    #[test]
+    fn a_profile_2_or_3_charger_over_plain_ws_is_a_downgrade_refused_with_401() {
+        for n in [2, 3] {
+            let d = decide_over(profile(n), &[&basic("CP1", "s3cret")], Transport::Plain);
+            assert_eq!(d, Decision::Refuse(Refusal::Downgrade), "profile {n}");
+        }
+        assert_eq!(Refusal::Downgrade.status(), 401);
+        assert_eq!(Refusal::Downgrade.kind(), Some("profile_downgrade"));
+    }
+
+    #[test]
+    fn a_profile_2_charger_over_tls_needs_its_password() {
+        let tls = Transport::Tls { client: None };
+        let ok = decide_over(profile(2), &[&basic("CP1", "s3cret")], tls);
+        assert!(matches!(ok, Decision::Accept { profile: 2, .. }), "{ok:?}");
+        let wrong = decide_over(profile(2), &[&basic("CP1", "guess")], tls);
+        assert_eq!(wrong, Decision::Refuse(Refusal::WrongCredentials));
+        let none = decide_over(profile(2), &[], tls);
+        assert_eq!(none, Decision::Refuse(Refusal::MissingCredentials));
+    }
+
+    #[test]
+    fn a_profile_1_charger_may_come_over_tls_and_is_then_served_at_profile_2() {
+        let d = decide_over(profile(1), &[], Transport::Tls { client: None });
+        assert!(matches!(d, Decision::Accept { profile: 2, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_profile_3_charger_is_accepted_with_its_own_certificate_and_bound_to_its_serial() {
+        let own = subject("CP1", "ACME");
+        let d = decide_over(profile(3), &[], Transport::Tls { client: Some(&own) });
+        match d {
+            Decision::Accept {
+                profile, serial, ..
+            } => {
+                assert_eq!(profile, 3);
+                assert_eq!(serial.certificate.as_deref(), Some("SN-7"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_profile_3_charger_with_another_chargers_certificate_from_the_same_ca_is_refused() {
+        let other = subject("CP2", "ACME");
+        let d = decide_over(
+            profile(3),
+            &[],
+            Transport::Tls {
+                client: Some(&other),
+            },
+        );
+        assert_eq!(
+            d,
+            Decision::Refuse(Refusal::CertificateMismatch(Mismatch::Cn("CP2".into())))
+        );
+        let foreign_operator = subject("CP1", "Other CPO");
+        let d = decide_over(
+            profile(3),
+            &[],
+            Transport::Tls {
+                client: Some(&foreign_operator),
+            },
+        );
+        assert!(matches!(
+            d,
+            Decision::Refuse(Refusal::CertificateMismatch(Mismatch::Organization(_)))
+        ));
+    }
+
+    #[test]
+    fn a_profile_3_charger_without_a_certificate_is_refused_even_with_a_password() {
+        let mut entry = profile(3);
+        entry.password_hash = Some("HASH".into());
+        let d = decide_over(
+            entry,
+            &[&basic("CP1", "s3cret")],
+            Transport::Tls { client: None },
+        );
+        assert_eq!(d, Decision::Refuse(Refusal::CertificateMissing));
+    }
+
+    #[test]
+    fn cert_cn_names_the_cn_a_profile_3_charger_certificate_carries() {
+        let mut entry = profile(3);
+        entry.cert_cn = Some("serial-0042.acme".into());
+        let cert = subject("serial-0042.acme", "ACME");
+        let d = decide_over(
+            entry.clone(),
+            &[],
+            Transport::Tls {
+                client: Some(&cert),
+            },
+        );
+        assert!(matches!(d, Decision::Accept { profile: 3, .. }), "{d:?}");
+        let by_id = subject("CP1", "ACME");
+        let d = decide_over(
+            entry,
+            &[],
+            Transport::Tls {
+                client: Some(&by_id),
+            },
+        );
+        assert!(matches!(
+            d,
+            Decision::Refuse(Refusal::CertificateMismatch(_))
+        ));
     }
 
     const AGREED: Subprotocol = Subprotocol::Agreed(OCPP16);
@@ -420,14 +684,16 @@ mod tests {
             path: "/ocpp/CP001",
             authorization: vec![b"Basic \xff"],
             protocols: vec![],
+            transport: Transport::Plain,
         };
         let chargers = Chargers {
             allow_unknown: false,
             listed: &cfg,
             assume: None,
+            cpo_name: None,
         };
         assert_eq!(
-            decide(&req, chargers, |_| true),
+            decide(&req, chargers, |_| Verified::Yes),
             Decision::Refuse(Refusal::MissingCredentials)
         );
     }

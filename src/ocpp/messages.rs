@@ -110,6 +110,11 @@ pub enum Request {
         /// `status` as on the wire.
         status: String,
     },
+    /// The charger asks for a certificate (security whitepaper extension).
+    SignCertificate {
+        /// The PKCS#10 CSR, PEM.
+        csr: String,
+    },
     /// Security-extension notifications a central system just acknowledges.
     Acknowledge {
         /// Which action it was.
@@ -164,7 +169,6 @@ const CENTRAL_SYSTEM_ACTIONS: &[&str] = &[
     "GetLog",
     "InstallCertificate",
     "SignedUpdateFirmware",
-    "SignCertificate",
 ];
 
 /// Decodes and validates the payload of a CALL from a charger.
@@ -279,6 +283,10 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
             Ok(Request::DiagnosticsStatusNotification {
                 status: p.status.as_ref().to_string(),
             })
+        }
+        "SignCertificate" => {
+            let p: call::SignCertificate = typed(action, payload)?;
+            Ok(Request::SignCertificate { csr: p.csr })
         }
         "SecurityEventNotification" => {
             let _: call::SecurityEventNotification = typed(action, payload)?;

@@ -12,8 +12,10 @@
 //! - [`server`]: the WebSocket listener and per-connection driver.
 //! - [`v201`]: OCPP 2.0.1 requests and answers, beside 1.6.
 
+pub mod binding;
 pub mod commands;
 pub mod frame;
+pub mod guard;
 pub mod handler;
 pub mod handshake;
 pub mod messages;
@@ -21,4 +23,5 @@ pub mod meter;
 pub mod registry;
 pub mod rpc;
 pub mod server;
+pub mod tls;
 pub mod v201;

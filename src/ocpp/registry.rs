@@ -55,6 +55,7 @@ pub struct OutboundCall {
 struct Entry {
     conn_id: u64,
     version: Version,
+    profile: u8,
     calls: mpsc::Sender<OutboundCall>,
     cancel: CancellationToken,
 }
@@ -88,12 +89,13 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connection for `cp_id` speaking `version`, replacing (and cancelling)
-    /// any older one.
+    /// Registers a connection for `cp_id` speaking `version` at security `profile`,
+    /// replacing (and cancelling) any older one.
     pub fn register(
         &self,
         cp_id: &str,
         version: Version,
+        profile: u8,
         parent: &CancellationToken,
     ) -> Registration {
         let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -104,6 +106,7 @@ impl Registry {
             Entry {
                 conn_id,
                 version,
+                profile,
                 calls: tx,
                 cancel: cancel.clone(),
             },
@@ -132,6 +135,24 @@ impl Registry {
         }
     }
 
+    /// Whether `conn_id` is still the charger's current connection (after its token was
+    /// cancelled: not replaced, so disconnected by [`Registry::disconnect`] or shutdown).
+    pub fn is_current(&self, cp_id: &str, conn_id: u64) -> bool {
+        self.map().get(cp_id).is_some_and(|e| e.conn_id == conn_id)
+    }
+
+    /// Closes the charger's connection, if it has one (its entry in the config changed or
+    /// went); returns whether it had one.
+    pub fn disconnect(&self, cp_id: &str) -> bool {
+        match self.map().get(cp_id) {
+            Some(e) => {
+                e.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether the charger is connected now.
     pub fn is_connected(&self, cp_id: &str) -> bool {
         self.map().contains_key(cp_id)
@@ -152,11 +173,12 @@ impl Registry {
         self.map().keys().cloned().collect()
     }
 
-    /// The connected chargers and the version each connection speaks.
-    pub fn connected_versions(&self) -> Vec<(String, Version)> {
+    /// The connected chargers, the version each connection speaks and the security
+    /// profile it came with.
+    pub fn connected_versions(&self) -> Vec<(String, Version, u8)> {
         self.map()
             .iter()
-            .map(|(id, e)| (id.clone(), e.version))
+            .map(|(id, e)| (id.clone(), e.version, e.profile))
             .collect()
     }
 

@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -29,11 +30,17 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use super::binding::{self, BoundSerial, Identity};
 use super::frame::{self, ErrorCode, Frame, Version};
-use super::handler::{self, Context};
-use super::handshake::{self, Chargers, Decision, Refusal, Subprotocol, Upgrade};
+use super::guard::Guard;
+use super::handler::{self, Context, Decoded};
+use super::handshake::{
+    self, Chargers, Decision, Refusal, Subprotocol, Transport, Upgrade, Verified,
+};
 use super::registry::{CallFailure, OutboundCall, Registry};
 use super::rpc::{Busy, Outbound};
+use super::tls;
+use crate::config::{ChargerEntry, OcppConfig};
 use crate::notice::Notice;
 use crate::time::now;
 
@@ -44,6 +51,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a socket we close on a misbehaving peer is drained first, and how much of it.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
+/// argon2 runs at once (19 MiB each): a storm of handshakes with passwords not yet
+/// verified gets 429 beyond it instead of the gateway's memory.
+const MAX_ARGON2: usize = 2;
 
 /// Everything the server's tasks share.
 pub struct Server {
@@ -53,6 +63,39 @@ pub struct Server {
     /// reconnect storm does not cost an argon2 run (19 MiB, tens of ms) per socket.
     verified: Mutex<HashMap<String, String>>,
     connections: Arc<Semaphore>,
+    /// Who may connect and how; swapped by [`Server::reload`].
+    access: RwLock<Arc<Access>>,
+    /// Failed handshakes and the `security.event` rate limit.
+    guard: Mutex<Guard>,
+    /// The `wss://` listener's TLS config, when `[ocpp] tls_listen` is set.
+    tls: Option<tls::Slot>,
+    argon2_running: AtomicUsize,
+}
+
+/// The part of `[ocpp]` that SIGHUP may change without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Access {
+    allow_unknown: bool,
+    chargers: HashMap<String, ChargerEntry>,
+    cpo_name: Option<String>,
+}
+
+impl Access {
+    fn of(c: &OcppConfig) -> Self {
+        Self {
+            allow_unknown: c.allow_unknown_chargers,
+            chargers: c.chargers.clone(),
+            cpo_name: c.cpo_name.clone(),
+        }
+    }
+}
+
+/// What one text frame from the charger calls for.
+enum Reply {
+    Nothing,
+    Send(String),
+    /// Close the socket: the charger broke its binding (the text says how).
+    Refuse(String),
 }
 
 /// Why a connection ended; recorded as `charger.disconnected`'s `reason`.
@@ -64,6 +107,10 @@ enum EndReason {
     Shutdown,
     Replaced,
     Protocol,
+    /// Its `[[ocpp.chargers]]` entry changed or went (SIGHUP).
+    Reconfigured,
+    /// Its BootNotification reported a serial number other than the bound one.
+    Binding,
 }
 
 impl EndReason {
@@ -75,25 +122,118 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::Replaced => "replaced",
             EndReason::Protocol => "protocol",
+            EndReason::Reconfigured => "config_changed",
+            EndReason::Binding => "serial_mismatch",
         }
     }
 }
 
 impl Server {
-    /// A server over the given handler context and registry.
-    pub fn new(ctx: Arc<Context>, registry: Registry) -> Arc<Self> {
+    /// A server over the given handler context and registry; `tls` serves `wss://`.
+    pub fn new(ctx: Arc<Context>, registry: Registry, tls: Option<tls::Slot>) -> Arc<Self> {
         let max = ctx.ocpp.max_connections;
+        let access = Access::of(&ctx.ocpp);
+        let limit = ctx.ocpp.handshake_failures_per_minute;
         Arc::new(Self {
             ctx,
             registry,
             verified: Mutex::new(HashMap::new()),
             connections: Arc::new(Semaphore::new(max)),
+            access: RwLock::new(Arc::new(access)),
+            guard: Mutex::new(Guard::new(limit)),
+            tls,
+            argon2_running: AtomicUsize::new(0),
         })
     }
 
-    /// Accepts connections until `shutdown` is cancelled, then waits (bounded) for the
-    /// connection tasks to close their sockets and record their disconnects.
+    fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a new `[ocpp]` (SIGHUP): the charger list, `cpo_name` and the TLS files.
+    /// Chargers whose entry changed or went are disconnected, so they come back under the
+    /// new one; the rest stay connected. Returns what the log should say. Settings that
+    /// only a restart applies (listen addresses, timeouts) are named, not applied.
+    ///
+    /// # Errors
+    /// The reason, when the new TLS files cannot be used: then nothing changes.
+    pub fn reload(&self, new: &OcppConfig) -> Result<Vec<String>, String> {
+        let mut notes = Vec::new();
+        match (&self.tls, &new.tls) {
+            (Some(slot), Some(t)) => {
+                if t.listen != slot.config().listen {
+                    notes.push("ocpp.tls_listen changed: a restart applies it".to_string());
+                }
+                slot.reload(t).map_err(|e| e.to_string())?;
+                notes.push("TLS certificates and keys re-read".to_string());
+            }
+            (None, Some(_)) => notes.push("ocpp.tls_listen added: a restart applies it".into()),
+            (Some(_), None) => notes.push("ocpp.tls_listen removed: a restart applies it".into()),
+            (None, None) => {}
+        }
+        let old = self.access();
+        let next = Access::of(new);
+        for (id, _, _) in self.registry.connected_versions() {
+            let before = old.chargers.get(&id);
+            let after = next.chargers.get(&id);
+            let allowed = after.is_some() || next.allow_unknown;
+            let profile3 = after.is_some_and(|e| e.security_profile == 3);
+            let changed = before != after || (profile3 && old.cpo_name != next.cpo_name);
+            if (!allowed || changed) && self.registry.disconnect(&id) {
+                notes.push(format!(
+                    "charger {id}: its entry changed; disconnected to reconnect under the new one"
+                ));
+            }
+        }
+        {
+            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            verified.retain(|id, _| {
+                old.chargers.get(id).map(|e| &e.password_hash)
+                    == next.chargers.get(id).map(|e| &e.password_hash)
+            });
+        }
+        let added = next
+            .chargers
+            .keys()
+            .filter(|k| !old.chargers.contains_key(*k))
+            .count();
+        let removed = old
+            .chargers
+            .keys()
+            .filter(|k| !next.chargers.contains_key(*k))
+            .count();
+        notes.push(format!(
+            "{} chargers listed ({added} added, {removed} removed)",
+            next.chargers.len()
+        ));
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(notes)
+    }
+
+    /// Accepts `ws://` connections until `shutdown` is cancelled, then waits (bounded)
+    /// for the connection tasks to close their sockets and record their disconnects.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_on(listener, false, shutdown).await;
+    }
+
+    /// The same for `wss://` (the server must have been given its TLS config).
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_on(listener, true, shutdown).await;
+    }
+
+    async fn serve_on(
+        self: Arc<Self>,
+        listener: TcpListener,
+        secure: bool,
+        shutdown: CancellationToken,
+    ) {
         let tracker = tokio_util::task::TaskTracker::new();
         loop {
             tokio::select! {
@@ -103,7 +243,7 @@ impl Server {
                         let _ = stream.set_nodelay(true);
                         let server = self.clone();
                         let token = shutdown.clone();
-                        tracker.spawn(async move { server.connection(stream, peer, token).await });
+                        tracker.spawn(async move { server.accept(stream, peer, secure, token).await });
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -135,23 +275,81 @@ impl Server {
             .max_frame_size(Some(max))
     }
 
-    async fn connection(
+    /// One accepted TCP connection: the TLS handshake first on `wss://`, then the
+    /// WebSocket one.
+    async fn accept(
         self: Arc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
+        secure: bool,
         shutdown: CancellationToken,
     ) {
+        // Taken before the TLS handshake, so a storm of them is bounded too.
         let Ok(_permit) = self.connections.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
             return;
         };
+        if !secure {
+            return self.connection(stream, peer, None, shutdown).await;
+        }
+        let Some(slot) = &self.tls else { return };
+        let acceptor = tokio_rustls::TlsAcceptor::from(slot.current());
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let detail = format!("TLS handshake refused: {e}");
+                tracing::warn!(%peer, "{detail}");
+                self.refused(None, peer, "tls_refused", detail).await;
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let leaf = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first());
+        let identity = match leaf.map(|der| binding::identity_of_cert(der)) {
+            None => None,
+            Some(Ok(id)) => Some(id),
+            Some(Err(e)) => {
+                let detail = format!("unreadable client certificate: {e}");
+                tracing::warn!(%peer, "{detail}");
+                self.refused(None, peer, "tls_refused", detail).await;
+                return;
+            }
+        };
+        self.connection(stream, peer, Some(identity), shutdown)
+            .await;
+    }
+
+    /// The WebSocket handshake and the connection's life; `tls` is `Some` on `wss://`,
+    /// with the verified client certificate's subject if there was one.
+    async fn connection<S>(
+        self: Arc<Self>,
+        mut stream: S,
+        peer: SocketAddr,
+        tls: Option<Option<Identity>>,
+        shutdown: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let transport = match &tls {
+            None => Transport::Plain,
+            Some(client) => Transport::Tls {
+                client: client.as_ref(),
+            },
+        };
         let mut decided: Option<Decision> = None;
-        let mut refused: Option<(Option<String>, Refusal)> = None;
+        let mut refused: Option<(Option<String>, Refusal, String)> = None;
         let server = self.clone();
         // tungstenite's callback returns its `ErrorResponse` by value; not ours to shrink.
         #[allow(clippy::result_large_err)]
         let callback = |req: &Request, resp: Response| {
-            server.handshake(req, resp, peer, &mut decided, &mut refused)
+            server.handshake(req, resp, peer, transport, &mut decided, &mut refused)
         };
         // Over `&mut stream`, so the socket is still ours when tungstenite gives up on a
         // request without answering it (see `unanswered`).
@@ -165,7 +363,9 @@ impl Server {
             Ok(Err(e)) => {
                 // A refusal was logged by the callback, with the charger id: one line each.
                 match refused {
-                    Some((cp_id, refusal)) => self.record_refusal(cp_id, peer, refusal),
+                    Some((cp_id, refusal, detail)) => {
+                        self.record_refusal(cp_id, peer, refusal, detail).await
+                    }
                     None => tracing::info!(%peer, "handshake failed: {e}"),
                 }
                 if let Some(status) = unanswered(&e) {
@@ -179,10 +379,22 @@ impl Server {
             }
         };
         match decided {
-            Some(Decision::Accept { cp_id, subprotocol }) => {
+            Some(Decision::Accept {
+                cp_id,
+                subprotocol,
+                serial,
+                profile,
+            }) => {
                 // `name()` is one of `handshake::SUPPORTED`, each a known version.
                 let version = Version::from_subprotocol(subprotocol.name()).unwrap_or(Version::V16);
-                self.run(ws, cp_id, version, peer, shutdown).await;
+                let link = Link {
+                    cp_id,
+                    version,
+                    peer,
+                    serial,
+                    profile,
+                };
+                self.run(ws, link, shutdown).await;
             }
             Some(Decision::NoSubprotocol { cp_id }) => {
                 tracing::warn!(cp_id, "no supported subprotocol offered; closing");
@@ -206,8 +418,9 @@ impl Server {
         req: &Request,
         mut resp: Response,
         peer: SocketAddr,
+        transport: Transport<'_>,
         decided: &mut Option<Decision>,
-        refused: &mut Option<(Option<String>, Refusal)>,
+        refused: &mut Option<(Option<String>, Refusal, String)>,
     ) -> Result<Response, ErrorResponse> {
         let headers = req.headers();
         let upgrade = Upgrade {
@@ -222,38 +435,40 @@ impl Server {
                 .iter()
                 .map(HeaderValue::as_bytes)
                 .collect(),
+            transport,
         };
-        let ocpp = &self.ctx.ocpp;
+        let access = self.access();
         let chargers = Chargers {
-            allow_unknown: ocpp.allow_unknown_chargers,
-            listed: &ocpp.chargers,
-            assume: ocpp.assume_subprotocol,
+            allow_unknown: access.allow_unknown,
+            listed: &access.chargers,
+            assume: self.ctx.ocpp.assume_subprotocol,
+            cpo_name: access.cpo_name.as_deref(),
         };
         let decision = handshake::decide(&upgrade, chargers, |c| {
-            self.verify(c.cp_id, c.password, c.hash)
+            self.verify(c.cp_id, c.password, c.hash, peer)
         });
         match &decision {
             Decision::Refuse(refusal) => {
                 let cp_id = handshake::cp_id_from_path(upgrade.path);
-                let refusal = *refusal;
+                let expected_cn = cp_id
+                    .and_then(|id| access.chargers.get(id))
+                    .and_then(|e| e.cert_cn.as_deref())
+                    .or(cp_id)
+                    .unwrap_or("");
+                let detail = refusal_detail(refusal, expected_cn);
                 match refusal {
-                    Refusal::BadPath => {
-                        tracing::info!(%peer, "refused: the path is not /ocpp/<chargePointId>")
-                    }
-                    Refusal::UnknownCharger => {
-                        tracing::warn!(cp_id, %peer, "unknown charger refused")
-                    }
-                    Refusal::MissingCredentials | Refusal::WrongCredentials => {
-                        tracing::warn!(cp_id, %peer, "bad or missing credentials")
-                    }
+                    Refusal::BadPath => tracing::info!(%peer, "refused: {detail}"),
+                    _ => tracing::warn!(cp_id, %peer, "refused: {detail}"),
                 }
-                *refused = Some((cp_id.map(str::to_string), refusal));
+                let response = reject(refusal);
+                *refused = Some((cp_id.map(str::to_string), refusal.clone(), detail));
                 *decided = Some(decision);
-                return Err(reject(refusal));
+                return Err(response);
             }
             Decision::Accept {
                 cp_id,
                 subprotocol: Subprotocol::Assumed(p),
+                ..
             } => {
                 tracing::warn!(cp_id, "no subprotocol offered; assuming {p}");
             }
@@ -274,27 +489,85 @@ impl Server {
         Ok(resp)
     }
 
-    /// A refused handshake, for `/metrics` and the status page's recent refusals.
-    fn record_refusal(&self, cp_id: Option<String>, peer: SocketAddr, refusal: Refusal) {
-        let reason = match refusal {
-            Refusal::BadPath => "bad_path",
-            Refusal::UnknownCharger => "unknown_charger",
-            Refusal::MissingCredentials => "auth_missing",
-            Refusal::WrongCredentials => "auth_failed",
-        };
-        let metrics = &self.ctx.metrics;
-        if refusal != Refusal::BadPath {
-            metrics.security_event(reason);
+    /// A refused WebSocket handshake: counted against its source (and the charger id
+    /// its path named), for `/metrics`, the status page and upstream.
+    async fn record_refusal(
+        &self,
+        cp_id: Option<String>,
+        peer: SocketAddr,
+        refusal: Refusal,
+        detail: String,
+    ) {
+        if refusal != Refusal::Throttled {
+            let access = self.access();
+            let listed = cp_id
+                .as_deref()
+                .filter(|id| access.chargers.contains_key(*id));
+            self.guard()
+                .failed(listed, peer.ip(), std::time::Instant::now());
         }
-        metrics.refused(crate::metrics::Refusal {
+        let reason = refusal.kind().unwrap_or("bad_path");
+        self.ctx.metrics.refused(crate::metrics::Refusal {
             at: now(),
-            cp_id,
+            cp_id: cp_id.clone(),
             peer: peer.to_string(),
             reason,
         });
+        if let Some(kind) = refusal.kind() {
+            self.alert(cp_id, peer, kind, detail).await;
+        }
     }
 
-    fn verify(&self, cp_id: &str, password: &str, hash: &str) -> bool {
+    /// A refused TLS handshake or a charger that broke its binding: counted against its
+    /// source and reported like a refused WebSocket handshake.
+    async fn refused(
+        &self,
+        cp_id: Option<String>,
+        peer: SocketAddr,
+        kind: &'static str,
+        detail: String,
+    ) {
+        self.guard()
+            .failed(cp_id.as_deref(), peer.ip(), std::time::Instant::now());
+        self.ctx.metrics.refused(crate::metrics::Refusal {
+            at: now(),
+            cp_id: cp_id.clone(),
+            peer: peer.to_string(),
+            reason: kind,
+        });
+        self.alert(cp_id, peer, kind, detail).await;
+    }
+
+    /// A `security.event` upstream, rate-limited per remote address ([`Guard::report`]):
+    /// the ones held back are counted into the next that goes.
+    async fn alert(
+        &self,
+        cp_id: Option<String>,
+        peer: SocketAddr,
+        kind: &'static str,
+        detail: String,
+    ) {
+        self.ctx.metrics.security_event(kind);
+        let Some(suppressed) = self.guard().report(peer.ip(), std::time::Instant::now()) else {
+            return;
+        };
+        let alert = crate::store::SecurityAlert {
+            cp_id,
+            kind,
+            detail,
+            remote: Some(peer.ip().to_string()),
+            suppressed,
+            at: now(),
+        };
+        if let Err(e) = self.ctx.store.security_alert(alert).await {
+            tracing::error!(%peer, "cannot record the security event: {e}");
+        }
+    }
+
+    /// Checks a charger's password: the cached one that verified before, else argon2,
+    /// unless its source or id has failed too often lately or enough argon2 runs are
+    /// going already (then 429, unchecked).
+    fn verify(&self, cp_id: &str, password: &str, hash: &str, peer: SocketAddr) -> Verified {
         let cached = self
             .verified
             .lock()
@@ -303,31 +576,43 @@ impl Server {
             .cloned();
         if let Some(c) = cached {
             if constant_time_eq(c.as_bytes(), password.as_bytes()) {
-                return true;
+                return Verified::Yes;
             }
+        }
+        if !self
+            .guard()
+            .admits(Some(cp_id), peer.ip(), std::time::Instant::now())
+        {
+            return Verified::Throttled;
+        }
+        if self.argon2_running.fetch_add(1, Ordering::AcqRel) >= MAX_ARGON2 {
+            self.argon2_running.fetch_sub(1, Ordering::AcqRel);
+            return Verified::Throttled;
         }
         // argon2 is CPU- and memory-heavy: keep it off the async workers' hot path.
         let ok = tokio::task::block_in_place(|| crate::password::verify(password, hash));
+        self.argon2_running.fetch_sub(1, Ordering::AcqRel);
         if ok {
             self.verified
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(cp_id.to_string(), password.to_string());
         }
-        ok
+        ok.into()
     }
 
-    async fn run<S>(
-        &self,
-        mut ws: WebSocketStream<S>,
-        cp_id: String,
-        version: Version,
-        peer: SocketAddr,
-        shutdown: CancellationToken,
-    ) where
+    async fn run<S>(&self, mut ws: WebSocketStream<S>, link: Link, shutdown: CancellationToken)
+    where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let reg = self.registry.register(&cp_id, version, &shutdown);
+        let Link {
+            cp_id,
+            version,
+            peer,
+            serial,
+            profile,
+        } = link;
+        let reg = self.registry.register(&cp_id, version, profile, &shutdown);
         let cancel = reg.cancel.clone();
         let mut calls = reg.calls;
         if let Err(e) = self
@@ -346,7 +631,7 @@ impl Server {
         self.ctx.notices.send(Notice::Connectors {
             cp_id: cp_id.clone(),
         });
-        tracing::info!(cp_id, %peer, version = version.as_str(), replaced = reg.replaced, "charger connected");
+        tracing::info!(cp_id, %peer, version = version.as_str(), profile, replaced = reg.replaced, "charger connected");
         if version == Version::V201 {
             // A reconnect may follow transactions that ended while it was away. Listed
             // before the charger's first message is read, so only the transactions open
@@ -373,7 +658,13 @@ impl Server {
             let deadline = rpc.deadline();
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    break if shutdown.is_cancelled() { EndReason::Shutdown } else { EndReason::Replaced };
+                    break if shutdown.is_cancelled() {
+                        EndReason::Shutdown
+                    } else if self.registry.is_current(&cp_id, reg.conn_id) {
+                        EndReason::Reconfigured
+                    } else {
+                        EndReason::Replaced
+                    };
                 }
                 msg = ws.next() => {
                     let msg = match msg {
@@ -406,9 +697,20 @@ impl Server {
                         }
                         _ => continue, // ping (answered by tungstenite), pong
                     };
-                    if let Some(reply) = self.on_text(&cp_id, version, &mut rpc, text).await {
-                        if !send(&mut ws, reply).await {
+                    match self.on_text(&cp_id, version, &serial, &mut rpc, text).await {
+                        Reply::Nothing => {}
+                        Reply::Send(reply) => if !send(&mut ws, reply).await {
                             break EndReason::Error;
+                        },
+                        Reply::Refuse(detail) => {
+                            tracing::warn!(cp_id, %peer, "closing: {detail}");
+                            self.refused(Some(cp_id.clone()), peer, "serial_mismatch", detail).await;
+                            let frame = CloseFrame {
+                                code: CloseCode::Policy,
+                                reason: "serial number does not match this charger's binding".into(),
+                            };
+                            close_and_linger(&mut ws, frame).await;
+                            break EndReason::Binding;
                         }
                     }
                 }
@@ -444,9 +746,16 @@ impl Server {
         if let Some(waiter) = rpc.abandon() {
             let _ = waiter.send(Err(CallFailure::Disconnected));
         }
-        if matches!(reason, EndReason::Shutdown | EndReason::Replaced) {
+        if matches!(
+            reason,
+            EndReason::Shutdown | EndReason::Replaced | EndReason::Reconfigured
+        ) {
+            let code = match reason {
+                EndReason::Reconfigured => CloseCode::Policy,
+                _ => CloseCode::Away,
+            };
             let frame = CloseFrame {
-                code: CloseCode::Away,
+                code,
                 reason: reason.as_str().into(),
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
@@ -471,6 +780,46 @@ impl Server {
 /// Who waits for the answer to one of our CALLs.
 type Waiter = oneshot::Sender<Result<Value, CallFailure>>;
 
+/// An accepted charger connection: who, how, and what it is bound to.
+struct Link {
+    cp_id: String,
+    version: Version,
+    peer: SocketAddr,
+    serial: BoundSerial,
+    profile: u8,
+}
+
+/// The serial number a BootNotification reports (`Some(None)`: it reports none); `None`
+/// for every other request.
+fn boot_serial(request: &Decoded) -> Option<Option<&str>> {
+    match request {
+        Decoded::V16(super::messages::Request::BootNotification { serial, .. })
+        | Decoded::V201(super::v201::messages::Request::BootNotification { serial, .. }) => {
+            Some(serial.as_deref())
+        }
+        _ => None,
+    }
+}
+
+/// The log line and `security.event` detail of a refused handshake: what was wrong,
+/// never a presented secret.
+fn refusal_detail(refusal: &Refusal, expected_cn: &str) -> String {
+    match refusal {
+        Refusal::BadPath => "the path is not /ocpp/<chargePointId>".into(),
+        Refusal::UnknownCharger => "unknown charger id".into(),
+        Refusal::MissingCredentials => "no Basic auth credentials".into(),
+        Refusal::WrongCredentials => "wrong Basic auth credentials".into(),
+        Refusal::Downgrade => {
+            "plain ws:// for a charger whose security profile needs wss://".into()
+        }
+        Refusal::CertificateMissing => "no client certificate (security profile 3)".into(),
+        Refusal::CertificateMismatch(m) => {
+            format!("client certificate refused: {}", m.describe(expected_cn))
+        }
+        Refusal::Throttled => "too many failed handshakes lately; answered 429 unchecked".into(),
+    }
+}
+
 impl Server {
     /// One text frame from the charger: its CALL answered (after the store commits), or
     /// its answer to our CALL settled. Returns the frame to send back, if any.
@@ -478,9 +827,10 @@ impl Server {
         &self,
         cp_id: &str,
         version: Version,
+        serial: &BoundSerial,
         rpc: &mut Outbound<Waiter>,
         text: Utf8Bytes,
-    ) -> Option<String> {
+    ) -> Reply {
         let parsed = frame::parse(text.as_str());
         drop(text);
         match parsed {
@@ -500,6 +850,20 @@ impl Server {
                 } else {
                     "invalid"
                 };
+                if let Some(reported) = decoded.as_ref().ok().and_then(boot_serial) {
+                    if !serial.accepts(reported) {
+                        let bound: Vec<&str> = [&serial.configured, &serial.certificate]
+                            .into_iter()
+                            .flatten()
+                            .map(String::as_str)
+                            .collect();
+                        return Reply::Refuse(format!(
+                            "its BootNotification reports serial number {}, not the bound {}",
+                            reported.unwrap_or("(none)"),
+                            bound.join(" / ")
+                        ));
+                    }
+                }
                 let answer = match decoded {
                     Ok(request) => {
                         handler::handle_request(&self.ctx, cp_id, version, &id, &action, request)
@@ -511,11 +875,11 @@ impl Server {
                 self.ctx
                     .metrics
                     .call_answered(label, answer.starts_with("[3"), began.elapsed());
-                Some(answer)
+                Reply::Send(answer)
             }
             Ok(Frame::CallResult { id, payload }) => {
                 settle(cp_id, rpc, &id, Ok(payload));
-                None
+                Reply::Nothing
             }
             Ok(Frame::CallError {
                 id,
@@ -528,7 +892,7 @@ impl Server {
                     &id,
                     Err(CallFailure::Rejected { code, description }),
                 );
-                None
+                Reply::Nothing
             }
             Err(e) => {
                 tracing::info!(
@@ -539,7 +903,7 @@ impl Server {
                 );
                 match (&e.id, e.was_call) {
                     (Some(id), true) => {
-                        Some(frame::call_error_in(version, id, e.code, &e.description))
+                        Reply::Send(frame::call_error_in(version, id, e.code, &e.description))
                     }
                     (Some(id), false) => {
                         let failure = CallFailure::Rejected {
@@ -547,9 +911,9 @@ impl Server {
                             description: e.description.clone(),
                         };
                         settle(cp_id, rpc, id, Err(failure));
-                        None
+                        Reply::Nothing
                     }
-                    (None, _) => None,
+                    (None, _) => Reply::Nothing,
                 }
             }
         }
@@ -642,7 +1006,7 @@ fn unanswered(e: &WsError) -> Option<StatusCode> {
 }
 
 /// Answers a request tungstenite could not parse, then closes without a reset.
-async fn answer_and_close(stream: &mut TcpStream, status: StatusCode) {
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, status: StatusCode) {
     let head = format!(
         "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
         status.as_u16(),
@@ -674,9 +1038,9 @@ async fn send_msg<S: AsyncRead + AsyncWrite + Unpin>(
     )
 }
 
-fn reject(refusal: Refusal) -> ErrorResponse {
+fn reject(refusal: &Refusal) -> ErrorResponse {
     let mut r = ErrorResponse::new(Some(refusal.body().to_string()));
-    // `status()` is 404 or 401, both valid codes.
+    // `status()` is 404, 401 or 429, all valid codes.
     *r.status_mut() = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::NOT_FOUND);
     if r.status() == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(

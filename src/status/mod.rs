@@ -619,9 +619,10 @@ impl Server {
                 .registry
                 .connected_versions()
                 .into_iter()
-                .map(|(cp_id, v)| Live {
+                .map(|(cp_id, v, profile)| Live {
                     cp_id,
                     ocpp_version: v.as_str().to_string(),
+                    security_profile: profile,
                 })
                 .collect(),
             uplink_configured: p.uplink.is_some(),

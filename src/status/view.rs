@@ -156,6 +156,8 @@ pub struct Live {
     pub cp_id: String,
     /// `ocpp1.6` / `ocpp2.0.1`.
     pub ocpp_version: String,
+    /// The security profile the connection came with (1 ws, 2 wss + Basic, 3 mutual TLS).
+    pub security_profile: u8,
 }
 
 /// Everything the status body is built from.
@@ -186,9 +188,6 @@ pub struct Gathered {
     /// Recent refused connections, newest first.
     pub refused: Vec<RefusedRow>,
 }
-
-/// The security profile every charger is served at today (ws:// with optional Basic auth).
-const SECURITY_PROFILE: u8 = 1;
 
 /// The `/api/v1/status` body.
 pub fn status_json(g: &Gathered, now: DateTime<Utc>) -> Value {
@@ -279,7 +278,7 @@ fn charger_json(g: &Gathered, c: &ChargerRow) -> Value {
         "since": since,
         "disconnect_reason": if online { None } else { c.disconnect_reason.as_deref() },
         "ocpp_version": version.map(version_name),
-        "security_profile": SECURITY_PROFILE,
+        "security_profile": live.map(|l| l.security_profile),
         "vendor": c.vendor,
         "model": c.model,
         "serial": c.serial,
@@ -374,6 +373,7 @@ mod tests {
             connected: vec![Live {
                 cp_id: "CP1".into(),
                 ocpp_version: "ocpp1.6".into(),
+                security_profile: 2,
             }],
             uplink_configured: true,
             last_puback_seq: 6,
@@ -388,7 +388,7 @@ mod tests {
         assert_eq!(cp1["online"], true);
         assert_eq!(cp1["since"], "2026-11-21T10:00:00.000Z");
         assert_eq!(cp1["ocpp_version"], "1.6");
-        assert_eq!(cp1["security_profile"], 1);
+        assert_eq!(cp1["security_profile"], 2, "the live connection's profile");
         assert_eq!(cp1["clock_offset_secs"], 3);
         assert_eq!(cp1["connectors"][0]["status"], "Charging");
         let s = &v["sessions"][0];

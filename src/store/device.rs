@@ -29,6 +29,36 @@ pub struct EvseStatusIn {
     pub at: DateTime<Utc>,
 }
 
+/// A security finding of the agent's own (`security.event` with the agent's `kind`).
+#[derive(Debug, Clone)]
+pub struct SecurityAlert {
+    /// The charger, when the request named one.
+    pub cp_id: Option<String>,
+    /// `auth_failed`, `tls_refused`, `profile_downgrade`, … (CONTRACT §4).
+    pub kind: &'static str,
+    /// What happened, for a person; never a presented secret.
+    pub detail: String,
+    /// Remote address, for a finding about a connection.
+    pub remote: Option<String>,
+    /// Findings about the same address held back by the rate limit before this one.
+    pub suppressed: u64,
+    /// Site clock.
+    pub at: DateTime<Utc>,
+}
+
+/// A charger's CSR (SignCertificate) that passed the binding checks.
+#[derive(Debug, Clone)]
+pub struct CsrIn {
+    /// Charger.
+    pub cp_id: String,
+    /// Certificate type asked for.
+    pub certificate_type: String,
+    /// The CSR, PEM.
+    pub csr: String,
+    /// Site clock.
+    pub at: DateTime<Utc>,
+}
+
 /// A charger's SecurityEventNotification.
 #[derive(Debug, Clone)]
 pub struct SecurityEventIn {
@@ -160,8 +190,35 @@ pub(super) fn security_event(c: &Connection, s: &SecurityEventIn) -> Result<(), 
         kind: "charger_reported",
         detail: s.kind.clone(),
         tech_info: s.tech_info.clone(),
+        remote: None,
+        suppressed: None,
     };
     insert_event(c, s.at, &e)
+}
+
+/// A CSR goes upstream as `charger.csr`, for the operator's CA to sign.
+pub(super) fn charger_csr(c: &Connection, r: &CsrIn) -> Result<(), StoreError> {
+    let e = Event::ChargerCsr {
+        cp_id: r.cp_id.clone(),
+        certificate_type: r.certificate_type.clone(),
+        csr: r.csr.clone(),
+    };
+    insert_event(c, r.at, &e)
+}
+
+/// What the agent itself found: a refused handshake, a certificate or CSR that does not
+/// name its charger, a broken serial binding. Upstream only (the table above holds what
+/// chargers report).
+pub(super) fn security_alert(c: &Connection, a: &SecurityAlert) -> Result<(), StoreError> {
+    let e = Event::SecurityEvent {
+        cp_id: a.cp_id.clone(),
+        kind: a.kind,
+        detail: a.detail.clone(),
+        tech_info: None,
+        remote: a.remote.clone(),
+        suppressed: (a.suppressed > 0).then_some(a.suppressed),
+    };
+    insert_event(c, a.at, &e)
 }
 
 /// Stores one part; when every part `0..=last` of the request is there and the last says

@@ -31,7 +31,7 @@ use crate::time::fmt_ts;
 
 pub use crate::events::EventRow;
 pub use chargers::{Boot, StatusIn};
-pub use device::{EvseStatusIn, ReportPart, SecurityEventIn};
+pub use device::{CsrIn, EvseStatusIn, ReportPart, SecurityAlert, SecurityEventIn};
 pub use orders::{NewAuthorization, RemoteStarted};
 pub use outbox::{ConnectorRow, Intake, OpenTransaction, OutboxStatus, SessionRef};
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
@@ -452,6 +452,24 @@ impl Store {
     /// As [`Store::probe`].
     pub async fn security_event(&self, s: SecurityEventIn) -> Result<(), StoreError> {
         self.call(false, move |c, _| device::security_event(c, &s))
+            .await
+    }
+
+    /// A charger's checked CSR, as `charger.csr` upstream.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn charger_csr(&self, r: CsrIn) -> Result<(), StoreError> {
+        self.call(false, move |c, _| device::charger_csr(c, &r))
+            .await
+    }
+
+    /// A security finding of the agent's own, as a `security.event` upstream.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn security_alert(&self, a: SecurityAlert) -> Result<(), StoreError> {
+        self.call(false, move |c, _| device::security_alert(c, &a))
             .await
     }
 

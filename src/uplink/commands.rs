@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::auth::AuthResult;
 use crate::auth::{self, OtpRecord, Secret};
 use crate::billing::{self, Budget, Tariff};
+use crate::ocpp::binding;
 use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError, TransactionRef};
 use crate::ocpp::registry::{CallFailure, Registry};
 use crate::store::{NewAuthorization, Store, StoreError};
@@ -52,6 +53,13 @@ pub enum Cmd {
     EventsReplay {
         /// First seq to resend.
         from_seq: i64,
+    },
+    /// `charger.certificate`.
+    ChargerCertificate {
+        /// Charger.
+        cp_id: String,
+        /// The signed chain, PEM, leaf first.
+        certificate_chain: String,
     },
 }
 
@@ -384,6 +392,10 @@ fn parse_body(
                 order_id,
             })
         }
+        Some("charger.certificate") => Ok(Cmd::ChargerCertificate {
+            cp_id: string(o, "cp_id")?,
+            certificate_chain: string(o, "certificate_chain")?,
+        }),
         Some("events.replay") => Ok(Cmd::EventsReplay {
             from_seq: o
                 .get("from_seq")
@@ -427,6 +439,8 @@ pub struct Executor {
     pub registry: Registry,
     /// How long a charger has to answer.
     pub call_timeout: Duration,
+    /// What a charger's certificate must name.
+    pub binding: super::Binding,
 }
 
 /// Asks the driver to resend retained events from `from` to `to`.
@@ -483,6 +497,31 @@ impl Executor {
                 session_id,
                 order_id,
             } => self.session_stop(session_id, order_id).await,
+            Cmd::ChargerCertificate {
+                cp_id,
+                certificate_chain,
+            } => {
+                let cn = self.binding.cert_cn.get(&cp_id).unwrap_or(&cp_id);
+                binding::check_chain(&certificate_chain, cn, self.binding.cpo_name.as_deref())
+                    .map_err(|why| CmdError::new("bad_request", why))?;
+                let answer = ocpp_cmd::send(
+                    &self.registry,
+                    &cp_id,
+                    Command::CertificateSigned { certificate_chain },
+                    self.call_timeout,
+                )
+                .await
+                .map_err(charger_error)?;
+                let status = answer.get("status").and_then(Value::as_str).unwrap_or("");
+                if status == "Accepted" {
+                    Ok(json!({"cp_id": cp_id, "status": status}))
+                } else {
+                    Err(CmdError::new(
+                        "charger_refused",
+                        format!("the charger answered CertificateSigned with {status}"),
+                    ))
+                }
+            }
             Cmd::EventsReplay { from_seq } => {
                 let status = self
                     .store

@@ -103,6 +103,18 @@ pub struct Parts {
     pub secret: crate::auth::Secret,
     /// Reconnects, PUBACK latency, the last seq PUBACKed.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What a charger's certificate must name (`charger.certificate` checks the chain).
+    pub binding: Binding,
+}
+
+/// Per charger, the CN its certificate carries (`cert_cn`, else its id), and the O
+/// (`cpo_name`) every charger certificate carries.
+#[derive(Debug, Clone, Default)]
+pub struct Binding {
+    /// `cert_cn` of the chargers that set one.
+    pub cert_cn: std::collections::HashMap<String, String>,
+    /// `[ocpp] cpo_name`.
+    pub cpo_name: Option<String>,
 }
 
 /// Runs the uplink until `shutdown`; on shutdown publishes `{"online":false}` as retained
@@ -142,6 +154,7 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
             secret: parts.secret,
             registry: parts.registry,
             call_timeout: parts.call_timeout,
+            binding: parts.binding,
         }),
         results_tx,
         replay_tx,

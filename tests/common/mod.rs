@@ -24,6 +24,8 @@ use tokio_tungstenite::WebSocketStream;
 pub struct Agent {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The `wss://` address, when the config sets `tls_listen`.
+    pub tls_addr: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
 }
@@ -65,16 +67,25 @@ impl Agent {
             .spawn()
             .expect("spawn chargesite");
         let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read stdout");
+        stdout.read_line(&mut line).expect("read stdout");
         let addr = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .expect("addr");
+        let text = std::fs::read_to_string(&config).unwrap_or_default();
+        let tls_addr = text.contains("tls_listen").then(|| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read stdout");
+            line.trim()
+                .strip_prefix("tls listening on ")
+                .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+                .parse()
+                .expect("tls addr")
+        });
         // Keep stderr drained so the agent never blocks on a full pipe.
         let stderr = child.stderr.take().expect("stderr");
         let log = dir.path().join("agent.log");
@@ -89,6 +100,7 @@ impl Agent {
         Agent {
             child,
             addr,
+            tls_addr,
             dir,
             config,
         }

@@ -110,6 +110,10 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
             json!({"idTokenInfo": token_info(decision.result, &id_token)})
         }
         Request::TransactionEvent(event) => transaction_event(ctx, cp_id, event).await?,
+        Request::SignCertificate {
+            csr,
+            certificate_type,
+        } => crate::ocpp::handler::sign_certificate(ctx, cp_id, csr, certificate_type).await?,
         Request::SecurityEvent {
             kind,
             timestamp,

@@ -141,6 +141,13 @@ pub enum Request {
     },
     /// A transaction's event.
     TransactionEvent(Box<TxEvent>),
+    /// The charger asks for a certificate.
+    SignCertificate {
+        /// The PKCS#10 CSR, PEM.
+        csr: String,
+        /// `certificateType` (default `ChargingStationCertificate`).
+        certificate_type: String,
+    },
     /// The charger reports a security event.
     SecurityEvent {
         /// `type`, e.g. `FirmwareUpdated`, `TamperDetectionActivated`.
@@ -225,11 +232,7 @@ const ACKNOWLEDGED: &[(&str, &str)] = &[
 ];
 
 /// Charger-to-CSMS actions whose feature is not built yet (certificates, ISO 15118).
-const NOT_YET: &[&str] = &[
-    "Get15118EVCertificate",
-    "GetCertificateStatus",
-    "SignCertificate",
-];
+const NOT_YET: &[&str] = &["Get15118EVCertificate", "GetCertificateStatus"];
 
 /// Actions only a CSMS sends in 2.0.1.
 const CSMS_ACTIONS: &[&str] = &[
@@ -381,6 +384,15 @@ pub fn decode(action: &str, payload: &Value) -> Result<Request, DecodeError> {
                 begin_wh,
                 end_wh,
             })))
+        }
+        "SignCertificate" => {
+            let p: SignCertificate = typed(action, payload)?;
+            Ok(Request::SignCertificate {
+                csr: p.csr,
+                certificate_type: p
+                    .certificate_type
+                    .unwrap_or_else(|| "ChargingStationCertificate".into()),
+            })
         }
         "SecurityEventNotification" => {
             let p: SecurityEvent = typed(action, payload)?;
@@ -669,6 +681,13 @@ struct TransactionInfo {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct SignCertificate {
+    csr: String,
+    certificate_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct SecurityEvent {
     #[serde(rename = "type")]
     kind: String,
@@ -826,7 +845,10 @@ mod tests {
             ErrorCode::NotSupported
         );
         assert_eq!(
-            code("SignCertificate", json!({"csr": "x"})),
+            code(
+                "Get15118EVCertificate",
+                json!({"iso15118SchemaVersion": "x", "action": "Install", "exiRequest": "x"})
+            ),
             ErrorCode::NotSupported
         );
         assert_eq!(
