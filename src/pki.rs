@@ -9,8 +9,8 @@
 
 use chrono::{DateTime, Datelike, Utc};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use sha2::{Digest, Sha256};
 
@@ -95,8 +95,10 @@ pub fn new_ca(
 }
 
 /// The CA [`new_ca`] made, as an issuer again: its subject read back from its certificate
-/// (so the issued certificates name it byte for byte), its key from the key file.
-fn issuer(ca_cert_pem: &str, ca_key_pem: &str) -> Result<Issuer<'static, KeyPair>, PkiError> {
+/// (so the issued certificates name it byte for byte) and its key from the key file,
+/// self-signed once more in memory (rcgen 0.13 signs with an issuer `Certificate`; only
+/// its subject and key matter, and both are the CA's).
+fn issuer(ca_cert_pem: &str, ca_key_pem: &str) -> Result<(Certificate, KeyPair), PkiError> {
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::from_pem_slice(ca_cert_pem.as_bytes())
         .map_err(|e| PkiError::Ca(e.to_string()))?;
@@ -110,7 +112,8 @@ fn issuer(ca_cert_pem: &str, ca_key_pem: &str) -> Result<Issuer<'static, KeyPair
         dn.push(DnType::OrganizationName, o);
     }
     let key = KeyPair::from_pem(ca_key_pem)?;
-    Ok(Issuer::new(ca_params(dn), key))
+    let cert = ca_params(dn).self_signed(&key)?;
+    Ok((cert, key))
 }
 
 /// The gateway's server certificate for `names` (host names and IP addresses).
@@ -168,9 +171,9 @@ pub fn issue_client(
     sign(params, &issuer)
 }
 
-fn sign(params: CertificateParams, issuer: &Issuer<'_, KeyPair>) -> Result<Issued, PkiError> {
+fn sign(params: CertificateParams, issuer: &(Certificate, KeyPair)) -> Result<Issued, PkiError> {
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, issuer)?;
+    let cert = params.signed_by(&key, &issuer.0, &issuer.1)?;
     Ok(Issued {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
