@@ -1174,4 +1174,137 @@ mod tests {
         let e = parse("[site]\nid='s'\n[uplink]\nurl='http://x'\n").unwrap_err();
         assert!(e.to_string().contains("uplink.url"), "{e}");
     }
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3jGMZM0ZyLKnsUvQR0SH5xEAW2iPa7S9eRMLgWWKbO8";
+
+    fn tls_site(extra_ocpp: &str, chargers: &str) -> Result<Config, ConfigError> {
+        parse(&format!(
+            "[site]\nid='s'\n[ocpp]\ntls_listen='0.0.0.0:9443'\ntls_cert_file='/c.pem'\ntls_key_file='/k.pem'\n{extra_ocpp}\n{chargers}"
+        ))
+    }
+
+    #[test]
+    fn security_profiles_come_with_what_they_need_and_name_the_key_that_is_missing() {
+        let e = tls_site("", "[[ocpp.chargers]]\nid='CP1'\nsecurity_profile=2\n").unwrap_err();
+        assert!(
+            e.to_string().contains("ocpp.chargers[0].password_hash"),
+            "{e}"
+        );
+        let e = tls_site("", "[[ocpp.chargers]]\nid='CP1'\nsecurity_profile=3\n").unwrap_err();
+        assert!(e.to_string().contains("ocpp.client_ca_file"), "{e}");
+        let e = tls_site("", "[[ocpp.chargers]]\nid='CP1'\nsecurity_profile=4\n").unwrap_err();
+        assert!(
+            e.to_string().contains("ocpp.chargers[0].security_profile"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "[site]\nid='s'\n[[ocpp.chargers]]\nid='CP1'\nsecurity_profile=2\npassword_hash='{HASH}'\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("ocpp.tls_listen"), "{e}");
+        let c = tls_site(
+            "client_ca_file='/ca.pem'\ncpo_name='ACME'",
+            &format!("[[ocpp.chargers]]\nid='CP1'\nsecurity_profile=3\ncert_cn='cp-1.acme'\nserial='SN1'\n[[ocpp.chargers]]\nid='CP2'\nsecurity_profile=2\npassword_hash='{HASH}'\n"),
+        )
+        .unwrap();
+        let cp1 = &c.ocpp.chargers["CP1"];
+        assert_eq!(
+            (
+                cp1.security_profile,
+                cp1.cert_cn.as_deref(),
+                cp1.serial.as_deref()
+            ),
+            (3, Some("cp-1.acme"), Some("SN1"))
+        );
+        assert_eq!(c.ocpp.chargers["CP2"].security_profile, 2);
+        assert_eq!(c.ocpp.cpo_name.as_deref(), Some("ACME"));
+        let t = c.ocpp.tls.unwrap();
+        assert_eq!(t.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(t.client_ca_file, Some(PathBuf::from("/ca.pem")));
+    }
+
+    #[test]
+    fn tls_files_without_tls_listen_and_tls_listen_without_files_name_the_key() {
+        let e = parse("[site]\nid='s'\n[ocpp]\ntls_cert_file='/c.pem'\n").unwrap_err();
+        assert!(e.to_string().contains("ocpp.tls_cert_file"), "{e}");
+        let e = parse("[site]\nid='s'\n[ocpp]\ntls_listen='0.0.0.0:9443'\n").unwrap_err();
+        assert!(e.to_string().contains("ocpp.tls_cert_file"), "{e}");
+        let e = parse("[site]\nid='s'\n[ocpp]\nlisten='0.0.0.0:9000'\ntls_listen='0.0.0.0:9000'\ntls_cert_file='/c'\ntls_key_file='/k'\n").unwrap_err();
+        assert!(e.to_string().contains("ocpp.tls_listen"), "{e}");
+    }
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_private_key_open_to_other_users_is_a_config_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = write(dir.path(), "c.pem", "x", 0o644);
+        let key = write(dir.path(), "k.pem", "x", 0o644);
+        let text = format!(
+            "[site]\nid='s'\n[ocpp]\ntls_listen='0.0.0.0:9443'\ntls_cert_file='{}'\ntls_key_file='{}'\n",
+            cert.display(),
+            key.display()
+        );
+        let mut c = parse(&text).unwrap();
+        let e = resolve_files(&mut c, None).unwrap_err();
+        assert!(e.to_string().contains("ocpp.tls_key_file"), "{e}");
+        assert!(e.to_string().contains("open to other users"), "{e}");
+        // Group-readable is Debian's ssl-cert convention: allowed.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .unwrap();
+        let mut c = parse(&text).unwrap();
+        resolve_files(&mut c, None).unwrap();
+        // A missing file names its key.
+        std::fs::remove_file(&cert).unwrap();
+        let mut c = parse(&text).unwrap();
+        let e = resolve_files(&mut c, None).unwrap_err();
+        assert!(e.to_string().contains("ocpp.tls_cert_file"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_systemd_credentials_named_percent_d() {
+        let creds = tempfile::tempdir().unwrap();
+        write(creds.path(), "broker", "hunter2\n", 0o400);
+        write(creds.path(), "tls.key", "x", 0o400);
+        let cert = write(creds.path(), "c.pem", "x", 0o644);
+        let text = format!(
+            "[site]\nid='s'\n[ocpp]\ntls_listen='0.0.0.0:9443'\ntls_cert_file='{}'\ntls_key_file='%d/tls.key'\n[uplink]\nurl='mqtt://127.0.0.1'\nusername='site'\npassword_file='%d/broker'\n",
+            cert.display()
+        );
+        let mut c = parse(&text).unwrap();
+        resolve_files(&mut c, Some(creds.path())).unwrap();
+        let u = c.uplink.as_ref().unwrap();
+        assert_eq!(
+            u.password.as_deref(),
+            Some("hunter2"),
+            "the trailing newline is not part of it"
+        );
+        assert_eq!(
+            c.ocpp.tls.as_ref().unwrap().key_file,
+            creds.path().join("tls.key")
+        );
+        // Without $CREDENTIALS_DIRECTORY a credential is a config error naming the key.
+        let mut c = parse(&text).unwrap();
+        let e = resolve_files(&mut c, None).unwrap_err();
+        assert!(e.to_string().contains("ocpp.tls_key_file"), "{e}");
+        assert!(e.to_string().contains("CREDENTIALS_DIRECTORY"), "{e}");
+        // A password file others may read is refused like a key.
+        write(creds.path(), "broker", "hunter2", 0o644);
+        let mut c = parse(&text.replace(
+            "tls_key_file='%d/tls.key'",
+            &format!("tls_key_file='{}'", creds.path().join("tls.key").display()),
+        ))
+        .unwrap();
+        let e = resolve_files(&mut c, Some(creds.path())).unwrap_err();
+        assert!(e.to_string().contains("uplink.password_file"), "{e}");
+        // password and password_file exclude each other.
+        let e = parse("[site]\nid='s'\n[uplink]\nurl='mqtt://h'\nusername='u'\npassword='p'\npassword_file='/f'\n").unwrap_err();
+        assert!(e.to_string().contains("uplink.password_file"), "{e}");
+    }
 }

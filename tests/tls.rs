@@ -677,3 +677,56 @@ async fn openssl_sees_tls_1_3_and_1_2_with_ecdhe_suites_only_and_no_tls_1_1() {
         "the server key is ECDSA P-256: only its ECDHE-ECDSA AEAD suites"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_and_removes_chargers_and_keeps_the_others_connected() {
+    let agent = Agent::start(
+        "[[ocpp.chargers]]\nid = \"CPA\"\n[[ocpp.chargers]]\nid = \"CPB\"\n",
+        "",
+    );
+    let mut a = common::Charger::connect(&agent.url("CPA")).await;
+    let mut b = common::Charger::connect(&agent.url("CPB")).await;
+    a.boot().await;
+    b.boot().await;
+    assert!(matches!(
+        common::Charger::try_connect(&agent.url("CPC"), Some("ocpp1.6"), None).await,
+        common::Connect::Refused(404)
+    ));
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(&agent.config, text.replace("id = \"CPB\"", "id = \"CPC\"")).unwrap();
+    signal(agent.child.id(), "HUP");
+    assert!(
+        eventually(10, || agent.log().contains("config reloaded")).await,
+        "{}",
+        agent.log()
+    );
+    // CPB's entry went: its socket is closed; CPA's did not change: it is still served.
+    assert!(
+        b.try_recv(Duration::from_secs(5)).await.is_none(),
+        "CPB still connected"
+    );
+    assert_eq!(a.call("Heartbeat", json!({})).await[0], 3);
+    let mut c = common::Charger::connect(&agent.url("CPC")).await;
+    c.boot().await;
+    assert!(
+        eventually(10, || agent
+            .events_of("charger.disconnected")
+            .iter()
+            .any(|e| e["cp_id"] == "CPB" && e["reason"] == "config_changed"))
+        .await
+    );
+    // An invalid new config is refused with a log line; the running one stays.
+    std::fs::write(&agent.config, "[site]\nid = 'bad id'\n").unwrap();
+    signal(agent.child.id(), "HUP");
+    assert!(
+        eventually(10, || agent.log().contains("config reload refused")).await,
+        "{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("site.id"), "the refusal names the key");
+    assert_eq!(c.call("Heartbeat", json!({})).await[0], 3);
+    assert!(matches!(
+        common::Charger::try_connect(&agent.url("CPB"), Some("ocpp1.6"), None).await,
+        common::Connect::Refused(404)
+    ));
+}

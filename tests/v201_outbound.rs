@@ -500,3 +500,87 @@ async fn every_command_reaches_a_2_0_1_charger_as_valid_2_0_1_and_its_answer_com
     ));
     token.cancel();
 }
+
+/// A CSR with this subject, PEM.
+fn csr(cn: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_0_1_csr_goes_upstream_and_charger_certificate_installs_the_signed_chain() {
+    let broker = Broker::start();
+    let bpp = Bpp::connect(&broker, ROOT).await;
+    let agent = Agent::start(OPEN, &broker.uplink_toml(""));
+    online(&bpp).await;
+    let mut c = Charger::connect_v201(&agent.url("CP201")).await;
+    boot(&mut c).await;
+    let request = csr("CP201");
+    let a = ok(
+        &mut c,
+        "SignCertificate",
+        json!({"csr": request, "certificateType": "ChargingStationCertificate"}),
+    )
+    .await;
+    assert_eq!(a["status"], "Accepted");
+    let a = ok(&mut c, "SignCertificate", json!({"csr": csr("CP999")})).await;
+    assert_eq!(a["status"], "Rejected", "a CSR naming another charger");
+    assert!(eventually(15, || !bpp.events_of("charger.csr").is_empty()).await);
+    let up = &bpp.events_of("charger.csr")[0];
+    assert_eq!(up["cp_id"], "CP201");
+    assert_eq!(up["certificate_type"], "ChargingStationCertificate");
+    assert_eq!(up["csr"], request.as_str());
+    assert!(
+        eventually(15, || bpp
+            .events_of("security.event")
+            .iter()
+            .any(|e| e["kind"] == "csr_refused" && e["cp_id"] == "CP201"))
+        .await
+    );
+
+    // The operator's CA signs it; a chain for another charger is refused before the CALL.
+    let ca = chargesite::pki::new_ca("site-001", None, chargesite::time::now()).unwrap();
+    let leaf = |cn: &str| {
+        let l = chargesite::pki::issue_client(
+            &ca.cert_pem,
+            &ca.key_pem,
+            cn,
+            None,
+            None,
+            chargesite::time::now(),
+        )
+        .unwrap();
+        format!("{}{}", l.cert_pem, ca.cert_pem)
+    };
+    bpp.command(
+        json!({"id": "crt-bad", "type": "charger.certificate", "cp_id": "CP201",
+        "certificate_chain": leaf("CP999")}),
+    )
+    .await;
+    let r = bpp.wait_result("crt-bad", 15).await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+    let chain = leaf("CP201");
+    bpp.command(
+        json!({"id": "crt-1", "type": "charger.certificate", "cp_id": "CP201",
+        "certificate_chain": chain}),
+    )
+    .await;
+    let (id, payload) = expect_call(&mut c, "CertificateSigned").await;
+    assert_eq!(payload["certificateChain"], chain.as_str());
+    assert_eq!(payload["certificateType"], "ChargingStationCertificate");
+    answer(
+        &mut c,
+        "CertificateSigned",
+        &id,
+        json!({"status": "Accepted"}),
+    )
+    .await;
+    let r = bpp.wait_result("crt-1", 15).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["status"], "Accepted");
+}
