@@ -336,7 +336,7 @@ fn write_new(path: &std::path::Path, text: &str, mode: u32) -> std::io::Result<(
 fn tls(c: &config::Config, dir: Option<PathBuf>, verb: TlsVerb) -> ExitCode {
     use chargesite::pki;
     let dir = tls_dir(c, dir);
-    let now = chrono::Utc::now();
+    let now = chargesite::time::now();
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("chargesite tls: {what}: {e}");
         ExitCode::FAILURE

@@ -36,7 +36,7 @@ struct Site {
 }
 
 fn now() -> DateTime<Utc> {
-    Utc::now()
+    chargesite::time::now()
 }
 
 impl Site {
