@@ -54,3 +54,27 @@ if ! awk -v s="${score}" -v max="${MAX_EXPOSURE}" 'BEGIN { exit !(s + 0 <= max +
     exit 1
 fi
 echo "OK: exposure ${score} <= ${MAX_EXPOSURE}"
+
+# The documented secrets setup (docs/install.md, "Secrets"): the same unit with its
+# LoadCredential= lines must verify cleanly and score <= 2.0 too.
+creds_dir="${workdir}/creds"
+mkdir -p "${creds_dir}"
+sed "s|^\[Service\]$|[Service]\nLoadCredential=uplink_password:/etc/chargesite/credentials/uplink_password\nLoadCredential=tls_key.pem:/etc/chargesite/credentials/tls_key.pem|" \
+    "${workdir}/chargesite.service" >"${creds_dir}/chargesite.service"
+grep -q '^LoadCredential=uplink_password:' "${creds_dir}/chargesite.service" \
+    || { echo "FAIL: could not add LoadCredential= to the unit copy" >&2; exit 1; }
+echo "+ systemd-analyze verify (with LoadCredential=)"
+verify_out="$(systemd-analyze verify "${creds_dir}/chargesite.service" 2>&1)" || verify_rc=$?
+if [[ ${verify_rc} -ne 0 || -n "${verify_out}" ]]; then
+    printf '%s\n' "${verify_out}" >&2
+    echo "FAIL: systemd-analyze verify with credentials (exit ${verify_rc})" >&2
+    exit 1
+fi
+security_out="$(systemd-analyze security --offline=true "${creds_dir}/chargesite.service" 2>&1)"
+score="$(printf '%s\n' "${security_out}" | sed -n 's/.*Overall exposure level for [^:]*: *\([0-9][0-9]*\.[0-9]*\).*/\1/p')"
+[[ -n "${score}" ]] || { printf '%s\n' "${security_out}" >&2; echo "FAIL: no score with credentials" >&2; exit 1; }
+if ! awk -v s="${score}" -v max="${MAX_EXPOSURE}" 'BEGIN { exit !(s + 0 <= max + 0) }'; then
+    echo "FAIL: exposure with credentials ${score} is above ${MAX_EXPOSURE}" >&2
+    exit 1
+fi
+echo "OK: with LoadCredential=, exposure ${score} <= ${MAX_EXPOSURE}"
