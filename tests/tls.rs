@@ -167,7 +167,7 @@ fn client_config(site: &Site, cert: Option<&str>) -> rustls::ClientConfig {
 
 /// What a TLS charger's connection attempt came to.
 enum Outcome {
-    Open(WebSocketStream<TlsStream<TcpStream>>),
+    Open(Box<WebSocketStream<TlsStream<TcpStream>>>),
     /// The WebSocket handshake was answered with this HTTP status.
     Http(u16),
     /// The TLS handshake failed (the agent refused the certificate).
@@ -201,7 +201,7 @@ async fn connect(
             .insert("Authorization", HeaderValue::from_str(a).unwrap());
     }
     match tokio_tungstenite::client_async(req, tls).await {
-        Ok((ws, _)) => Outcome::Open(ws),
+        Ok((ws, _)) => Outcome::Open(Box::new(ws)),
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Outcome::Http(r.status().as_u16()),
         // With TLS 1.3 the server's verdict on a client certificate arrives after the
         // client's handshake finished: it shows as a failed first read or write.
@@ -248,7 +248,7 @@ fn boot(serial: &str) -> Value {
 
 fn open(o: Outcome, what: &str) -> WebSocketStream<TlsStream<TcpStream>> {
     match o {
-        Outcome::Open(ws) => ws,
+        Outcome::Open(ws) => *ws,
         Outcome::Http(s) => panic!("{what}: refused with HTTP {s}"),
         Outcome::TlsFailed(e) => panic!("{what}: TLS failed: {e}"),
     }

@@ -78,6 +78,7 @@ fn check(action: &str, payload: &Value) {
                 Request::DataTransfer { .. } => "DataTransfer",
                 Request::FirmwareStatusNotification { .. } => "FirmwareStatusNotification",
                 Request::DiagnosticsStatusNotification { .. } => "DiagnosticsStatusNotification",
+                Request::SignCertificate { .. } => "SignCertificate",
                 Request::Acknowledge { action } => action,
             };
             assert_eq!(variant, action);
