@@ -9,13 +9,17 @@
 # 127.0.0.1:0), which is stopped with SIGTERM afterwards and must exit 0. The 1.6 agents
 # run free vend without an uplink; the 2.0.1 agents run `free_vend = false` with an uplink
 # to a local mosquitto, through which the suites (playing the BPP) provision OTPs.
+# python_tls and node_tls run over wss:// (security profiles 2 and 3), 1.6 and 2.0.1 alike,
+# each on a site interop/tls/make_site.sh makes with the agent's CLI (hash-password, tls
+# init, tls issue, check-config): free vend, `tls_listen = "127.0.0.1:0"` beside `listen`.
 #
 # Runs as root on Debian bookworm in CI (CI=true, no stdin) from a clean clone; installs
 # what it needs: python3-venv / nodejs+npm / mosquitto via apt when missing, the pinned
 # Python packages into target/interop-venv, `npm ci` in interop/node, ocppsim into
 # target/tools.
 # INTEROP_SKIP_OCPPSIM=1 skips the ocppsim suites (its first build takes about 3 minutes);
-# INTEROP_SUITES="python node ocppsim python201 node201 ocppsim201" (any subset) runs only those.
+# INTEROP_SUITES="python node ocppsim python201 node201 ocppsim201 python_tls node_tls" (any
+# subset) runs only those.
 # Exits non-zero if anything failed; the last line is `interop: N passed, M failed`.
 set -euo pipefail
 
@@ -54,7 +58,7 @@ note() { printf '\n=== %s\n' "$*"; }
 record() { # suite passed failed [note]
     total_passed=$((total_passed + $2))
     total_failed=$((total_failed + $3))
-    summary+=("$(printf '%-13s %3d passed, %3d failed%s' "$1" "$2" "$3" "${4:+  ($4)}")")
+    summary+=("$(printf '%-15s %3d passed, %3d failed%s' "$1" "$2" "$3" "${4:+  ($4)}")")
 }
 
 apt_updated=""
@@ -167,14 +171,31 @@ start_broker() {
 # start_agent NAME: a fresh agent in ${workdir}/NAME; sets agent_pid, agent_url, agent_db,
 # agent_config (and agent_site). A NAME ending in 201 gets the 2.0.1 configuration:
 # free_vend = false and an uplink to the broker, site id site-NAME; the others the local API
-# on a Unix socket in that dir only (`[status] listen = ""`).
+# on a Unix socket in that dir only (`[status] listen = ""`). A NAME ending in _tls gets the
+# site interop/tls/make_site.sh makes there (chargers of security profiles 2 and 3) and
+# also sets agent_tls_url (wss://) and agent_site_json.
 start_agent() {
-    local dir="${workdir}/$1" auth="free_vend = true" uplink="" status=""
+    local dir="${workdir}/$1" auth="free_vend = true" uplink="" status="" tls=""
     mkdir -p "${dir}"
     agent_db="${dir}/cs.db"
     agent_config="${dir}/chargesite.toml"
     agent_site="site-001"
-    if [[ "$1" == *201 ]]; then
+    agent_tls_url=""
+    agent_site_json=""
+    if [[ "$1" == *_tls ]]; then
+        tls=1
+        local prefix
+        case "$1" in # the charger ids: PYTLS-P3, NODETLS-P2, ... (what the standalone runs use)
+            python_tls) prefix=PYTLS ;;
+            node_tls) prefix=NODETLS ;;
+            *) prefix="$(tr -cd 'A-Za-z0-9' <<<"${1^^}")" ;;
+        esac
+        if ! interop/tls/make_site.sh "${agent_bin}" "${dir}" "${prefix}" </dev/null; then
+            echo "interop: could not make the TLS site for $1" >&2
+            return 1
+        fi
+        agent_site_json="${dir}/site.json"
+    elif [[ "$1" == *201 ]]; then
         agent_site="site-$1"
         auth="free_vend = false"
         uplink="$(printf '[uplink]\nurl = "mqtt://127.0.0.1:%s"\nkeepalive_secs = 5' "${broker_port}")"
@@ -182,7 +203,7 @@ start_agent() {
         # the local API on a socket only (no auth), for `chargesite charger ... test-session`
         status="$(printf '[status]\nlisten = ""\nsocket = "%s/api.sock"' "${dir}")"
     fi
-    cat >"${dir}/chargesite.toml" <<EOF
+    [[ -n "${tls}" ]] || cat >"${dir}/chargesite.toml" <<EOF
 [site]
 id = "${agent_site}"
 
@@ -203,15 +224,17 @@ EOF
     # Rust's stdout is line-buffered even into a file: poll it for the port line.
     "${agent_bin}" run --config "${dir}/chargesite.toml" >"${dir}/stdout" 2>"${dir}/agent.log" </dev/null &
     agent_pid=$!
-    local port="" i
+    local port="" tls_port="" i
     for ((i = 0; i < 300; i++)); do
         port="$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "${dir}/stdout" 2>/dev/null | head -n 1)"
-        [[ -n "${port}" ]] && break
+        # `tls listening on` comes right after `listening on`
+        [[ -n "${tls}" ]] && tls_port="$(sed -n 's/^tls listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "${dir}/stdout" 2>/dev/null | head -n 1)"
+        [[ -n "${port}" && ( -z "${tls}" || -n "${tls_port}" ) ]] && break
         kill -0 "${agent_pid}" 2>/dev/null || break
         sleep 0.1
     done
-    if [[ -z "${port}" ]]; then
-        echo "interop: agent for $1 did not report its port; log:" >&2
+    if [[ -z "${port}" || ( -n "${tls}" && -z "${tls_port}" ) ]]; then
+        echo "interop: agent for $1 did not report its port${tls:+s (listening on, tls listening on)}; log:" >&2
         cat "${dir}/stdout" "${dir}/agent.log" >&2 || true
         kill -KILL "${agent_pid}" 2>/dev/null || true
         wait "${agent_pid}" 2>/dev/null || true
@@ -219,7 +242,12 @@ EOF
         return 1
     fi
     agent_url="ws://127.0.0.1:${port}/ocpp"
-    echo "agent for $1: pid ${agent_pid}, ${agent_url}"
+    if [[ -n "${tls}" ]]; then
+        agent_tls_url="wss://127.0.0.1:${tls_port}/ocpp"
+        echo "agent for $1: pid ${agent_pid}, ${agent_url} and ${agent_tls_url}"
+    else
+        echo "agent for $1: pid ${agent_pid}, ${agent_url}"
+    fi
 }
 
 # stop_agent NAME: SIGTERM, must exit 0 within 30 s; counted as one check.
@@ -248,12 +276,13 @@ stop_agent() {
 
 # ------------------------------------------------------------------------------------ suites
 
-suite_python() {
-    local out="${workdir}/python.out" rc summary_line pass fail n xfail
+# pytest_tests NAME FILE [VAR=VALUE...]: pytest on FILE with those variables set; counts
+# passed, failed + errors (and notes xfailed: known agent bugs).
+pytest_tests() {
+    local name="$1" file="$2" out="${workdir}/$1.out" rc summary_line pass fail n xfail
+    shift 2
     set +e
-    CHARGESITE_WS_URL="${agent_url}" CHARGESITE_DB="${agent_db}" \
-        CHARGESITE_CONFIG="${agent_config}" CHARGESITE_BIN="${agent_bin}" \
-        "${venv}/bin/python" -m pytest -p no:cacheprovider -q -rfE interop/python/test_interop.py </dev/null 2>&1 | tee "${out}"
+    env "$@" "${venv}/bin/python" -m pytest -p no:cacheprovider -q -rfE "${file}" </dev/null 2>&1 | tee "${out}"
     rc=${PIPESTATUS[0]}
     set -e
     summary_line="$(tail -n 1 "${out}")"
@@ -264,25 +293,25 @@ suite_python() {
     done
     if [[ ${rc} -ne 0 && ${fail} -eq 0 ]]; then fail=1; fi
     xfail="$(grep -oE '[0-9]+ xfailed' <<<"${summary_line}" || true)"
-    record python "${pass:-0}" "${fail}" "${xfail:+${xfail}: known agent bug, see interop/README.md}"
+    record "${name}" "${pass:-0}" "${fail}" "${xfail:+${xfail}: known agent bug, see interop/README.md}"
+}
+
+suite_python() {
+    pytest_tests python interop/python/test_interop.py \
+        CHARGESITE_WS_URL="${agent_url}" CHARGESITE_DB="${agent_db}" \
+        CHARGESITE_CONFIG="${agent_config}" CHARGESITE_BIN="${agent_bin}"
 }
 
 suite_python201() {
-    local out="${workdir}/python201.out" rc summary_line pass fail n
-    set +e
-    CHARGESITE201_WS_URL="${agent_url}" CHARGESITE201_DB="${agent_db}" \
-        CHARGESITE201_MQTT="127.0.0.1:${broker_port}" CHARGESITE201_SITE="${agent_site}" \
-        "${venv}/bin/python" -m pytest -p no:cacheprovider -q -rfE interop/python/test_v201.py </dev/null 2>&1 | tee "${out}"
-    rc=${PIPESTATUS[0]}
-    set -e
-    summary_line="$(tail -n 1 "${out}")"
-    pass="$(grep -oE '[0-9]+ passed' <<<"${summary_line}" | grep -oE '^[0-9]+' || true)"
-    fail=0
-    for n in $(grep -oE '[0-9]+ (failed|errors?)' <<<"${summary_line}" | grep -oE '^[0-9]+' || true); do
-        fail=$((fail + n))
-    done
-    if [[ ${rc} -ne 0 && ${fail} -eq 0 ]]; then fail=1; fi
-    record python201 "${pass:-0}" "${fail}"
+    pytest_tests python201 interop/python/test_v201.py \
+        CHARGESITE201_WS_URL="${agent_url}" CHARGESITE201_DB="${agent_db}" \
+        CHARGESITE201_MQTT="127.0.0.1:${broker_port}" CHARGESITE201_SITE="${agent_site}"
+}
+
+suite_python_tls() {
+    pytest_tests python_tls interop/python/test_tls.py \
+        CHARGESITE_TLS_SITE="${agent_site_json}" CHARGESITE_TLS_WSS_URL="${agent_tls_url}" \
+        CHARGESITE_TLS_WS_URL="${agent_url}" CHARGESITE_BIN="${agent_bin}"
 }
 
 # node_tests NAME FILE: node --test on FILE with the agent in the environment.
@@ -292,6 +321,8 @@ node_tests() {
     (cd interop/node && CHARGESITE_WS_URL="${agent_url}" CHARGESITE_DB="${agent_db}" \
         CHARGESITE201_WS_URL="${agent_url}" CHARGESITE201_DB="${agent_db}" \
         CHARGESITE201_MQTT="127.0.0.1:${broker_port:-0}" CHARGESITE201_SITE="${agent_site}" \
+        CHARGESITE_TLS_SITE="${agent_site_json:-}" CHARGESITE_TLS_WSS_URL="${agent_tls_url:-}" \
+        CHARGESITE_TLS_WS_URL="${agent_url}" \
         node --test --test-reporter=spec --test-reporter-destination=stdout \
         --test-reporter=tap --test-reporter-destination="${tap}" "$2" </dev/null)
     rc=$?
@@ -305,6 +336,7 @@ node_tests() {
 
 suite_node() { node_tests node interop.test.mjs; }
 suite_node201() { node_tests node201 v201.test.mjs; }
+suite_node_tls() { node_tests node_tls tls.test.mjs; }
 
 # ocppsim_run NAME PROTOCOL
 ocppsim_run() {
@@ -379,6 +411,12 @@ if start_broker; then
 else
     record broker 0 1
 fi
+
+note "python_tls: PyPI ocpp (1.6 and 2.0.1) on websockets over wss://, ssl.SSLContext (security profiles 2 and 3)"
+run_suite python_tls
+
+note "node_tls: npm ocpp-rpc (1.6 and 2.0.1, strictMode) over wss://, wsOpts ca/cert/key (security profiles 2 and 3)"
+run_suite node_tls
 
 note "summary"
 printf '%s\n' "${summary[@]}"

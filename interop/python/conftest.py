@@ -11,13 +11,20 @@ Two agents, one per OCPP version under test, given by the environment (this is h
                                           socket` (for `chargesite charger`, run from
                                           CHARGESITE_BIN); without it, the test that
                                           needs it is skipped
+  CHARGESITE_TLS_SITE                     the security-profile suite's site (test_tls.py):
+                                          the site.json interop/tls/make_site.sh wrote
+  CHARGESITE_TLS_WSS_URL, CHARGESITE_TLS_WS_URL
+                                          its agent's wss://127.0.0.1:PORT/ocpp and
+                                          ws://127.0.0.1:PORT/ocpp
 
-Without them, each fixture starts its own agent from CHARGESITE_BIN (default:
+Without them, each fixture starts its own agent (test_tls.py: on a site it makes with
+interop/tls/make_site.sh first) from CHARGESITE_BIN (default:
 <repo>/target/debug/chargesite) on 127.0.0.1:0 in a temp dir (and, for 2.0.1, its own
 `mosquitto` on a free port), and stops it with SIGTERM at the end (checking exit status
 0), so `pytest interop/python` also works on its own.
 """
 
+import json
 import os
 import pathlib
 import re
@@ -167,3 +174,68 @@ def agent201():
         finally:
             broker.terminate()
             broker.wait(timeout=10)
+
+
+class TlsSite:
+    """A site with security profiles 2 and 3 (interop/tls/make_site.sh): `wss` and `ws` are
+    its agent's two endpoints, `site` the parsed site.json, `db` its SQLite file."""
+
+    def __init__(self, site_json, wss_url, ws_url):
+        with open(site_json) as f:
+            self.site = json.load(f)
+        self.db = self.site["db"]
+        self.config = self.site["config"]
+        self.wss = Agent(wss_url, self.db, config=self.config)
+        self.ws = Agent(ws_url, self.db, config=self.config)
+        self.bin = agent_bin()
+
+    def charger(self, role):
+        """`p3`, `p3b` (profile 3), `p2`, `p2b` (profile 2): id, profile, and cert/key or
+        password."""
+        return self.site["chargers"][role]
+
+
+def _start_own_tls_agent(tmp):
+    binary = agent_bin()
+    subprocess.run(
+        ["bash", str(REPO / "interop" / "tls" / "make_site.sh"), binary, tmp, "PYTLS"],
+        check=True, stdin=subprocess.DEVNULL,
+    )
+    site_json = os.path.join(tmp, "site.json")
+    with open(site_json) as f:
+        cfg = json.load(f)["config"]
+    log = open(os.path.join(tmp, "agent.log"), "w")
+    proc = subprocess.Popen(
+        [binary, "run", "--config", cfg], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True
+    )
+    ports = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(ports) < 2:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.match(r"^(tls )?listening on 127\.0\.0\.1:(\d+)$", line.strip())
+        if m:
+            ports["wss" if m.group(1) else "ws"] = int(m.group(2))
+    if len(ports) < 2:
+        proc.kill()
+        raise RuntimeError(f"agent did not report both ports ({ports}); see {tmp}/agent.log")
+    return proc, site_json, f"wss://127.0.0.1:{ports['wss']}/ocpp", f"ws://127.0.0.1:{ports['ws']}/ocpp"
+
+
+@pytest.fixture(scope="session")
+def tls_site():
+    """The agent of the security-profile suite (test_tls.py): wss:// with profile 2 and 3
+    chargers, free vend."""
+    site_json = os.environ.get("CHARGESITE_TLS_SITE")
+    wss = os.environ.get("CHARGESITE_TLS_WSS_URL")
+    ws = os.environ.get("CHARGESITE_TLS_WS_URL")
+    if site_json and wss and ws:
+        yield TlsSite(site_json, wss, ws)
+        return
+    with tempfile.TemporaryDirectory(prefix="interop-pytls-") as tmp:
+        proc, site_json, wss, ws = _start_own_tls_agent(tmp)
+        try:
+            yield TlsSite(site_json, wss, ws)
+        finally:
+            _stop(proc)

@@ -91,8 +91,10 @@ class Charger(ChargePoint):
 
 
 @contextlib.asynccontextmanager
-async def charger(agent, cp_id):
-    async with connect(agent.url(cp_id), subprotocols=[OCPP16], open_timeout=TIMEOUT) as ws:
+async def charger(agent, cp_id, **connect_kwargs):
+    """`connect_kwargs` go to `websockets` `connect` as they are (test_tls.py: `ssl`, and
+    `additional_headers` for Basic auth)."""
+    async with connect(agent.url(cp_id), subprotocols=[OCPP16], open_timeout=TIMEOUT, **connect_kwargs) as ws:
         assert ws.subprotocol == OCPP16, f"agent negotiated {ws.subprotocol!r}"
         wire = Wire(ws)
         cp = Charger(cp_id, wire, response_timeout=TIMEOUT)
@@ -155,12 +157,12 @@ U = enums.UnitOfMeasure
 P = enums.Phase
 
 
-async def boot(cp):
+async def boot(cp, serial="SN-PY-0001"):
     res = await cp.call(
         call.BootNotification(
             charge_point_vendor="InteropVendor",
             charge_point_model="PyOCPP-CP",
-            charge_point_serial_number="SN-PY-0001",
+            charge_point_serial_number=serial,
             firmware_version="1.2.3",
         ),
         suppress=False,
@@ -236,157 +238,159 @@ def test_control_schema_validation_is_active():
 
 
 def test_full_transaction_flow(agent):
-    cp_id = new_cp_id("flow")
+    run(full_transaction_flow(agent, new_cp_id("flow")))
 
-    async def go():
-        async with charger(agent, cp_id) as (cp, wire):
-            # BootNotification
-            before = dt.datetime.now(dt.timezone.utc)
-            res = await boot(cp)
-            assert res.status == enums.RegistrationStatus.accepted
-            assert RFC3339_MS_UTC.match(res.current_time), res.current_time  # CONTRACT: ms, UTC
-            now = parse_ts(res.current_time)
-            assert abs((now - before).total_seconds()) < 60, res.current_time
-            assert isinstance(res.interval, int) and res.interval > 0
 
-            # Heartbeat
-            hb = await cp.call(call.Heartbeat(), suppress=False)
-            assert abs((parse_ts(hb.current_time) - dt.datetime.now(dt.timezone.utc)).total_seconds()) < 60
+async def full_transaction_flow(agent, cp_id, serial="SN-PY-0001", **connect_kwargs):
+    """The whole 1.6 flow for `cp_id`; test_tls.py runs it over wss:// (`connect_kwargs`:
+    `ssl`, Basic auth headers), `serial` for a charger bound to one."""
+    async with charger(agent, cp_id, **connect_kwargs) as (cp, wire):
+        # BootNotification
+        before = dt.datetime.now(dt.timezone.utc)
+        res = await boot(cp, serial)
+        assert res.status == enums.RegistrationStatus.accepted
+        assert RFC3339_MS_UTC.match(res.current_time), res.current_time  # CONTRACT: ms, UTC
+        now = parse_ts(res.current_time)
+        assert abs((now - before).total_seconds()) < 60, res.current_time
+        assert isinstance(res.interval, int) and res.interval > 0
 
-            # StatusNotification: charger (0) and connector 1
-            for cid, status in ((0, enums.ChargePointStatus.available), (1, enums.ChargePointStatus.preparing)):
-                r = await cp.call(
-                    call.StatusNotification(
-                        connector_id=cid,
-                        error_code=enums.ChargePointErrorCode.no_error,
-                        status=status,
-                        timestamp=ts(dt.datetime.now(dt.timezone.utc)),
-                    ),
-                    suppress=False,
-                )
-                assert isinstance(r, call_result.StatusNotification)
+        # Heartbeat
+        hb = await cp.call(call.Heartbeat(), suppress=False)
+        assert abs((parse_ts(hb.current_time) - dt.datetime.now(dt.timezone.utc)).total_seconds()) < 60
 
-            # Authorize (free vend: any tag)
-            auth = await cp.call(call.Authorize(id_tag="PYTAG0001"), suppress=False)
-            assert auth.id_tag_info["status"] == enums.AuthorizationStatus.accepted
-
-            # StartTransaction, 30 minutes ago by the charger's clock
-            t0 = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30)
-            start = await cp.call(
-                call.StartTransaction(connector_id=1, id_tag="PYTAG0001", meter_start=1000, timestamp=ts(t0)),
-                suppress=False,
-            )
-            assert start.id_tag_info["status"] == enums.AuthorizationStatus.accepted
-            tx = start.transaction_id
-            assert isinstance(tx, int) and tx >= 1
-            # durable before acknowledged: the event is in SQLite now
-            started = session_started(agent.db, cp_id, tx)
-            sid = started["session_id"]
-            assert started["connector_id"] == 1
-            assert started["meter_start_wh"] == 1000
-
-            await cp.call(
+        # StatusNotification: charger (0) and connector 1
+        for cid, status in ((0, enums.ChargePointStatus.available), (1, enums.ChargePointStatus.preparing)):
+            r = await cp.call(
                 call.StatusNotification(
-                    connector_id=1,
+                    connector_id=cid,
                     error_code=enums.ChargePointErrorCode.no_error,
-                    status=enums.ChargePointStatus.charging,
-                    timestamp=ts(t0),
+                    status=status,
+                    timestamp=ts(dt.datetime.now(dt.timezone.utc)),
                 ),
                 suppress=False,
             )
+            assert isinstance(r, call_result.StatusNotification)
 
-            # MeterValues 1: register in Wh, power, per-phase current and voltage, SoC
-            mv1 = dtypes.MeterValue(
-                timestamp=ts(t0 + dt.timedelta(minutes=10)),
-                sampled_value=[
-                    sv("2500", M.energy_active_import_register, U.wh, location=enums.Location.outlet),
-                    sv("11000", M.power_active_import, U.w),
-                    sv("16.0", M.current_import, U.a, P.l1),
-                    sv("16.2", M.current_import, U.a, P.l2),
-                    sv("15.8", M.current_import, U.a, P.l3),
-                    sv("230.1", M.voltage, U.v, P.l1_n),
-                    sv("229.9", M.voltage, U.v, P.l2_n),
-                    sv("230.0", M.voltage, U.v, P.l3_n),
-                    sv("40", M.soc, U.percent, location=enums.Location.ev),
+        # Authorize (free vend: any tag)
+        auth = await cp.call(call.Authorize(id_tag="PYTAG0001"), suppress=False)
+        assert auth.id_tag_info["status"] == enums.AuthorizationStatus.accepted
+
+        # StartTransaction, 30 minutes ago by the charger's clock
+        t0 = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30)
+        start = await cp.call(
+            call.StartTransaction(connector_id=1, id_tag="PYTAG0001", meter_start=1000, timestamp=ts(t0)),
+            suppress=False,
+        )
+        assert start.id_tag_info["status"] == enums.AuthorizationStatus.accepted
+        tx = start.transaction_id
+        assert isinstance(tx, int) and tx >= 1
+        # durable before acknowledged: the event is in SQLite now
+        started = session_started(agent.db, cp_id, tx)
+        sid = started["session_id"]
+        assert started["connector_id"] == 1
+        assert started["meter_start_wh"] == 1000
+
+        await cp.call(
+            call.StatusNotification(
+                connector_id=1,
+                error_code=enums.ChargePointErrorCode.no_error,
+                status=enums.ChargePointStatus.charging,
+                timestamp=ts(t0),
+            ),
+            suppress=False,
+        )
+
+        # MeterValues 1: register in Wh, power, per-phase current and voltage, SoC
+        mv1 = dtypes.MeterValue(
+            timestamp=ts(t0 + dt.timedelta(minutes=10)),
+            sampled_value=[
+                sv("2500", M.energy_active_import_register, U.wh, location=enums.Location.outlet),
+                sv("11000", M.power_active_import, U.w),
+                sv("16.0", M.current_import, U.a, P.l1),
+                sv("16.2", M.current_import, U.a, P.l2),
+                sv("15.8", M.current_import, U.a, P.l3),
+                sv("230.1", M.voltage, U.v, P.l1_n),
+                sv("229.9", M.voltage, U.v, P.l2_n),
+                sv("230.0", M.voltage, U.v, P.l3_n),
+                sv("40", M.soc, U.percent, location=enums.Location.ev),
+            ],
+        )
+        r = await cp.call(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[mv1]), suppress=False)
+        assert isinstance(r, call_result.MeterValues)
+
+        # MeterValues 2: register in kWh (4.2 kWh = 4200 Wh), power in kW
+        mv2 = dtypes.MeterValue(
+            timestamp=ts(t0 + dt.timedelta(minutes=20)),
+            sampled_value=[
+                sv("4.2", M.energy_active_import_register, U.kwh),
+                sv("10.5", M.power_active_import, U.kw),
+                sv("55", M.soc, U.percent, location=enums.Location.ev),
+            ],
+        )
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[mv2]), suppress=False)
+
+        meters = events(agent.db, ["session.meter"], sid)
+        samples = [s for e in meters for s in e["samples"]]
+        assert len(samples) >= 2, meters
+        s1 = next(s for s in samples if s.get("energy_wh") == 2500)
+        assert s1["power_w"] == 11000
+        assert s1["current_a"] == pytest.approx(16.0, abs=0.01)  # mean of the phases
+        assert s1["voltage_v"] == pytest.approx(230.0, abs=0.01)
+        assert s1["soc_pct"] == pytest.approx(40)
+        s2 = next(s for s in samples if s.get("energy_wh") == 4200)
+        assert s2["power_w"] == 10500
+        assert s2["soc_pct"] == pytest.approx(55)
+        assert "current_a" not in s2 and "voltage_v" not in s2
+
+        # StopTransaction with transactionData
+        t1 = t0 + dt.timedelta(minutes=30)
+        stop = await cp.call(
+            call.StopTransaction(
+                meter_stop=5200,
+                timestamp=ts(t1),
+                transaction_id=tx,
+                reason=enums.Reason.ev_disconnected,
+                id_tag="PYTAG0001",
+                transaction_data=[
+                    dtypes.MeterValue(
+                        timestamp=ts(t0),
+                        sampled_value=[
+                            sv("1000", M.energy_active_import_register, U.wh, context=enums.ReadingContext.transaction_begin)
+                        ],
+                    ),
+                    dtypes.MeterValue(
+                        timestamp=ts(t1),
+                        sampled_value=[
+                            sv("5200", M.energy_active_import_register, U.wh, context=enums.ReadingContext.transaction_end),
+                            sv("80", M.soc, U.percent, context=enums.ReadingContext.transaction_end),
+                        ],
+                    ),
                 ],
-            )
-            r = await cp.call(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[mv1]), suppress=False)
-            assert isinstance(r, call_result.MeterValues)
+            ),
+            suppress=False,
+        )
+        assert stop.id_tag_info["status"] == enums.AuthorizationStatus.accepted
 
-            # MeterValues 2: register in kWh (4.2 kWh = 4200 Wh), power in kW
-            mv2 = dtypes.MeterValue(
-                timestamp=ts(t0 + dt.timedelta(minutes=20)),
-                sampled_value=[
-                    sv("4.2", M.energy_active_import_register, U.kwh),
-                    sv("10.5", M.power_active_import, U.kw),
-                    sv("55", M.soc, U.percent, location=enums.Location.ev),
-                ],
-            )
-            await cp.call(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[mv2]), suppress=False)
+        stopped = events(agent.db, ["session.stopped"], sid)
+        assert len(stopped) == 1, stopped
+        st = stopped[0]
+        assert st["energy_wh"] == 4200
+        assert st["meter_stop_wh"] == 5200
+        assert st["reason"] == "EVDisconnected"
+        assert parse_ts(st["stopped_at"]) == parse_ts(ts(t1))
 
-            meters = events(agent.db, ["session.meter"], sid)
-            samples = [s for e in meters for s in e["samples"]]
-            assert len(samples) >= 2, meters
-            s1 = next(s for s in samples if s.get("energy_wh") == 2500)
-            assert s1["power_w"] == 11000
-            assert s1["current_a"] == pytest.approx(16.0, abs=0.01)  # mean of the phases
-            assert s1["voltage_v"] == pytest.approx(230.0, abs=0.01)
-            assert s1["soc_pct"] == pytest.approx(40)
-            s2 = next(s for s in samples if s.get("energy_wh") == 4200)
-            assert s2["power_w"] == 10500
-            assert s2["soc_pct"] == pytest.approx(55)
-            assert "current_a" not in s2 and "voltage_v" not in s2
+        # the three session events are in order
+        seqs = [e["seq"] for e in events(agent.db, ["session.started", "session.meter", "session.stopped"], sid)]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert seqs[0] == started["seq"] and seqs[-1] == st["seq"]
 
-            # StopTransaction with transactionData
-            t1 = t0 + dt.timedelta(minutes=30)
-            stop = await cp.call(
-                call.StopTransaction(
-                    meter_stop=5200,
-                    timestamp=ts(t1),
-                    transaction_id=tx,
-                    reason=enums.Reason.ev_disconnected,
-                    id_tag="PYTAG0001",
-                    transaction_data=[
-                        dtypes.MeterValue(
-                            timestamp=ts(t0),
-                            sampled_value=[
-                                sv("1000", M.energy_active_import_register, U.wh, context=enums.ReadingContext.transaction_begin)
-                            ],
-                        ),
-                        dtypes.MeterValue(
-                            timestamp=ts(t1),
-                            sampled_value=[
-                                sv("5200", M.energy_active_import_register, U.wh, context=enums.ReadingContext.transaction_end),
-                                sv("80", M.soc, U.percent, context=enums.ReadingContext.transaction_end),
-                            ],
-                        ),
-                    ],
-                ),
-                suppress=False,
-            )
-            assert stop.id_tag_info["status"] == enums.AuthorizationStatus.accepted
+        # the agent never sent a CALLERROR in this flow
+        assert not [f for f in wire.received if json.loads(f)[0] == 4], wire.received
 
-            stopped = events(agent.db, ["session.stopped"], sid)
-            assert len(stopped) == 1, stopped
-            st = stopped[0]
-            assert st["energy_wh"] == 4200
-            assert st["meter_stop_wh"] == 5200
-            assert st["reason"] == "EVDisconnected"
-            assert parse_ts(st["stopped_at"]) == parse_ts(ts(t1))
-
-            # the three session events are in order
-            seqs = [e["seq"] for e in events(agent.db, ["session.started", "session.meter", "session.stopped"], sid)]
-            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-            assert seqs[0] == started["seq"] and seqs[-1] == st["seq"]
-
-            # the agent never sent a CALLERROR in this flow
-            assert not [f for f in wire.received if json.loads(f)[0] == 4], wire.received
-
-        # after the charger disconnects, the booted/connected events are there
-        booted = [e for e in events(agent.db, ["charger.booted"]) if e["cp_id"] == cp_id]
-        assert booted and booted[0]["vendor"] == "InteropVendor" and booted[0]["model"] == "PyOCPP-CP"
-
-    run(go())
+    # after the charger disconnects, the booted/connected events are there
+    booted = [e for e in events(agent.db, ["charger.booted"]) if e["cp_id"] == cp_id]
+    assert booted and booted[0]["vendor"] == "InteropVendor" and booted[0]["model"] == "PyOCPP-CP"
+    return sid
 
 
 def test_stop_without_id_tag_and_data_transfer(agent):

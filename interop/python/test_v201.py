@@ -133,8 +133,10 @@ class Station(ChargePoint):
 
 
 @contextlib.asynccontextmanager
-async def station(agent, cp_id):
-    async with connect(agent.url(cp_id), subprotocols=[OCPP201], open_timeout=TIMEOUT) as ws:
+async def station(agent, cp_id, **connect_kwargs):
+    """`connect_kwargs` go to `websockets` `connect` as they are (test_tls.py: `ssl`, and
+    `additional_headers` for Basic auth)."""
+    async with connect(agent.url(cp_id), subprotocols=[OCPP201], open_timeout=TIMEOUT, **connect_kwargs) as ws:
         assert ws.subprotocol == OCPP201, f"agent negotiated {ws.subprotocol!r}"
         wire = Wire(ws)
         cp = Station(cp_id, wire, response_timeout=TIMEOUT)
@@ -225,13 +227,13 @@ def tx_event(event_type, seq_no, t, tx_id, trigger, meter=None, **extra):
     )
 
 
-async def boot(cp, model="PyOCPP-201"):
+async def boot(cp, model="PyOCPP-201", serial="SN-PY201-0001"):
     res = await cp.call(
         call.BootNotification(
             charging_station={
                 "model": model,
                 "vendorName": "InteropVendor",
-                "serialNumber": "SN-PY201-0001",
+                "serialNumber": serial,
                 "firmwareVersion": "2.1.0",
             },
             reason="PowerUp",
@@ -1017,11 +1019,10 @@ def test_other_station_messages_get_schema_valid_answers(agent201, action, paylo
 @pytest.mark.parametrize(
     "action,payload",
     [
-        ("SignCertificate", {"csr": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----"}),
         ("GetCertificateStatus", {"ocspRequestData": {"hashAlgorithm": "SHA256", "issuerNameHash": "a" * 64,
                                                       "issuerKeyHash": "b" * 64, "serialNumber": "01", "responderURL": "http://ocsp.example"}}),
     ],
-    ids=["SignCertificate", "GetCertificateStatus"],
+    ids=["GetCertificateStatus"],
 )
 def test_station_actions_not_built_yet_are_not_supported(agent201, action, payload):
     """2.0.1 actions the agent recognizes but does not support yet (certificates): OCPP-J
@@ -1035,6 +1036,31 @@ def test_station_actions_not_built_yet_are_not_supported(agent201, action, paylo
             assert wire.answer_to(uid)[2] == "NotSupported"
 
     run(go())
+
+
+def test_sign_certificate_with_an_unreadable_csr_is_rejected(agent201):
+    """SignCertificate is built now (security profile 3, b6144ac): a CSR that does not
+    parse gets a schema-valid CALLRESULT `Rejected` (no CALLERROR) and a `security.event`
+    `csr_refused`; nothing goes upstream as `charger.csr`. A CSR that names the charger is
+    test_tls.py's."""
+    cp_id = new_cp_id("csr")
+
+    async def go():
+        async with station(agent201, cp_id) as (cp, wire):
+            res = await cp.call(
+                call.SignCertificate(
+                    csr="-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----",
+                    certificate_type="ChargingStationCertificate",
+                ),
+                suppress=False,
+            )
+            assert res.status == "Rejected", res
+            assert not wire.call_errors(), wire.received
+
+    run(go())
+    assert not [e for e in events(agent201.db, ["charger.csr"]) if e.get("cp_id") == cp_id]
+    refused = [e for e in events(agent201.db, ["security.event"]) if e.get("cp_id") == cp_id]
+    assert [e["kind"] for e in refused] == ["csr_refused"], refused
 
 
 # --------------------------------------------------------------------------- budget stop
