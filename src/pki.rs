@@ -45,7 +45,8 @@ pub enum PkiError {
 
 fn validity(params: &mut CertificateParams, now: DateTime<Utc>, years: i32) {
     let start = now - chrono::Duration::days(1);
-    // Month and day are 1-based and in range: chrono gives them so.
+    // chrono gives a 1-based month and day; the day is capped at 28 so that "now plus N
+    // years" exists in every year (29 February).
     let day = |d: DateTime<Utc>, plus: i32| {
         rcgen::date_time_ymd(
             d.year() + plus,

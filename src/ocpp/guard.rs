@@ -64,8 +64,10 @@ impl Guard {
         self.limit
     }
 
-    fn key(map_len: usize, has: bool, s: Source) -> Source {
-        if has || map_len < MAX_SOURCES {
+    /// `s` itself when it is already counted or there is room for it; else the shared
+    /// overflow bucket.
+    fn key<V>(map: &HashMap<Source, V>, s: Source) -> Source {
+        if map.contains_key(&s) || map.len() < MAX_SOURCES {
             s
         } else {
             Source::Overflow
@@ -93,13 +95,7 @@ impl Guard {
     pub fn admits(&mut self, cp_id: Option<&str>, addr: IpAddr, now: Instant) -> bool {
         self.expire(now);
         let over = |n: usize| n >= self.limit;
-        let addr_key = if self.failures.contains_key(&Source::Addr(addr)) {
-            Source::Addr(addr)
-        } else if self.failures.len() >= MAX_SOURCES {
-            Source::Overflow
-        } else {
-            Source::Addr(addr)
-        };
+        let addr_key = Self::key(&self.failures, Source::Addr(addr));
         if over(self.count(&addr_key)) {
             return false;
         }
@@ -112,8 +108,7 @@ impl Guard {
     /// A refused handshake from `addr` (for `cp_id` when the path named a listed one).
     pub fn failed(&mut self, cp_id: Option<&str>, addr: IpAddr, now: Instant) {
         let mut push = |s: Source| {
-            let has = self.failures.contains_key(&s);
-            let k = Self::key(self.failures.len(), has, s);
+            let k = Self::key(&self.failures, s);
             self.failures.entry(k).or_default().push_back(now);
         };
         push(Source::Addr(addr));
@@ -132,8 +127,7 @@ impl Guard {
                     || e.suppressed > 0
             });
         }
-        let has = self.events.contains_key(&Source::Addr(addr));
-        let k = Self::key(self.events.len(), has, Source::Addr(addr));
+        let k = Self::key(&self.events, Source::Addr(addr));
         let e = self.events.entry(k).or_default();
         match e.window_start {
             Some(start) if now.saturating_duration_since(start) < WINDOW => {}

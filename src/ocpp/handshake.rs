@@ -1,12 +1,16 @@
 //! The OCPP-J WebSocket handshake, decided without I/O: the request's path, its
-//! `Authorization` and `Sec-WebSocket-Protocol` headers and what the config says about
-//! the charger go in; accept (with the subprotocol), refuse (404 or 401) or "complete
-//! without a subprotocol, then close" comes out.
+//! `Authorization` and `Sec-WebSocket-Protocol` headers, the transport it came over (ws://,
+//! or wss:// with the verified client certificate's subject) and what the config says
+//! about the charger go in; accept (with the subprotocol, the security profile and the
+//! serial binding), refuse (404, 401 or 429) or "complete without a subprotocol, then
+//! close" comes out.
 //!
 //! The steps run in a fixed order, so a caller learns no more than it is entitled to: the
 //! path must name a charger id (else 404), the id must be listed unless unknown chargers
-//! are allowed (404), a listed charger with a password hash must present Basic auth for
-//! its own id whose password verifies (401), and only then is a subprotocol chosen.
+//! are allowed (404), the transport must be at least its security profile (401), a
+//! profile-3 charger's certificate must name it (401), a profile-1/2 charger with a
+//! password hash must present Basic auth for its own id whose password verifies (401, or
+//! 429 when the verifier is throttled), and only then is a subprotocol chosen.
 //! Checking the password is the one expensive step (argon2, cached by the server), so it
 //! is not done here: [`decide`] calls the verifier it is given, only for a charger that
 //! needs it and only with credentials naming that charger.
