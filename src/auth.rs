@@ -171,7 +171,10 @@ impl OtpRecord {
     }
 }
 
-/// Brute-force protection: failures on one charger within a window lock OTP entry there.
+/// Brute-force protection (CONTRACT §4 OTP rules and §6 OTP guessing): failures on one
+/// charger within a window lock OTP entry there; on top of that, budgets for wrong codes
+/// at the whole site and from one remote address, so that rotating charger ids or opening
+/// more sockets buys no more guesses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lockout {
     /// Wrong codes that trigger the lock.
@@ -180,6 +183,14 @@ pub struct Lockout {
     pub window: Duration,
     /// For this long.
     pub duration: Duration,
+    /// Wrong codes at the whole site within `budget_window` after which every guessing
+    /// source is locked (see [`Lockout::lock`]).
+    pub site_max_failures: usize,
+    /// Wrong codes from one remote address within `budget_window` after which that
+    /// address's guessing sources are locked.
+    pub address_max_failures: usize,
+    /// The sliding window of both budgets.
+    pub budget_window: Duration,
 }
 
 impl Default for Lockout {
@@ -188,11 +199,94 @@ impl Default for Lockout {
             max_failures: 5,
             window: Duration::minutes(5),
             duration: Duration::minutes(5),
+            site_max_failures: 30,
+            address_max_failures: 10,
+            budget_window: Duration::hours(1),
         }
     }
 }
 
+/// Where a charger's connection comes from, kept with it for the guessing limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The remote IP address.
+    pub remote: Option<String>,
+    /// The id is configured in `[[ocpp.chargers]]`.
+    pub known: bool,
+}
+
+impl Origin {
+    /// The source of an attempt on `cp_id` from this origin.
+    pub fn source<'a>(&'a self, cp_id: &'a str) -> Source<'a> {
+        Source {
+            cp_id,
+            remote: self.remote.as_deref(),
+            known: self.known,
+        }
+    }
+}
+
+/// Who presents a code, as the guessing limits see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source<'a> {
+    /// The charger id the code came in on.
+    pub cp_id: &'a str,
+    /// The charger's remote address, when it came over a socket.
+    pub remote: Option<&'a str>,
+    /// The id is configured in `[[ocpp.chargers]]` (not an id that an
+    /// `allow_unknown_chargers` site let in).
+    pub known: bool,
+}
+
+/// The wrong codes the store counted for one attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recent {
+    /// This charger's wrong codes since `now − max(window + duration, budget_window)`.
+    pub charger: Vec<DateTime<Utc>>,
+    /// Wrong codes from the source's address within the budget window.
+    pub address: usize,
+    /// Wrong codes at the whole site within the budget window.
+    pub site: usize,
+}
+
+/// Which limit locked OTP entry for an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Too many wrong codes on this charger.
+    Charger,
+    /// Too many from this remote address, and this source is a suspect.
+    Address,
+    /// Too many at the whole site, and this source is a suspect.
+    Site,
+}
+
 impl Lockout {
+    /// Whether an attempt from `source` is locked. The per-charger lockout locks its
+    /// charger. The address and site budgets lock only suspects: an id that is not
+    /// configured, or a charger that itself gave a wrong code within the budget window;
+    /// a configured charger that has not failed keeps working, so an attacker cannot lock
+    /// drivers out of the site (CONTRACT §6).
+    pub fn lock(&self, source: &Source<'_>, recent: &Recent, now: DateTime<Utc>) -> Option<Lock> {
+        if self.locked_until(&recent.charger, now).is_some() {
+            return Some(Lock::Charger);
+        }
+        let since = now - self.budget_window;
+        let failed_here = recent.charger.iter().any(|t| *t > since && *t <= now);
+        let suspect = !source.known || failed_here;
+        if !suspect {
+            return None;
+        }
+        if source.remote.is_some() && recent.address >= self.address_max_failures {
+            return Some(Lock::Address);
+        }
+        (recent.site >= self.site_max_failures).then_some(Lock::Site)
+    }
+
+    /// How far back the store must count for [`Lockout::lock`].
+    pub fn horizon(&self) -> Duration {
+        (self.window + self.duration).max(self.budget_window)
+    }
+
     /// Until when OTP entry is locked, given the charger's recent failures (any order).
     pub fn locked_until(
         &self,
@@ -207,6 +301,108 @@ impl Lockout {
             .map(|w| w[w.len() - 1] + self.duration)
             .filter(|until| *until > now)
             .max()
+    }
+}
+
+/// How often refused attempts at one key are reported while OTP entry stays locked.
+pub const BLOCKED_REPORT_INTERVAL: Duration = Duration::minutes(1);
+
+/// Attempts refused while locked, reported in aggregate (one `auth.checked` with a
+/// `count` per charger per interval, never one event each): the first at a key is
+/// reported at once; later ones within [`BLOCKED_REPORT_INTERVAL`] are counted, and
+/// reported by the next attempt after it or by [`BlockedTally::flush`]. A configured
+/// charger is its own key; every unknown id shares one, so rotating ids does not multiply
+/// the events (nor this map).
+#[derive(Debug, Default)]
+pub struct BlockedTally {
+    buckets: std::collections::HashMap<String, Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    reported: DateTime<Utc>,
+    pending: u64,
+    cp_id: String,
+    connector_id: Option<u32>,
+}
+
+/// One aggregated report of blocked attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedReport {
+    /// The charger (for the unknown-id key: the latest id).
+    pub cp_id: String,
+    /// The latest attempt's connector, when known.
+    pub connector_id: Option<u32>,
+    /// Attempts since the previous report, this one included.
+    pub count: u64,
+}
+
+impl BlockedTally {
+    /// Counts a blocked attempt; the report to emit now, if one is due.
+    pub fn note(
+        &mut self,
+        source: &Source<'_>,
+        connector_id: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Option<BlockedReport> {
+        let key = if source.known { source.cp_id } else { "" };
+        match self.buckets.get_mut(key) {
+            Some(b) if now - b.reported < BLOCKED_REPORT_INTERVAL => {
+                b.pending += 1;
+                b.cp_id.clear();
+                b.cp_id.push_str(source.cp_id);
+                b.connector_id = connector_id;
+                None
+            }
+            Some(b) => {
+                let count = b.pending + 1;
+                b.pending = 0;
+                b.reported = now;
+                Some(BlockedReport {
+                    cp_id: source.cp_id.to_string(),
+                    connector_id,
+                    count,
+                })
+            }
+            None => {
+                self.buckets.insert(
+                    key.to_string(),
+                    Bucket {
+                        reported: now,
+                        pending: 0,
+                        cp_id: source.cp_id.to_string(),
+                        connector_id,
+                    },
+                );
+                Some(BlockedReport {
+                    cp_id: source.cp_id.to_string(),
+                    connector_id,
+                    count: 1,
+                })
+            }
+        }
+    }
+
+    /// The counts whose interval has passed; keys quiet for a whole interval are forgotten.
+    pub fn flush(&mut self, now: DateTime<Utc>) -> Vec<BlockedReport> {
+        let mut out = Vec::new();
+        self.buckets.retain(|_, b| {
+            if now - b.reported < BLOCKED_REPORT_INTERVAL {
+                return true;
+            }
+            if b.pending == 0 {
+                return false;
+            }
+            out.push(BlockedReport {
+                cp_id: b.cp_id.clone(),
+                connector_id: b.connector_id,
+                count: b.pending,
+            });
+            b.pending = 0;
+            b.reported = now;
+            true
+        });
+        out
     }
 }
 
@@ -626,6 +822,137 @@ mod tests {
             ),
             OtpOutcome::Blocked
         );
+    }
+
+    fn source(cp_id: &str, known: bool) -> Source<'_> {
+        Source {
+            cp_id,
+            remote: Some("192.0.2.7"),
+            known,
+        }
+    }
+
+    #[test]
+    fn a_site_over_its_budget_locks_unknown_ids_but_never_a_configured_charger_that_has_not_failed()
+    {
+        let l = Lockout::default();
+        let over = Recent {
+            charger: vec![],
+            address: 0,
+            site: l.site_max_failures,
+        };
+        assert_eq!(
+            l.lock(&source("NEW-ID", false), &over, t(0)),
+            Some(Lock::Site)
+        );
+        assert_eq!(l.lock(&source("CP1", true), &over, t(0)), None);
+        let under = Recent {
+            site: l.site_max_failures - 1,
+            ..over.clone()
+        };
+        assert_eq!(l.lock(&source("NEW-ID", false), &under, t(0)), None);
+    }
+
+    #[test]
+    fn a_configured_charger_that_itself_failed_within_the_hour_is_locked_by_the_site_budget() {
+        let l = Lockout::default();
+        let recent = Recent {
+            charger: vec![t(-59)],
+            address: 0,
+            site: l.site_max_failures,
+        };
+        assert_eq!(
+            l.lock(&source("CP1", true), &recent, t(0)),
+            Some(Lock::Site)
+        );
+        let an_hour_ago = Recent {
+            charger: vec![t(-60)],
+            ..recent
+        };
+        assert_eq!(
+            l.lock(&source("CP1", true), &an_hour_ago, t(0)),
+            None,
+            "its failure has left the window"
+        );
+    }
+
+    #[test]
+    fn an_address_over_its_budget_locks_its_guessing_sources_whatever_the_site_count() {
+        let l = Lockout::default();
+        let recent = Recent {
+            charger: vec![],
+            address: l.address_max_failures,
+            site: l.address_max_failures,
+        };
+        assert_eq!(
+            l.lock(&source("ROTATED-1", false), &recent, t(0)),
+            Some(Lock::Address)
+        );
+        assert_eq!(
+            l.lock(&source("CP1", true), &recent, t(0)),
+            None,
+            "a charger sharing the address that has not failed"
+        );
+        let no_address = Source {
+            remote: None,
+            ..source("ROTATED-1", false)
+        };
+        assert_eq!(l.lock(&no_address, &recent, t(0)), None);
+    }
+
+    #[test]
+    fn the_per_charger_lockout_still_comes_first() {
+        let l = Lockout::default();
+        let recent = Recent {
+            charger: (0..5).map(|i| t(-4) + Duration::seconds(i)).collect(),
+            address: 0,
+            site: 5,
+        };
+        assert_eq!(
+            l.lock(&source("CP1", true), &recent, t(0)),
+            Some(Lock::Charger)
+        );
+        assert!(l.horizon() >= l.budget_window && l.horizon() >= l.window + l.duration);
+    }
+
+    #[test]
+    fn blocked_attempts_are_reported_once_a_minute_with_their_count() {
+        let mut tally = BlockedTally::default();
+        let cp1 = source("CP1", true);
+        let first = tally.note(&cp1, Some(1), t(0)).unwrap();
+        assert_eq!((first.cp_id.as_str(), first.count), ("CP1", 1));
+        for i in 1..100 {
+            assert_eq!(
+                tally.note(&cp1, Some(1), t(0) + Duration::milliseconds(i * 500)),
+                None
+            );
+        }
+        assert!(tally.flush(t(0) + Duration::seconds(59)).is_empty());
+        let flushed = tally.flush(t(1));
+        assert_eq!(flushed.len(), 1);
+        assert_eq!(flushed[0].count, 99);
+        assert!(tally.flush(t(3)).is_empty(), "nothing more to say");
+        assert!(tally.buckets.is_empty(), "a quiet charger is forgotten");
+        let again = tally.note(&cp1, None, t(4)).unwrap();
+        assert_eq!(again.count, 1);
+    }
+
+    #[test]
+    fn unknown_ids_share_one_blocked_report_so_rotating_ids_adds_no_events() {
+        let mut tally = BlockedTally::default();
+        let ids: Vec<String> = (0..1000).map(|i| format!("ROT-{i}")).collect();
+        let reports = ids
+            .iter()
+            .filter_map(|id| tally.note(&source(id, false), None, t(0)))
+            .count();
+        assert_eq!(reports, 1);
+        let flushed = tally.flush(t(1));
+        assert_eq!(flushed.len(), 1);
+        assert_eq!(
+            (flushed[0].cp_id.as_str(), flushed[0].count),
+            ("ROT-999", 999)
+        );
+        assert_eq!(tally.buckets.len(), 1);
     }
 
     #[test]

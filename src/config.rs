@@ -193,6 +193,25 @@ struct RawAuth {
     otp_failure_window_secs: u64,
     #[serde(default = "default_five_minutes")]
     otp_lockout_secs: u64,
+    #[serde(default = "default_site_failures")]
+    otp_site_failures_per_hour: u32,
+    #[serde(default = "default_address_failures")]
+    otp_address_failures_per_hour: u32,
+}
+
+/// A guessing budget: at least one wrong code an hour.
+fn per_hour(key: &str, n: u32) -> Result<usize, ConfigError> {
+    if n == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+fn default_site_failures() -> u32 {
+    30
+}
+fn default_address_failures() -> u32 {
+    10
 }
 
 fn default_failures() -> u32 {
@@ -209,6 +228,8 @@ impl Default for RawAuth {
             otp_max_failures: default_failures(),
             otp_failure_window_secs: default_five_minutes(),
             otp_lockout_secs: default_five_minutes(),
+            otp_site_failures_per_hour: default_site_failures(),
+            otp_address_failures_per_hour: default_address_failures(),
         }
     }
 }
@@ -875,6 +896,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     )
                     .unwrap_or(300),
                 ),
+                site_max_failures: per_hour(
+                    "auth.otp_site_failures_per_hour",
+                    raw.auth.otp_site_failures_per_hour,
+                )?,
+                address_max_failures: per_hour(
+                    "auth.otp_address_failures_per_hour",
+                    raw.auth.otp_address_failures_per_hour,
+                )?,
+                budget_window: chrono::Duration::hours(1),
             },
         },
         store: StoreConfig {

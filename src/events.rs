@@ -100,6 +100,10 @@ pub enum Event {
         /// The order, when the code matched one.
         #[serde(skip_serializing_if = "Option::is_none")]
         order_id: Option<String>,
+        /// `blocked` only: the attempts this event stands for (refused attempts while
+        /// OTP entry is locked are reported in aggregate, one event per charger a minute).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
     },
     /// `session.started`.
     SessionStarted(Box<SessionStarted>),
@@ -400,6 +404,7 @@ mod tests {
             method: "otp",
             result: "invalid",
             order_id: None,
+            count: None,
         };
         assert_eq!(e.kind(), "auth.checked");
         assert_eq!(

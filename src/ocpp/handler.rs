@@ -46,6 +46,17 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+impl Context {
+    /// Where `cp_id`'s connection comes from, for the OTP guessing limits (a charger
+    /// that is not registered counts as configured or not by `[ocpp]`, with no address).
+    pub fn origin(&self, cp_id: &str) -> auth::Origin {
+        self.registry.origin(cp_id).unwrap_or_else(|| auth::Origin {
+            remote: None,
+            known: self.ocpp.chargers.contains_key(cp_id),
+        })
+    }
+}
+
 /// A charger's request, decoded for the version its connection speaks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
@@ -174,7 +185,13 @@ async fn answer(
         Request::Authorize { id_tag } => {
             let decision = ctx
                 .store
-                .authorize(cp, auth::present(&ctx.secret, &id_tag), free_vend, received)
+                .authorize(
+                    cp,
+                    ctx.origin(cp_id),
+                    auth::present(&ctx.secret, &id_tag),
+                    free_vend,
+                    received,
+                )
                 .await?;
             json!({"idTagInfo": {"status": decision.result.ocpp_status()}})
         }
@@ -192,6 +209,7 @@ async fn answer(
                     connector_id,
                     presented: auth::present(&ctx.secret, &id_tag),
                     free_vend,
+                    origin: ctx.origin(cp_id),
                     meter_start_wh,
                     timestamp,
                     reservation_id,

@@ -56,6 +56,7 @@ struct Entry {
     conn_id: u64,
     version: Version,
     profile: u8,
+    origin: crate::auth::Origin,
     calls: mpsc::Sender<OutboundCall>,
     cancel: CancellationToken,
 }
@@ -89,13 +90,15 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connection for `cp_id` speaking `version` at security `profile`,
-    /// replacing (and cancelling) any older one.
+    /// Registers a connection for `cp_id` speaking `version` at security `profile`, from
+    /// `origin` (its address, and whether the id is configured), replacing (and
+    /// cancelling) any older one.
     pub fn register(
         &self,
         cp_id: &str,
         version: Version,
         profile: u8,
+        origin: crate::auth::Origin,
         parent: &CancellationToken,
     ) -> Registration {
         let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
@@ -107,6 +110,7 @@ impl Registry {
                 conn_id,
                 version,
                 profile,
+                origin,
                 calls: tx,
                 cancel: cancel.clone(),
             },
@@ -121,6 +125,13 @@ impl Registry {
             cancel,
             replaced,
         }
+    }
+
+    /// Where the charger's current connection comes from, for the OTP guessing limits;
+    /// `None` when it is not connected (a configured charger's decisions then count it as
+    /// known, without an address).
+    pub fn origin(&self, cp_id: &str) -> Option<crate::auth::Origin> {
+        self.map().get(cp_id).map(|e| e.origin.clone())
     }
 
     /// Removes the connection if it is still the charger's current one; returns whether

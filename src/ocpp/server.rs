@@ -612,7 +612,13 @@ impl Server {
             serial,
             profile,
         } = link;
-        let reg = self.registry.register(&cp_id, version, profile, &shutdown);
+        let origin = crate::auth::Origin {
+            remote: Some(peer.ip().to_string()),
+            known: self.access().chargers.contains_key(&cp_id),
+        };
+        let reg = self
+            .registry
+            .register(&cp_id, version, profile, origin, &shutdown);
         let cancel = reg.cancel.clone();
         let mut calls = reg.calls;
         if let Err(e) = self

@@ -98,6 +98,8 @@ pub(crate) struct Ctx {
     pub instance: String,
     pub limits: Limits,
     pub lockout: crate::auth::Lockout,
+    /// Attempts refused while OTP entry is locked, not yet reported.
+    pub blocked: std::sync::Mutex<crate::auth::BlockedTally>,
 }
 
 /// One op of a batch, type-erased so that every operation keeps its own result type.
@@ -297,6 +299,7 @@ impl Store {
     pub async fn authorize(
         &self,
         cp_id: String,
+        origin: crate::auth::Origin,
         presented: Presented,
         free_vend: bool,
         at: DateTime<Utc>,
@@ -304,14 +307,15 @@ impl Store {
         self.call(false, move |c, ctx| {
             let attempt = orders::Attempt {
                 cp_id: &cp_id,
+                origin: &origin,
                 connector_id: None,
                 presented: &presented,
                 free_vend,
                 consume: false,
                 now: at,
             };
-            let d = orders::decide(c, &ctx.lockout, attempt)?;
-            insert_event(c, at, &sessions::auth_event(&cp_id, None, &d))?;
+            let d = orders::decide(c, &ctx.lockout, &attempt)?;
+            orders::report(c, ctx, &attempt, &d)?;
             Ok(d)
         })
         .await
@@ -367,7 +371,7 @@ impl Store {
             insert_event(
                 c,
                 at,
-                &sessions::auth_event(&cp_id, Some(connector_id), &started.decision),
+                &orders::auth_event(&cp_id, Some(connector_id), &started.decision, None),
             )?;
             Ok(started)
         })
@@ -543,7 +547,8 @@ impl Store {
         retain_secs: i64,
         quota_bytes: Option<u64>,
     ) -> Result<usize, StoreError> {
-        self.call(false, move |c, _| {
+        self.call(false, move |c, ctx| {
+            orders::housekeep(c, ctx, now)?;
             outbox::prune(c, now, retain_secs, quota_bytes)
         })
         .await
@@ -900,6 +905,7 @@ fn run(
         instance,
         limits: settings.limits,
         lockout: settings.lockout,
+        blocked: Default::default(),
     };
     let mut batch: Vec<Job> = Vec::with_capacity(settings.max_batch);
     let mut closing = false;
@@ -1062,6 +1068,7 @@ mod tests {
             instance: "test".into(),
             limits: settings().limits,
             lockout: crate::auth::Lockout::default(),
+            blocked: Default::default(),
         };
         let mut batch = Vec::new();
         let mut answers = Vec::new();
@@ -1115,6 +1122,7 @@ mod tests {
             instance: "test".into(),
             limits: settings().limits,
             lockout: crate::auth::Lockout::default(),
+            blocked: Default::default(),
         };
         let (reply, mut panicked) = oneshot::channel::<Result<(), StoreError>>();
         let bomb = Box::new(Call {
@@ -1193,6 +1201,10 @@ mod tests {
             connector_id: 1,
             presented: crate::auth::present(&crate::auth::Secret::from_bytes([7; 32]), "TAG1"),
             free_vend: true,
+            origin: crate::auth::Origin {
+                remote: None,
+                known: true,
+            },
             meter_start_wh: 1000,
             timestamp: crate::time::ChargerTime {
                 raw: crate::time::fmt_ts(now),

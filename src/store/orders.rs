@@ -5,11 +5,13 @@
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{from_ms, ms, StoreError};
+use super::{from_ms, insert_event, ms, Ctx, StoreError};
 use crate::auth::{
-    self, AuthDecision, AuthMethod, AuthResult, Lockout, OtpHash, OtpOutcome, OtpRecord, Presented,
+    self, AuthDecision, AuthMethod, AuthResult, Lock, Lockout, Origin, OtpHash, OtpOutcome,
+    OtpRecord, Presented, Recent, Source,
 };
 use crate::billing::Budget;
+use crate::events::Event;
 use crate::time::fmt_ts;
 
 /// How long an agent-issued remote-start tag waits for the charger's StartTransaction.
@@ -172,24 +174,53 @@ pub(super) fn terms(c: &Connection, order_id: &str) -> Result<Terms, StoreError>
     })
 }
 
-fn locked(
+/// The wrong codes that bear on an attempt from `source` (see [`Lockout::lock`]).
+fn recent(
     c: &Connection,
-    cp_id: &str,
+    source: &Source<'_>,
     lockout: &Lockout,
     now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let since = ms(now - lockout.window - lockout.duration);
-    let failures: Vec<DateTime<Utc>> = c
+) -> Result<Recent, StoreError> {
+    let charger: Vec<DateTime<Utc>> = c
         .prepare_cached("SELECT at_ms FROM otp_failures WHERE cp_id = ?1 AND at_ms >= ?2")?
-        .query_map(params![cp_id, since], |r| r.get::<_, i64>(0))?
+        .query_map(params![source.cp_id, ms(now - lockout.horizon())], |r| {
+            r.get::<_, i64>(0)
+        })?
         .map(|r| from_ms(r?, || "otp_failures.at_ms".into()))
         .collect::<Result<_, _>>()?;
-    Ok(lockout.locked_until(&failures, now).is_some())
+    let since = ms(now - lockout.budget_window);
+    let site: i64 = c
+        .prepare_cached("SELECT count(*) FROM otp_failures WHERE at_ms > ?1 AND at_ms <= ?2")?
+        .query_row(params![since, ms(now)], |r| r.get(0))?;
+    let address: i64 = match source.remote {
+        Some(remote) => c
+            .prepare_cached(
+                "SELECT count(*) FROM otp_failures WHERE remote = ?1 AND at_ms > ?2 AND at_ms <= ?3",
+            )?
+            .query_row(params![remote, since, ms(now)], |r| r.get(0))?,
+        None => 0,
+    };
+    Ok(Recent {
+        charger,
+        address: usize::try_from(address).unwrap_or(usize::MAX),
+        site: usize::try_from(site).unwrap_or(usize::MAX),
+    })
+}
+
+fn locked(
+    c: &Connection,
+    source: &Source<'_>,
+    lockout: &Lockout,
+    now: DateTime<Utc>,
+) -> Result<Option<Lock>, StoreError> {
+    Ok(lockout.lock(source, &recent(c, source, lockout, now)?, now))
 }
 
 /// A tag presented at a charger.
 pub(super) struct Attempt<'a> {
     pub cp_id: &'a str,
+    /// Where the charger's connection comes from.
+    pub origin: &'a Origin,
     /// Known at StartTransaction, not at Authorize.
     pub connector_id: Option<u32>,
     pub presented: &'a Presented,
@@ -197,6 +228,12 @@ pub(super) struct Attempt<'a> {
     /// StartTransaction (uses are spent) rather than Authorize.
     pub consume: bool,
     pub now: DateTime<Utc>,
+}
+
+impl Attempt<'_> {
+    fn source(&self) -> Source<'_> {
+        self.origin.source(self.cp_id)
+    }
 }
 
 /// A `session.start` request.
@@ -210,20 +247,18 @@ pub(super) struct RemoteRequest<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Counts a wrong code toward the charger's lockout, and spends a use of an accepted OTP
-/// when the decision starts a session.
+/// Counts a wrong code toward the lockouts, and spends a use of an accepted OTP when the
+/// decision starts a session.
 fn record(
     c: &Connection,
-    cp_id: &str,
+    source: &Source<'_>,
     outcome: &OtpOutcome,
     spend: bool,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     if outcome.is_failure() {
-        c.execute(
-            "INSERT INTO otp_failures (cp_id, at_ms) VALUES (?1, ?2)",
-            params![cp_id, ms(now)],
-        )?;
+        c.prepare_cached("INSERT INTO otp_failures (cp_id, at_ms, remote) VALUES (?1, ?2, ?3)")?
+            .execute(params![source.cp_id, ms(now), source.remote])?;
     }
     if let (OtpOutcome::Accepted { order_id }, true) = (outcome, spend) {
         c.execute(
@@ -234,21 +269,91 @@ fn record(
     Ok(())
 }
 
+/// Records a decision upstream as `auth.checked`; attempts refused because OTP entry is
+/// locked are counted and reported in aggregate (see [`auth::BlockedTally`]), so an
+/// attack that keeps guessing writes one event per charger a minute, not one per guess.
+pub(super) fn report(
+    c: &Connection,
+    ctx: &Ctx,
+    a: &Attempt<'_>,
+    d: &AuthDecision,
+) -> Result<(), StoreError> {
+    if d.result != AuthResult::Blocked {
+        return insert_event(c, a.now, &auth_event(a.cp_id, a.connector_id, d, None));
+    }
+    let due = ctx.blocked.lock().unwrap_or_else(|p| p.into_inner()).note(
+        &a.source(),
+        a.connector_id,
+        a.now,
+    );
+    match due {
+        Some(r) => insert_event(c, a.now, &blocked_event(&r)),
+        None => Ok(()),
+    }
+}
+
+/// The `auth.checked` event for a decision (`count`: attempts it stands for, when
+/// aggregated).
+pub(super) fn auth_event(
+    cp_id: &str,
+    connector_id: Option<u32>,
+    d: &AuthDecision,
+    count: Option<u64>,
+) -> Event {
+    Event::AuthChecked {
+        cp_id: cp_id.to_string(),
+        connector_id,
+        method: d.method.as_str(),
+        result: d.result.as_str(),
+        order_id: d.order_id.clone(),
+        count,
+    }
+}
+
+fn blocked_event(r: &auth::BlockedReport) -> Event {
+    Event::AuthChecked {
+        cp_id: r.cp_id.clone(),
+        connector_id: r.connector_id,
+        method: AuthMethod::Otp.as_str(),
+        result: AuthResult::Blocked.as_str(),
+        order_id: None,
+        count: Some(r.count),
+    }
+}
+
+/// Housekeeping: reports the blocked attempts whose interval has passed, and forgets
+/// wrong codes older than any limit looks back (an attack must not grow the table).
+pub(super) fn housekeep(c: &Connection, ctx: &Ctx, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let due = ctx
+        .blocked
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .flush(now);
+    for r in &due {
+        insert_event(c, now, &blocked_event(r))?;
+    }
+    c.prepare_cached("DELETE FROM otp_failures WHERE at_ms < ?1")?
+        .execute(params![ms(now - ctx.lockout.horizon())])?;
+    Ok(())
+}
+
 /// Judges a presented tag at a charger. With `consume`, an accepted OTP uses one of its
 /// uses and an agent-issued remote tag is spent (StartTransaction); without, nothing is
 /// used (Authorize). Wrong OTP-shaped codes are counted for the lockout.
 pub(super) fn decide(
     c: &Connection,
     lockout: &Lockout,
-    a: Attempt<'_>,
+    a: &Attempt<'_>,
 ) -> Result<AuthDecision, StoreError> {
-    let Attempt {
+    let source = a.source();
+    let &Attempt {
         cp_id,
         connector_id,
         presented,
         free_vend,
         consume,
         now,
+        ..
     } = a;
     // an agent-issued tag from session.start
     let remote: Option<(String, i64)> = c
@@ -284,7 +389,7 @@ pub(super) fn decide(
     let Some(hash) = presented.otp_hash else {
         return Ok(auth::check_tag(&presented.tag_key, free_vend));
     };
-    let is_locked = locked(c, cp_id, lockout, now)?;
+    let is_locked = locked(c, &source, lockout, now)?.is_some();
     let outcome = auth::check_otp(
         &hash,
         &candidates(c, now)?,
@@ -297,7 +402,7 @@ pub(super) fn decide(
         // digits that are no OTP: on a free-vend site every tag is accepted
         return Ok(auth::check_tag(&presented.tag_key, true));
     }
-    record(c, cp_id, &outcome, consume, now)?;
+    record(c, &source, &outcome, consume, now)?;
     Ok(AuthDecision {
         method: AuthMethod::Otp,
         result: outcome.result(),
@@ -350,7 +455,14 @@ pub(super) fn remote_start(
         tag,
         now,
     } = r;
-    let is_locked = locked(c, cp_id, lockout, now)?;
+    // The BPP asks, not a guessing source on site: only the charger's own lockout applies
+    // (its wrong codes still count toward it).
+    let origin = Origin {
+        remote: None,
+        known: true,
+    };
+    let source = origin.source(cp_id);
+    let is_locked = locked(c, &source, lockout, now)?.is_some();
     let records: Vec<OtpRecord> = candidates(c, now)?
         .into_iter()
         .filter(|r| r.order_id == order_id)
@@ -363,7 +475,7 @@ pub(super) fn remote_start(
         now,
         is_locked,
     );
-    record(c, cp_id, &outcome, true, now)?;
+    record(c, &source, &outcome, true, now)?;
     let mut remote_start_id = None;
     if let OtpOutcome::Accepted { order_id } = &outcome {
         let id = next_remote_start_id(c)?;

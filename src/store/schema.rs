@@ -263,6 +263,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cp_id, key)
     ) STRICT;
     "#,
+    // 6: site-wide OTP guessing limits. A wrong code remembers the remote address it came
+    // from; the site and per-address budgets count by time, the per-charger lockout by
+    // charger. Rows older than every limit's look-back are deleted by housekeeping.
+    r#"
+    ALTER TABLE otp_failures ADD COLUMN remote TEXT;
+    CREATE INDEX otp_failures_by_at ON otp_failures (at_ms);
+    CREATE INDEX otp_failures_by_remote ON otp_failures (remote, at_ms) WHERE remote IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::chargers::note_clock;
 use super::orders;
 use super::{from_ms, insert_event, insert_event_text, ms, Ctx, StoreError};
-use crate::auth::{AuthDecision, AuthResult, Presented};
+use crate::auth::{AuthResult, Origin, Presented};
 use crate::billing::{Accrual, Budget, Tariff};
 use crate::events::{self, Event, SessionStarted, SessionStopped, TxId};
 use crate::reading::Sample;
@@ -29,6 +29,8 @@ pub struct StartTx {
     pub presented: Presented,
     /// `[auth] free_vend`.
     pub free_vend: bool,
+    /// Where the charger's connection comes from (the OTP guessing limits).
+    pub origin: Origin,
     /// `meterStart`, Wh.
     pub meter_start_wh: i64,
     /// `timestamp`.
@@ -121,17 +123,6 @@ pub struct MeterOutcome {
     pub budget_stop: Option<i32>,
 }
 
-/// The `auth.checked` event for a decision.
-pub(super) fn auth_event(cp_id: &str, connector_id: Option<u32>, d: &AuthDecision) -> Event {
-    Event::AuthChecked {
-        cp_id: cp_id.to_string(),
-        connector_id,
-        method: d.method.as_str(),
-        result: d.result.as_str(),
-        order_id: d.order_id.clone(),
-    }
-}
-
 pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, StoreError> {
     // A replay (the charger did not get our answer and sent the same start again) gets
     // the same transaction id, and nothing new is written.
@@ -171,18 +162,15 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
     }
     let attempt = orders::Attempt {
         cp_id: &s.cp_id,
+        origin: &s.origin,
         connector_id: Some(s.connector_id),
         presented: &s.presented,
         free_vend: s.free_vend,
         consume: true,
         now: s.received,
     };
-    let auth = orders::decide(c, &ctx.lockout, attempt)?;
-    insert_event(
-        c,
-        s.received,
-        &auth_event(&s.cp_id, Some(s.connector_id), &auth),
-    )?;
+    let auth = orders::decide(c, &ctx.lockout, &attempt)?;
+    orders::report(c, ctx, &attempt, &auth)?;
     let terms = match (&auth.order_id, auth.result) {
         (Some(order), AuthResult::Accepted) => orders::terms(c, order)?,
         _ => orders::Terms::default(),
@@ -777,13 +765,13 @@ mod tests {
 
     #[test]
     fn auth_events_name_the_method_and_result_never_the_tag() {
-        let d = AuthDecision {
+        let d = crate::auth::AuthDecision {
             method: AuthMethod::Otp,
             result: AuthResult::Used,
             order_id: Some("o-1".into()),
             tag_key: "otp:abcd".into(),
         };
-        let body = auth_event("CP1", Some(2), &d).body();
+        let body = orders::auth_event("CP1", Some(2), &d, None).body();
         assert_eq!(
             body,
             r#"{"cp_id":"CP1","connector_id":2,"method":"otp","result":"used","order_id":"o-1"}"#

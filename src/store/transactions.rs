@@ -24,8 +24,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::chargers::note_clock;
 use super::orders;
 use super::sessions::{
-    auth_event, load_charger_tx, load_session, meter_events, save_session, stop_details,
-    store_readings, Loaded, Readings,
+    load_charger_tx, load_session, meter_events, save_session, stop_details, store_readings,
+    Loaded, Readings,
 };
 use super::{insert_event, ms, Ctx, StoreError};
 use crate::auth::{AuthDecision, AuthResult, Presented};
@@ -46,6 +46,8 @@ pub struct TxEventIn {
     pub presented: Option<Presented>,
     /// `[auth] free_vend`.
     pub free_vend: bool,
+    /// Where the charger's connection comes from (the OTP guessing limits).
+    pub origin: crate::auth::Origin,
     /// The contract's `reason` for an `Ended` (mapped from `stoppedReason`).
     pub reason: String,
     /// Whether the uplink was connected at receipt.
@@ -368,7 +370,11 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
         if x.auth_result == PENDING {
             // Ended without ever presenting an idToken: judged as a tagless start.
             let d = crate::auth::check_tag("", e.free_vend);
-            insert_event(c, e.received, &auth_event(&e.cp_id, Some(evse_id), &d))?;
+            insert_event(
+                c,
+                e.received,
+                &orders::auth_event(&e.cp_id, Some(evse_id), &d, None),
+            )?;
             adopt(c, key, &d)?;
         }
         announce(c, &e, key)?;
@@ -518,14 +524,15 @@ fn authorize(
 ) -> Result<AuthDecision, StoreError> {
     let attempt = orders::Attempt {
         cp_id: &e.cp_id,
+        origin: &e.origin,
         connector_id: Some(evse_id),
         presented,
         free_vend: e.free_vend,
         consume,
         now: e.received,
     };
-    let d = orders::decide(c, &ctx.lockout, attempt)?;
-    insert_event(c, e.received, &auth_event(&e.cp_id, Some(evse_id), &d))?;
+    let d = orders::decide(c, &ctx.lockout, &attempt)?;
+    orders::report(c, ctx, &attempt, &d)?;
     Ok(d)
 }
 

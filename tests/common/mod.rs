@@ -229,6 +229,32 @@ impl Charger {
         }
     }
 
+    /// Connects (1.6) from the loopback address `source` (any of 127.0.0.0/8), as
+    /// another host on the site LAN would.
+    pub async fn connect_from(url: &str, source: std::net::Ipv4Addr) -> Charger {
+        let mut req = url.into_client_request().expect("request");
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static("ocpp1.6"),
+        );
+        let host: SocketAddr = req
+            .uri()
+            .authority()
+            .expect("authority")
+            .as_str()
+            .parse()
+            .expect("an ip:port url");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .expect("bind the source address");
+        let tcp = socket.connect(host).await.expect("tcp connect");
+        let (ws, _) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .expect("handshake");
+        Charger { ws, next: 0 }
+    }
+
     /// Connects offering only `ocpp2.0.1`.
     pub async fn connect_v201(url: &str) -> Charger {
         match Self::try_connect(url, Some("ocpp2.0.1"), None).await {

@@ -105,7 +105,7 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
             let presented = present(ctx, &id_token);
             let decision = ctx
                 .store
-                .authorize(cp, presented, ctx.free_vend, received)
+                .authorize(cp, ctx.origin(cp_id), presented, ctx.free_vend, received)
                 .await?;
             json!({"idTokenInfo": token_info(decision.result, &id_token)})
         }
@@ -240,6 +240,7 @@ async fn transaction_event(
             event,
             presented,
             free_vend: ctx.free_vend,
+            origin: ctx.origin(cp_id),
             reason,
             uplink_online: ctx.uplink_online.load(Ordering::Relaxed),
             received,
