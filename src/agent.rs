@@ -78,6 +78,17 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let config = Arc::new(config);
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let state_dir = config
+        .store
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let secret = Secret::load_or_create(&state_dir).map_err(|source| AgentError::Hardware {
+        what: "otp-secret in the state directory",
+        source,
+    })?;
     let (store, store_thread) = store::open(
         &config.store.path,
         StoreSettings {
@@ -89,6 +100,7 @@ pub async fn run(
             },
             lockout: config.auth.lockout,
             metrics: metrics.clone(),
+            secret: secret.clone(),
         },
     )
     .map_err(|source| AgentError::Store {
@@ -125,17 +137,6 @@ pub async fn run(
         })?),
         None => None,
     };
-    let state_dir = config
-        .store
-        .path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."))
-        .to_path_buf();
-    let secret = Secret::load_or_create(&state_dir).map_err(|source| AgentError::Hardware {
-        what: "otp-secret in the state directory",
-        source,
-    })?;
     let gateway = Gateway::open(&config)?;
     let registry = Registry::default();
     let uplink_online = Arc::new(AtomicBool::new(false));

@@ -81,7 +81,171 @@ impl Secret {
     }
 }
 
-/// Lowercase hex.
+impl Secret {
+    /// The key that seals what the agent must keep but never in clear, derived from the
+    /// site secret (so it too never enters the database).
+    pub fn sealer(&self) -> Sealer {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+            unreachable!("HMAC takes a key of any length")
+        };
+        mac.update(b"chargesite seal v1");
+        Sealer(mac.finalize().into_bytes().into())
+    }
+}
+
+/// ChaCha20-Poly1305 (ring) under a key derived from the site secret. A sealed value is
+/// `nonce (12 random bytes) || ciphertext || tag`; `purpose` is bound as associated data,
+/// so a value sealed for one use cannot be opened as another.
+#[derive(Clone)]
+pub struct Sealer([u8; 32]);
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+impl Sealer {
+    fn key(&self) -> ring::aead::LessSafeKey {
+        let Ok(k) = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &self.0) else {
+            unreachable!("a 32-byte ChaCha20-Poly1305 key")
+        };
+        ring::aead::LessSafeKey::new(k)
+    }
+
+    /// Seals `plain` for `purpose`.
+    ///
+    /// # Errors
+    /// The system's random source failed.
+    pub fn seal(&self, purpose: &str, plain: &[u8]) -> Result<Vec<u8>, getrandom::Error> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce)?;
+        let mut out = Vec::with_capacity(12 + plain.len() + 16);
+        out.extend_from_slice(&nonce);
+        let mut body = plain.to_vec();
+        self.key()
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(purpose.as_bytes()),
+                &mut body,
+            )
+            .map_err(|_| getrandom::Error::UNSUPPORTED)?;
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Opens a value sealed for `purpose`; `None` when it was not (another key, another
+    /// purpose, or altered).
+    pub fn open(&self, purpose: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        let (nonce, body) = sealed.split_at_checked(12)?;
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut body = body.to_vec();
+        let plain = self
+            .key()
+            .open_in_place(nonce, ring::aead::Aad::from(purpose.as_bytes()), &mut body)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+/// RFC 4226 HOTP: HMAC-SHA1 of the 8-byte big-endian `counter`, dynamically truncated to
+/// `digits` decimal digits (6 to 8 here).
+pub fn hotp(key: &[u8], counter: u64, digits: u32) -> String {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
+    let tag = ring::hmac::sign(&k, &counter.to_be_bytes());
+    let h = tag.as_ref();
+    let offset = usize::from(h[19] & 0x0f);
+    let code = u32::from_be_bytes([
+        h[offset] & 0x7f,
+        h[offset + 1],
+        h[offset + 2],
+        h[offset + 3],
+    ]);
+    let modulus = 10u32.pow(digits.clamp(6, 9));
+    format!(
+        "{:0width$}",
+        code % modulus,
+        width = digits.clamp(6, 9) as usize
+    )
+}
+
+/// How the site accepts codes of orders the BPP confirmed while it was offline
+/// (`offline_orders.configure`), with the counters used so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfflineWindow {
+    /// The shared key.
+    pub key: Vec<u8>,
+    /// Code length, 6 to 8.
+    pub digits: u32,
+    /// How far past the highest used counter a code may be.
+    pub lookahead: u64,
+    /// The highest counter used, if any.
+    pub highest: Option<u64>,
+    /// Counters below the highest that were skipped and not used since, with when they
+    /// were skipped: each stays usable for `valid` after that.
+    pub skipped: Vec<(u64, DateTime<Utc>)>,
+    /// Used counters near the highest (a code presented again is `used`, not a guess).
+    pub used: Vec<u64>,
+    /// How long a skipped counter stays usable.
+    pub valid: Duration,
+}
+
+/// What a presented code is to the offline-order window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineMatch {
+    /// An unused counter in the window: the code is good.
+    Accepted(u64),
+    /// A counter already used.
+    Used(u64),
+    /// A skipped counter whose time ran out.
+    Expired(u64),
+    /// No counter's code.
+    None,
+}
+
+impl OfflineWindow {
+    /// The unused counters a code may match now: every counter up to `lookahead` past
+    /// the highest used one, and the skipped ones still valid. A guess succeeds with
+    /// probability (number of candidates) / 10^digits.
+    pub fn candidates(&self, now: DateTime<Utc>) -> Vec<u64> {
+        let first = self.highest.map_or(0, |h| h.saturating_add(1));
+        let mut out: Vec<u64> = (0..self.lookahead)
+            .filter_map(|i| first.checked_add(i))
+            .collect();
+        out.extend(
+            self.skipped
+                .iter()
+                .filter(|(_, at)| now - *at <= self.valid)
+                .map(|(c, _)| *c),
+        );
+        out
+    }
+
+    /// Matches a presented code, given as its keyed hash (the digits never reach the
+    /// store): every counter's code is hashed with the same `secret` and compared in
+    /// constant time.
+    pub fn check(&self, presented: &OtpHash, secret: &Secret, now: DateTime<Utc>) -> OfflineMatch {
+        let hit = |c: u64| ct_eq(&secret.hash(&hotp(&self.key, c, self.digits)), presented);
+        let mut found = OfflineMatch::None;
+        for c in self.candidates(now) {
+            if hit(c) && found == OfflineMatch::None {
+                found = OfflineMatch::Accepted(c);
+            }
+        }
+        for &c in &self.used {
+            if hit(c) && found == OfflineMatch::None {
+                found = OfflineMatch::Used(c);
+            }
+        }
+        for &(c, at) in &self.skipped {
+            if now - at > self.valid && hit(c) && found == OfflineMatch::None {
+                found = OfflineMatch::Expired(c);
+            }
+        }
+        found
+    }
+}
+
 /// An id tag the agent controls (a remote start's, a test session's): `prefix` and 16
 /// random hex digits, within 1.6's CiString20.
 ///
@@ -93,6 +257,7 @@ pub fn agent_tag(prefix: &str) -> Result<String, getrandom::Error> {
     Ok(format!("{prefix}{}", hex(&b).to_uppercase()))
 }
 
+/// Lowercase hex.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -497,6 +662,8 @@ pub struct AuthDecision {
     pub order_id: Option<String>,
     /// What may be stored for the tag (an OTP is never stored in clear).
     pub tag_key: String,
+    /// An order confirmed while the site was offline: its HOTP counter.
+    pub offline_counter: Option<u64>,
 }
 
 /// The outcome of an OTP check.
@@ -655,6 +822,7 @@ pub fn check_tag(tag_key: &str, free_vend: bool) -> AuthDecision {
         },
         order_id: None,
         tag_key: tag_key.to_string(),
+        offline_counter: None,
     }
 }
 
@@ -953,6 +1121,112 @@ mod tests {
             ("ROT-999", 999)
         );
         assert_eq!(tally.buckets.len(), 1);
+    }
+
+    #[test]
+    fn hotp_gives_the_rfc_4226_appendix_d_test_values() {
+        let key = b"12345678901234567890";
+        let expected = [
+            "755224", "287082", "359152", "969429", "338314", "254676", "287922", "162583",
+            "399871", "520489",
+        ];
+        for (counter, want) in expected.iter().enumerate() {
+            assert_eq!(hotp(key, counter as u64, 6), *want, "counter {counter}");
+        }
+        // the same truncation, kept to 8 digits (RFC 4226 Appendix D's decimal values)
+        assert_eq!(hotp(key, 0, 8), "84755224");
+        assert_eq!(hotp(key, 9, 8), "45520489");
+    }
+
+    fn window() -> OfflineWindow {
+        OfflineWindow {
+            key: b"12345678901234567890".to_vec(),
+            digits: 6,
+            lookahead: 3,
+            highest: None,
+            skipped: vec![],
+            used: vec![],
+            valid: Duration::minutes(60),
+        }
+    }
+
+    #[test]
+    fn a_derived_code_within_the_lookahead_is_accepted_and_one_beyond_it_is_not() {
+        let w = window();
+        assert_eq!(
+            w.check(&secret().hash("755224"), &secret(), t(0)),
+            OfflineMatch::Accepted(0)
+        );
+        assert_eq!(
+            w.check(&secret().hash("359152"), &secret(), t(0)),
+            OfflineMatch::Accepted(2)
+        );
+        assert_eq!(
+            w.check(&secret().hash("969429"), &secret(), t(0)),
+            OfflineMatch::None,
+            "counter 3"
+        );
+        assert_eq!(
+            w.check(&secret().hash("75522"), &secret(), t(0)),
+            OfflineMatch::None,
+            "too short"
+        );
+        let after = OfflineWindow {
+            highest: Some(2),
+            used: vec![2],
+            skipped: vec![(0, t(0)), (1, t(0))],
+            ..window()
+        };
+        assert_eq!(
+            after.check(&secret().hash("359152"), &secret(), t(1)),
+            OfflineMatch::Used(2)
+        );
+        assert_eq!(
+            after.check(&secret().hash("287082"), &secret(), t(1)),
+            OfflineMatch::Accepted(1),
+            "skipped"
+        );
+        assert_eq!(
+            after.check(&secret().hash("254676"), &secret(), t(1)),
+            OfflineMatch::Accepted(5)
+        );
+        assert_eq!(
+            after.check(&secret().hash("287922"), &secret(), t(1)),
+            OfflineMatch::None,
+            "6 is beyond 2 + 3"
+        );
+        assert_eq!(
+            after.check(&secret().hash("287082"), &secret(), t(61)),
+            OfflineMatch::Expired(1),
+            "a skipped counter's time runs out"
+        );
+        assert_eq!(after.candidates(t(1)), vec![3, 4, 5, 0, 1]);
+    }
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_key_and_purpose() {
+        let sealer = secret().sealer();
+        let sealed = sealer.seal("offline-orders-key", b"key bytes").unwrap();
+        assert!(!sealed.windows(9).any(|w| w == b"key bytes"));
+        assert_eq!(
+            sealer.open("offline-orders-key", &sealed).as_deref(),
+            Some(&b"key bytes"[..])
+        );
+        assert_eq!(sealer.open("fleet-tag", &sealed), None, "another purpose");
+        assert_eq!(
+            Secret::from_bytes([8; 32])
+                .sealer()
+                .open("offline-orders-key", &sealed),
+            None,
+            "another site"
+        );
+        let mut altered = sealed.clone();
+        altered[14] ^= 1;
+        assert_eq!(sealer.open("offline-orders-key", &altered), None);
+        assert_ne!(
+            sealed,
+            sealer.seal("offline-orders-key", b"key bytes").unwrap()
+        );
     }
 
     #[test]

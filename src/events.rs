@@ -233,6 +233,10 @@ pub struct SessionStarted {
     pub uplink_online: bool,
     /// Anomalies seen at start.
     pub flags: Vec<&'static str>,
+    /// An order the BPP confirmed while the site was offline: the HOTP counter of the
+    /// code that started it (the BPP binds the session to its order by it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline_counter: Option<u64>,
 }
 
 /// The body of `session.stopped`: the final bill.

@@ -32,7 +32,7 @@ use crate::time::fmt_ts;
 pub use crate::events::EventRow;
 pub use chargers::{Boot, StatusIn};
 pub use device::{CsrIn, EvseStatusIn, ReportPart, SecurityAlert, SecurityEventIn};
-pub use orders::{NewAuthorization, RemoteStarted};
+pub use orders::{NewAuthorization, OfflineOrders, RemoteStarted, Terms};
 pub use outbox::{ConnectorRow, Intake, OpenTransaction, OutboxStatus, SessionRef};
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
 pub use transactions::{TxEventIn, TxEventOutcome};
@@ -63,6 +63,9 @@ pub enum StoreError {
     /// A stored JSON value could not be encoded or decoded.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The system's random source failed (sealing needs a fresh nonce).
+    #[error("system random source: {0}")]
+    Random(String),
     /// A stored value is not what this build wrote (a bad timestamp, an unknown state or
     /// flag): reported, never replaced by a default.
     #[error("corrupt stored value: {0}")]
@@ -90,6 +93,9 @@ pub struct StoreSettings {
     pub lockout: crate::auth::Lockout,
     /// Where commit latency and batch sizes are recorded (one observe per commit).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The site secret: codes are compared by its keyed hash, and what is kept but never
+    /// in clear (the offline-orders key) is sealed under a key derived from it.
+    pub secret: crate::auth::Secret,
 }
 
 /// What the store thread knows beyond each op.
@@ -100,6 +106,10 @@ pub(crate) struct Ctx {
     pub lockout: crate::auth::Lockout,
     /// Attempts refused while OTP entry is locked, not yet reported.
     pub blocked: std::sync::Mutex<crate::auth::BlockedTally>,
+    /// As [`StoreSettings::secret`].
+    pub secret: crate::auth::Secret,
+    /// Derived from it.
+    pub sealer: crate::auth::Sealer,
 }
 
 /// One op of a batch, type-erased so that every operation keeps its own result type.
@@ -314,7 +324,7 @@ impl Store {
                 consume: false,
                 now: at,
             };
-            let d = orders::decide(c, &ctx.lockout, &attempt)?;
+            let d = orders::decide(c, ctx, &attempt)?;
             orders::report(c, ctx, &attempt, &d)?;
             Ok(d)
         })
@@ -332,6 +342,22 @@ impl Store {
     ) -> Result<Result<(), String>, StoreError> {
         self.call(false, move |c, _| orders::upsert(c, &new, at))
             .await
+    }
+
+    /// `offline_orders.configure`: stores the key (sealed) and terms; a new key starts a
+    /// new counter sequence. True when it replaced an earlier configuration.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn configure_offline_orders(
+        &self,
+        o: OfflineOrders,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.call(false, move |c, ctx| {
+            orders::configure_offline(c, ctx, &o, at)
+        })
+        .await
     }
 
     /// `authorization.revoke`: how many authorizations it revoked.
@@ -906,6 +932,8 @@ fn run(
         limits: settings.limits,
         lockout: settings.lockout,
         blocked: Default::default(),
+        sealer: settings.secret.sealer(),
+        secret: settings.secret.clone(),
     };
     let mut batch: Vec<Job> = Vec::with_capacity(settings.max_batch);
     let mut closing = false;
@@ -1039,6 +1067,7 @@ mod tests {
             },
             lockout: crate::auth::Lockout::default(),
             metrics: Default::default(),
+            secret: crate::auth::Secret::from_bytes([7; 32]),
         }
     }
 
@@ -1069,6 +1098,8 @@ mod tests {
             limits: settings().limits,
             lockout: crate::auth::Lockout::default(),
             blocked: Default::default(),
+            sealer: crate::auth::Secret::from_bytes([7; 32]).sealer(),
+            secret: crate::auth::Secret::from_bytes([7; 32]),
         };
         let mut batch = Vec::new();
         let mut answers = Vec::new();
@@ -1123,6 +1154,8 @@ mod tests {
             limits: settings().limits,
             lockout: crate::auth::Lockout::default(),
             blocked: Default::default(),
+            sealer: crate::auth::Secret::from_bytes([7; 32]).sealer(),
+            secret: crate::auth::Secret::from_bytes([7; 32]),
         };
         let (reply, mut panicked) = oneshot::channel::<Result<(), StoreError>>();
         let bomb = Box::new(Call {

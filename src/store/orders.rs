@@ -158,20 +158,11 @@ pub(super) fn terms(c: &Connection, order_id: &str) -> Result<Terms, StoreError>
             ))
         })
         .optional()?;
-    Ok(match row {
-        Some((currency, amount, prepaid, tariff)) => Terms {
-            tariff,
-            budget: match (currency, amount) {
-                (Some(currency), Some(amount_minor)) => Some(Budget {
-                    currency,
-                    amount_minor,
-                    prepaid: prepaid.unwrap_or(true),
-                }),
-                _ => None,
-            },
-        },
-        None => Terms::default(),
-    })
+    Ok(
+        row.map_or_else(Terms::default, |(currency, amount, prepaid, tariff)| {
+            terms_from(currency, amount, prepaid, tariff)
+        }),
+    )
 }
 
 /// The wrong codes that bear on an attempt from `source` (see [`Lockout::lock`]).
@@ -334,6 +325,12 @@ pub(super) fn housekeep(c: &Connection, ctx: &Ctx, now: DateTime<Utc>) -> Result
     }
     c.prepare_cached("DELETE FROM otp_failures WHERE at_ms < ?1")?
         .execute(params![ms(now - ctx.lockout.horizon())])?;
+    // skipped offline-order counters whose time has run out a day ago
+    c.prepare_cached(
+        "DELETE FROM offline_counters WHERE used_ms IS NULL AND skipped_ms <
+             ?1 - 60000 * (SELECT valid_minutes FROM offline_orders) - 86400000",
+    )?
+    .execute(params![ms(now)])?;
     Ok(())
 }
 
@@ -342,9 +339,10 @@ pub(super) fn housekeep(c: &Connection, ctx: &Ctx, now: DateTime<Utc>) -> Result
 /// used (Authorize). Wrong OTP-shaped codes are counted for the lockout.
 pub(super) fn decide(
     c: &Connection,
-    lockout: &Lockout,
+    ctx: &Ctx,
     a: &Attempt<'_>,
 ) -> Result<AuthDecision, StoreError> {
+    let lockout = &ctx.lockout;
     let source = a.source();
     let &Attempt {
         cp_id,
@@ -384,6 +382,7 @@ pub(super) fn decide(
             result: AuthResult::Accepted,
             order_id,
             tag_key: presented.tag_key.clone(),
+            offline_counter: None,
         });
     }
     let Some(hash) = presented.otp_hash else {
@@ -398,6 +397,12 @@ pub(super) fn decide(
         now,
         is_locked,
     );
+    if outcome == OtpOutcome::Invalid {
+        // not a provisioned OTP: perhaps an order the BPP confirmed while we were offline
+        if let Some(d) = offline_order(c, ctx, a, &hash)? {
+            return Ok(d);
+        }
+    }
     if outcome == OtpOutcome::Invalid && free_vend {
         // digits that are no OTP: on a free-vend site every tag is accepted
         return Ok(auth::check_tag(&presented.tag_key, true));
@@ -408,7 +413,245 @@ pub(super) fn decide(
         result: outcome.result(),
         order_id: outcome.order_id().map(str::to_string),
         tag_key: presented.tag_key.clone(),
+        offline_counter: None,
     })
+}
+
+/// `offline_orders.configure` as parsed: the key is in memory only until it is sealed.
+#[derive(Clone, PartialEq)]
+pub struct OfflineOrders {
+    /// The key shared with the BPP (32 bytes).
+    pub key: Vec<u8>,
+    /// Code length, 6 to 8.
+    pub digits: u32,
+    /// How far past the highest used counter a code may be (1 to 100).
+    pub lookahead: u32,
+    /// What a session started with such a code is priced and capped by.
+    pub terms: Terms,
+    /// How long a counter skipped by a later one stays usable.
+    pub valid_minutes: u32,
+}
+
+impl std::fmt::Debug for OfflineOrders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfflineOrders")
+            .field("key", &"(hidden)")
+            .field("digits", &self.digits)
+            .field("lookahead", &self.lookahead)
+            .field("terms", &self.terms)
+            .field("valid_minutes", &self.valid_minutes)
+            .finish()
+    }
+}
+
+/// What the offline-orders key is sealed for (the AEAD's associated data).
+const OFFLINE_KEY: &str = "offline-orders-key";
+/// Used counters kept for telling a reused code from a guess, and skipped ones looked at.
+const OFFLINE_RECENT: i64 = 1000;
+
+/// Stores a configuration (the key sealed); a new key starts a new counter sequence, so
+/// the counters used under the old one are forgotten. True when one was replaced.
+pub(super) fn configure_offline(
+    c: &Connection,
+    ctx: &Ctx,
+    o: &OfflineOrders,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let sealed = ctx
+        .sealer
+        .seal(OFFLINE_KEY, &o.key)
+        .map_err(|e| StoreError::Random(e.to_string()))?;
+    let replaced: bool =
+        c.query_row("SELECT count(*) > 0 FROM offline_orders", [], |r| r.get(0))?;
+    let b = o.terms.budget.as_ref();
+    c.execute(
+        "INSERT OR REPLACE INTO offline_orders (id, sealed_key, digits, lookahead, valid_minutes,
+             tariff, budget_currency, budget_minor, prepaid, highest, configured_at)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9)",
+        params![
+            sealed,
+            o.digits,
+            o.lookahead,
+            o.valid_minutes,
+            o.terms.tariff,
+            b.map(|b| b.currency.clone()),
+            b.map(|b| b.amount_minor),
+            b.map(|b| b.prepaid),
+            fmt_ts(now)
+        ],
+    )?;
+    c.execute("DELETE FROM offline_counters", [])?;
+    Ok(replaced)
+}
+
+/// The configured window with its counters, if offline orders are configured and the key
+/// opens (a key sealed under another site secret is reported, and then matches nothing).
+fn offline_window(c: &Connection, ctx: &Ctx) -> Result<Option<auth::OfflineWindow>, StoreError> {
+    type Row = (Vec<u8>, u32, u32, i64, Option<i64>);
+    let row: Option<Row> = c
+        .prepare_cached(
+            "SELECT sealed_key, digits, lookahead, valid_minutes, highest FROM offline_orders",
+        )?
+        .query_row([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((sealed, digits, lookahead, valid_minutes, highest)) = row else {
+        return Ok(None);
+    };
+    let Some(key) = ctx.sealer.open(OFFLINE_KEY, &sealed) else {
+        tracing::error!(
+            "the offline-orders key does not open with this site's secret; configure it again"
+        );
+        return Ok(None);
+    };
+    let counter =
+        |v: i64| u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("offline counter {v}")));
+    let skipped = c
+        .prepare_cached(
+            "SELECT counter, skipped_ms FROM offline_counters
+             WHERE used_ms IS NULL AND skipped_ms IS NOT NULL ORDER BY counter DESC LIMIT ?1",
+        )?
+        .query_map(params![OFFLINE_RECENT], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .map(|r| {
+            let (n, at) = r?;
+            Ok((
+                counter(n)?,
+                from_ms(at, || "offline_counters.skipped_ms".into())?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let used = c
+        .prepare_cached(
+            "SELECT counter FROM offline_counters WHERE used_ms IS NOT NULL
+             ORDER BY counter DESC LIMIT ?1",
+        )?
+        .query_map(params![OFFLINE_RECENT.min(i64::from(lookahead) * 2)], |r| {
+            r.get::<_, i64>(0)
+        })?
+        .map(|r| counter(r?))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(Some(auth::OfflineWindow {
+        key,
+        digits,
+        lookahead: u64::from(lookahead),
+        highest: highest.map(counter).transpose()?,
+        skipped,
+        used,
+        valid: Duration::minutes(valid_minutes),
+    }))
+}
+
+/// Spends counter `n`: the counters it skips become usable for `valid_minutes`.
+fn use_counter(
+    c: &Connection,
+    w: &auth::OfflineWindow,
+    n: u64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let stored =
+        |v: u64| i64::try_from(v).map_err(|_| StoreError::Corrupt(format!("offline counter {v}")));
+    if w.highest.is_none_or(|h| n > h) {
+        let first = w.highest.map_or(0, |h| h + 1);
+        for k in first..n {
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO offline_counters (counter, skipped_ms) VALUES (?1, ?2)",
+            )?
+            .execute(params![stored(k)?, ms(now)])?;
+        }
+        c.prepare_cached("UPDATE offline_orders SET highest = ?1")?
+            .execute(params![stored(n)?])?;
+    }
+    c.prepare_cached(
+        "INSERT INTO offline_counters (counter, used_ms) VALUES (?1, ?2)
+         ON CONFLICT (counter) DO UPDATE SET used_ms = ?2",
+    )?
+    .execute(params![stored(n)?, ms(now)])?;
+    Ok(())
+}
+
+/// A code that is no provisioned OTP, judged as an offline-confirmed order's: `None` when
+/// it matches no counter (it is then a wrong code like any other).
+fn offline_order(
+    c: &Connection,
+    ctx: &Ctx,
+    a: &Attempt<'_>,
+    hash: &OtpHash,
+) -> Result<Option<AuthDecision>, StoreError> {
+    let Some(w) = offline_window(c, ctx)? else {
+        return Ok(None);
+    };
+    let (result, counter) = match w.check(hash, &ctx.secret, a.now) {
+        auth::OfflineMatch::None => return Ok(None),
+        auth::OfflineMatch::Accepted(n) => {
+            if a.consume {
+                use_counter(c, &w, n, a.now)?;
+            }
+            (AuthResult::Accepted, n)
+        }
+        auth::OfflineMatch::Used(n) => (AuthResult::Used, n),
+        auth::OfflineMatch::Expired(n) => (AuthResult::Expired, n),
+    };
+    Ok(Some(AuthDecision {
+        method: AuthMethod::Otp,
+        result,
+        order_id: None,
+        tag_key: a.presented.tag_key.clone(),
+        offline_counter: Some(counter),
+    }))
+}
+
+/// The terms a decision brings to its session: its order's, or the offline-orders
+/// configuration's for a derived code; none unless it was accepted.
+pub(super) fn terms_of(c: &Connection, d: &AuthDecision) -> Result<Terms, StoreError> {
+    if d.result != AuthResult::Accepted {
+        return Ok(Terms::default());
+    }
+    if let Some(order) = &d.order_id {
+        return terms(c, order);
+    }
+    if d.offline_counter.is_none() {
+        return Ok(Terms::default());
+    }
+    let row = c
+        .prepare_cached(
+            "SELECT budget_currency, budget_minor, prepaid, tariff FROM offline_orders",
+        )?
+        .query_row([], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<bool>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })
+        .optional()?;
+    Ok(
+        row.map_or_else(Terms::default, |(currency, amount, prepaid, tariff)| {
+            terms_from(currency, amount, prepaid, tariff)
+        }),
+    )
+}
+
+fn terms_from(
+    currency: Option<String>,
+    amount: Option<i64>,
+    prepaid: Option<bool>,
+    tariff: Option<String>,
+) -> Terms {
+    Terms {
+        tariff,
+        budget: match (currency, amount) {
+            (Some(currency), Some(amount_minor)) => Some(Budget {
+                currency,
+                amount_minor,
+                prepaid: prepaid.unwrap_or(true),
+            }),
+            _ => None,
+        },
+    }
 }
 
 /// What `session.start` decided.
@@ -493,6 +736,7 @@ pub(super) fn remote_start(
             result: outcome.result(),
             order_id: Some(order_id.to_string()),
             tag_key: tag.to_string(),
+            offline_counter: None,
         },
         remote_start_id,
     })

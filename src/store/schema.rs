@@ -271,6 +271,31 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX otp_failures_by_at ON otp_failures (at_ms);
     CREATE INDEX otp_failures_by_remote ON otp_failures (remote, at_ms) WHERE remote IS NOT NULL;
     "#,
+    // 7: orders confirmed while the site is offline (`offline_orders.configure`, RFC 4226
+    // HOTP). One configuration row; its key only sealed under the site secret. A counter
+    // is a row once it is used (`used_ms`) or skipped by a later one (`skipped_ms`: it
+    // stays usable for `valid_minutes`). A session started by one names its counter.
+    r#"
+    CREATE TABLE offline_orders (
+        id              INTEGER PRIMARY KEY CHECK (id = 1),
+        sealed_key      BLOB NOT NULL,
+        digits          INTEGER NOT NULL,
+        lookahead       INTEGER NOT NULL,
+        valid_minutes   INTEGER NOT NULL,
+        tariff          TEXT,
+        budget_currency TEXT,
+        budget_minor    INTEGER,
+        prepaid         INTEGER,
+        highest         INTEGER,
+        configured_at   TEXT NOT NULL
+    ) STRICT;
+    CREATE TABLE offline_counters (
+        counter     INTEGER PRIMARY KEY,
+        used_ms     INTEGER,
+        skipped_ms  INTEGER
+    ) STRICT;
+    ALTER TABLE sessions ADD COLUMN offline_counter INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -169,12 +169,9 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
         consume: true,
         now: s.received,
     };
-    let auth = orders::decide(c, &ctx.lockout, &attempt)?;
+    let auth = orders::decide(c, ctx, &attempt)?;
     orders::report(c, ctx, &attempt, &auth)?;
-    let terms = match (&auth.order_id, auth.result) {
-        (Some(order), AuthResult::Accepted) => orders::terms(c, order)?,
-        _ => orders::Terms::default(),
-    };
+    let terms = orders::terms_of(c, &auth)?;
     let previous_register_wh: Option<i64> = c
         .prepare_cached(
             "SELECT last_register_wh FROM sessions WHERE cp_id = ?1 AND connector_id = ?2
@@ -205,9 +202,9 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
         "INSERT INTO sessions (session_id, cp_id, connector_id, id_tag, auth_method, auth_result,
             order_id, reservation_id, meter_start_wh, started_raw, started_at, start_received_at,
             uplink_online, state, last_register_wh, last_reading_ms, last_received_ms, flags,
-            clock_skew_secs, tariff, budget_currency, budget_minor, prepaid, accrual)
+            clock_skew_secs, tariff, budget_currency, budget_minor, prepaid, accrual, offline_counter)
          VALUES ('pending-' || ?9 || '-' || ?10, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
-            'active', ?8, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+            'active', ?8, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
     )?
     .execute(params![
         s.cp_id,
@@ -230,7 +227,8 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
         terms.budget.as_ref().map(|b| b.currency.clone()),
         terms.budget.as_ref().map(|b| b.amount_minor),
         terms.budget.as_ref().map(|b| b.prepaid),
-        terms.tariff.as_ref().map(|_| "{}")
+        terms.tariff.as_ref().map(|_| "{}"),
+        auth.offline_counter.and_then(|n| i64::try_from(n).ok())
     ])?;
     let tx_id = c.last_insert_rowid();
     let transaction_id = i32::try_from(tx_id)
@@ -251,6 +249,7 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
         started_at,
         uplink_online: s.uplink_online,
         flags: flags.names(),
+        offline_counter: auth.offline_counter,
     };
     insert_event(c, s.received, &Event::SessionStarted(Box::new(body)))?;
     Ok(Started {
@@ -770,6 +769,7 @@ mod tests {
             result: AuthResult::Used,
             order_id: Some("o-1".into()),
             tag_key: "otp:abcd".into(),
+            offline_counter: None,
         };
         let body = orders::auth_event("CP1", Some(2), &d, None).body();
         assert_eq!(

@@ -286,11 +286,11 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
             None => {
                 let d = authorize(c, ctx, &e, presented, evse_id, true)?;
                 adopt(c, key, &d)?;
-                if d.result == AuthResult::Accepted {
-                    if let Some(order) = &d.order_id {
-                        adopt_terms(c, key, &orders::terms(c, order)?)?;
-                        // the new terms are read back with the session below
-                    }
+                if d.result == AuthResult::Accepted
+                    && (d.order_id.is_some() || d.offline_counter.is_some())
+                {
+                    adopt_terms(c, key, &orders::terms_of(c, &d)?)?;
+                    // the new terms are read back with the session below
                 }
                 x.auth_result = d.result.as_str().to_string();
                 x.tag_key = d.tag_key.clone();
@@ -531,7 +531,7 @@ fn authorize(
         consume,
         now: e.received,
     };
-    let d = orders::decide(c, &ctx.lockout, &attempt)?;
+    let d = orders::decide(c, ctx, &attempt)?;
     orders::report(c, ctx, &attempt, &d)?;
     Ok(d)
 }
@@ -539,7 +539,8 @@ fn authorize(
 /// Writes how the transaction was authorized onto its session.
 fn adopt(c: &Connection, key: i64, d: &AuthDecision) -> Result<(), StoreError> {
     c.prepare_cached(
-        "UPDATE sessions SET id_tag = ?2, auth_method = ?3, auth_result = ?4, order_id = ?5
+        "UPDATE sessions SET id_tag = ?2, auth_method = ?3, auth_result = ?4, order_id = ?5,
+             offline_counter = ?6
          WHERE transaction_id = ?1",
     )?
     .execute(params![
@@ -547,7 +548,8 @@ fn adopt(c: &Connection, key: i64, d: &AuthDecision) -> Result<(), StoreError> {
         d.tag_key,
         d.method.as_str(),
         d.result.as_str(),
-        d.order_id
+        d.order_id,
+        d.offline_counter.and_then(|n| i64::try_from(n).ok())
     ])?;
     Ok(())
 }
@@ -660,11 +662,24 @@ fn announce(c: &Connection, e: &TxEventIn, key: i64) -> Result<(), StoreError> {
         String,
         bool,
         String,
+        Option<i64>,
     );
-    let (session_id, evse_id, method, result, order_id, meter_start_wh, started_at, online, flags): Row = c
+    let (
+        session_id,
+        evse_id,
+        method,
+        result,
+        order_id,
+        meter_start_wh,
+        started_at,
+        online,
+        flags,
+        offline_counter,
+    ): Row = c
         .prepare_cached(
             "SELECT session_id, connector_id, auth_method, auth_result, order_id, meter_start_wh,
-                started_at, uplink_online, flags FROM sessions WHERE transaction_id = ?1",
+                started_at, uplink_online, flags, offline_counter
+             FROM sessions WHERE transaction_id = ?1",
         )?
         .query_row(params![key], |r| {
             Ok((
@@ -677,6 +692,7 @@ fn announce(c: &Connection, e: &TxEventIn, key: i64) -> Result<(), StoreError> {
                 r.get(6)?,
                 r.get(7)?,
                 r.get(8)?,
+                r.get(9)?,
             ))
         })?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("session {session_id}: {what}"));
@@ -696,6 +712,7 @@ fn announce(c: &Connection, e: &TxEventIn, key: i64) -> Result<(), StoreError> {
         started_at,
         uplink_online: online,
         flags: flags.names(),
+        offline_counter: offline_counter.and_then(|n| u64::try_from(n).ok()),
     };
     c.prepare_cached("UPDATE sessions SET announced = 1 WHERE transaction_id = ?1")?
         .execute(params![key])?;

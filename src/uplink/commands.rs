@@ -18,7 +18,7 @@ use crate::billing::{self, Budget, Tariff};
 use crate::ocpp::binding;
 use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError, TransactionRef};
 use crate::ocpp::registry::{CallFailure, Registry};
-use crate::store::{NewAuthorization, Store, StoreError};
+use crate::store::{NewAuthorization, OfflineOrders, Store, StoreError, Terms};
 use crate::time::now;
 
 /// A parsed command.
@@ -54,6 +54,8 @@ pub enum Cmd {
         /// First seq to resend.
         from_seq: i64,
     },
+    /// `offline_orders.configure` (the key in memory only until it is sealed).
+    OfflineOrdersConfigure(Box<OfflineOrders>),
     /// `charger.certificate`.
     ChargerCertificate {
         /// Charger.
@@ -141,6 +143,10 @@ pub fn parse(payload: &[u8], secret: &Secret) -> Parsed {
             None => "<invalid>".into(),
         };
         *otp = Value::from(hashed);
+    }
+    // Nor a shared key: it is kept only sealed (`offline_orders.configure`).
+    if let Some(key) = obj.get_mut("key") {
+        *key = Value::from("<redacted>");
     }
     let stored = Value::Object(obj).to_string();
     Parsed {
@@ -241,26 +247,8 @@ fn connector(o: &Map<String, Value>) -> Result<Option<u32>, CmdError> {
     }
 }
 
-fn upsert(o: &Map<String, Value>, secret: &Secret) -> Result<NewAuthorization, CmdError> {
-    let order_id = string(o, "order_id")?;
-    let digits = otp(o)?;
-    let valid_until = time(o, "valid_until")?
-        .ok_or_else(|| CmdError::new("bad_request", "`valid_until` is required"))?;
-    let valid_from = time(o, "valid_from")?;
-    if valid_from.is_some_and(|f| f > valid_until) {
-        return Err(CmdError::new(
-            "bad_request",
-            "`valid_from` is after `valid_until`",
-        ));
-    }
-    let max_uses = match o.get("max_uses") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .and_then(|v| u32::try_from(v).ok())
-            .filter(|v| *v >= 1)
-            .ok_or_else(|| CmdError::new("bad_request", "`max_uses` must be an integer >= 1"))?,
-    };
+/// The `budget` and `tariff` of an order's terms, checked together.
+fn pricing(o: &Map<String, Value>) -> Result<(Option<Budget>, Option<String>), CmdError> {
     let budget = match o.get("budget") {
         None | Some(Value::Null) => None,
         Some(Value::Object(b)) => {
@@ -320,6 +308,30 @@ fn upsert(o: &Map<String, Value>, secret: &Secret) -> Result<NewAuthorization, C
             "a budget needs a tariff to price the session",
         ));
     }
+    Ok((budget, tariff))
+}
+
+fn upsert(o: &Map<String, Value>, secret: &Secret) -> Result<NewAuthorization, CmdError> {
+    let order_id = string(o, "order_id")?;
+    let digits = otp(o)?;
+    let valid_until = time(o, "valid_until")?
+        .ok_or_else(|| CmdError::new("bad_request", "`valid_until` is required"))?;
+    let valid_from = time(o, "valid_from")?;
+    if valid_from.is_some_and(|f| f > valid_until) {
+        return Err(CmdError::new(
+            "bad_request",
+            "`valid_from` is after `valid_until`",
+        ));
+    }
+    let max_uses = match o.get("max_uses") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| CmdError::new("bad_request", "`max_uses` must be an integer >= 1"))?,
+    };
+    let (budget, tariff) = pricing(o)?;
     Ok(NewAuthorization {
         record: OtpRecord {
             order_id,
@@ -336,6 +348,64 @@ fn upsert(o: &Map<String, Value>, secret: &Secret) -> Result<NewAuthorization, C
         tariff,
     })
 }
+
+fn offline_orders(o: &Map<String, Value>) -> Result<OfflineOrders, CmdError> {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(string(o, "key")?)
+        .ok()
+        .filter(|k| k.len() == 32)
+        .ok_or_else(|| CmdError::new("bad_request", "`key` must be 32 bytes in base64"))?;
+    let int = |name: &str, range: std::ops::RangeInclusive<u64>| {
+        o.get(name)
+            .and_then(Value::as_u64)
+            .filter(|v| range.contains(v))
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| {
+                CmdError::new(
+                    "bad_request",
+                    format!(
+                        "`{name}` must be an integer from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            })
+    };
+    let digits = int("digits", 6..=8)?;
+    let lookahead = int("lookahead", 1..=100)?;
+    let empty = Map::new();
+    let terms = match o.get("terms") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(t)) => t,
+        Some(_) => return Err(CmdError::new("bad_request", "`terms` must be an object")),
+    };
+    let (budget, tariff) = pricing(terms)?;
+    let valid_minutes = match terms.get("valid_minutes") {
+        None | Some(Value::Null) => DEFAULT_OFFLINE_VALID_MINUTES,
+        Some(v) => v
+            .as_u64()
+            .filter(|v| (1..=525_600).contains(v))
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| {
+                CmdError::new(
+                    "bad_request",
+                    "terms.valid_minutes must be an integer from 1 to 525600",
+                )
+            })?,
+    };
+    Ok(OfflineOrders {
+        key,
+        digits,
+        lookahead,
+        terms: Terms { tariff, budget },
+        valid_minutes,
+    })
+}
+
+/// How long a skipped offline-order counter stays usable when `terms.valid_minutes` is
+/// not given: a day.
+const DEFAULT_OFFLINE_VALID_MINUTES: u32 = 1440;
 
 fn string(o: &Map<String, Value>, key: &str) -> Result<String, CmdError> {
     match o.get(key) {
@@ -396,6 +466,9 @@ fn parse_body(
             cp_id: string(o, "cp_id")?,
             certificate_chain: string(o, "certificate_chain")?,
         }),
+        Some("offline_orders.configure") => {
+            Ok(Cmd::OfflineOrdersConfigure(Box::new(offline_orders(o)?)))
+        }
         Some("events.replay") => Ok(Cmd::EventsReplay {
             from_seq: o
                 .get("from_seq")
@@ -485,6 +558,16 @@ impl Executor {
                     )),
                     Ok(_) => Ok(json!({"order_id": order_id})),
                     Err(e) => Err(internal("cannot revoke", e)),
+                }
+            }
+            Cmd::OfflineOrdersConfigure(o) => {
+                let (digits, lookahead) = (o.digits, o.lookahead);
+                match self.store.configure_offline_orders(*o, now()).await {
+                    Ok(rotated) => {
+                        tracing::info!(digits, lookahead, rotated, "offline orders configured");
+                        Ok(json!({"digits": digits, "lookahead": lookahead, "rotated": rotated}))
+                    }
+                    Err(e) => Err(internal("cannot configure offline orders", e)),
                 }
             }
             Cmd::SessionStart {
