@@ -101,6 +101,7 @@ pub async fn run(
             lockout: config.auth.lockout,
             metrics: metrics.clone(),
             secret: secret.clone(),
+            unknown_tags: config.auth.unknown_tags,
         },
     )
     .map_err(|source| AgentError::Store {

@@ -664,6 +664,9 @@ pub struct AuthDecision {
     pub tag_key: String,
     /// An order confirmed while the site was offline: its HOTP counter.
     pub offline_counter: Option<u64>,
+    /// An unknown tag accepted only because the uplink was down
+    /// ([`UnknownTags::AcceptOffline`]): the session is flagged for later settlement.
+    pub unverified: bool,
 }
 
 /// The outcome of an OTP check.
@@ -776,54 +779,120 @@ pub fn conflict<'a>(
         .map(|e| e.order_id.as_str())
 }
 
-/// A presented tag as the store needs it: its OTP hash when it looks like an OTP, and what
-/// may be stored for it (an OTP only as `otp:<hash>`, never the digits).
+/// A presented tag as the store needs it: its OTP hash when it looks like an OTP, its
+/// keyed tag hash (fleet cards are found by it), and what may be stored for it. Neither an
+/// OTP nor an id tag is ever stored in clear: `otp:<hash>` or `tag:<hash>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Presented {
     /// Keyed hash, when the tag has an OTP's shape.
     pub otp_hash: Option<OtpHash>,
+    /// Keyed hash of the tag as a card UID (case-insensitive).
+    pub tag_hash: OtpHash,
     /// What is stored and compared for replays.
     pub tag_key: String,
 }
 
+/// The keyed hash of an id tag as a card UID: hex UIDs match whatever their case.
+pub fn tag_hash(secret: &Secret, id_tag: &str) -> OtpHash {
+    secret.hash(&format!("tag:{}", id_tag.to_ascii_uppercase()))
+}
+
+/// What is stored for an id tag that is not an OTP.
+pub fn tag_key(secret: &Secret, id_tag: &str) -> String {
+    format!("tag:{}", hex(&tag_hash(secret, id_tag)))
+}
+
 /// Prepares a presented id tag.
 pub fn present(secret: &Secret, id_tag: &str) -> Presented {
+    let tag_hash = tag_hash(secret, id_tag);
     if looks_like_otp(id_tag) {
         let h = secret.hash(id_tag);
         Presented {
             otp_hash: Some(h),
+            tag_hash,
             tag_key: format!("otp:{}", hex(&h)),
         }
     } else {
         Presented {
             otp_hash: None,
-            tag_key: id_tag.to_string(),
+            tag_hash,
+            tag_key: format!("tag:{}", hex(&tag_hash)),
         }
     }
 }
 
 /// Prepares an id tag that is never an OTP, whatever its shape (an OCPP 2.0.1 idToken
 /// whose type says it is a card or the agent's own token).
-pub fn present_as_tag(id_tag: &str) -> Presented {
+pub fn present_as_tag(secret: &Secret, id_tag: &str) -> Presented {
+    let tag_hash = tag_hash(secret, id_tag);
     Presented {
         otp_hash: None,
-        tag_key: id_tag.to_string(),
+        tag_hash,
+        tag_key: format!("tag:{}", hex(&tag_hash)),
+    }
+}
+
+/// `[auth] unknown_tags`: what happens to an id tag that is neither an OTP, an order's
+/// code, nor a fleet card the site knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownTags {
+    /// Refused (the default).
+    #[default]
+    Refuse,
+    /// Accepted while the uplink is down, flagged `unknown_tag` for later settlement;
+    /// refused while it is up.
+    AcceptOffline,
+}
+
+/// A fleet card as stored (the tag itself only sealed; matched by its keyed hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetCard {
+    /// Not valid after, if set.
+    pub valid_until: Option<DateTime<Utc>>,
+    /// The fleet it belongs to, if the BPP said.
+    pub fleet: Option<String>,
+}
+
+/// Judges a tag that is not an OTP or an order's code: a fleet card the site knows is
+/// accepted until its `valid_until` (then `expired`); an unknown one by the site's policy
+/// (free vend accepts every tag).
+pub fn check_tag_policy(
+    tag_key: &str,
+    card: Option<&FleetCard>,
+    free_vend: bool,
+    unknown: UnknownTags,
+    uplink_online: bool,
+    now: DateTime<Utc>,
+) -> AuthDecision {
+    let decided = |result, unverified| AuthDecision {
+        method: AuthMethod::Rfid,
+        result,
+        order_id: None,
+        tag_key: tag_key.to_string(),
+        offline_counter: None,
+        unverified,
+    };
+    match card {
+        Some(c) if c.valid_until.is_some_and(|u| now > u) => decided(AuthResult::Expired, false),
+        Some(_) => decided(AuthResult::Accepted, false),
+        None if free_vend => decided(AuthResult::Accepted, false),
+        None if unknown == UnknownTags::AcceptOffline && !uplink_online => {
+            decided(AuthResult::Accepted, true)
+        }
+        None => decided(AuthResult::Invalid, false),
     }
 }
 
 /// Judges a tag that is not a known OTP: accepted only on a free-vend site.
 pub fn check_tag(tag_key: &str, free_vend: bool) -> AuthDecision {
-    AuthDecision {
-        method: AuthMethod::Rfid,
-        result: if free_vend {
-            AuthResult::Accepted
-        } else {
-            AuthResult::Invalid
-        },
-        order_id: None,
-        tag_key: tag_key.to_string(),
-        offline_counter: None,
-    }
+    check_tag_policy(
+        tag_key,
+        None,
+        free_vend,
+        UnknownTags::Refuse,
+        true,
+        DateTime::<Utc>::MIN_UTC,
+    )
 }
 
 #[cfg(test)]
@@ -1277,8 +1346,23 @@ mod tests {
             Secret::from_bytes([8; 32]).hash("482913"),
             secret().hash("482913")
         );
-        let p = present(&secret(), "RFID-ABC");
-        assert_eq!((p.otp_hash, p.tag_key.as_str()), (None, "RFID-ABC"));
+        let p = present(&secret(), "04A1B2C3D4E5F6");
+        assert_eq!(p.otp_hash, None);
+        assert!(p.tag_key.starts_with("tag:") && !p.tag_key.contains("04A1B2C3D4E5F6"));
+        assert_eq!(
+            present(&secret(), "04a1b2c3d4e5f6").tag_hash,
+            p.tag_hash,
+            "hex UIDs match whatever their case"
+        );
+        assert_eq!(
+            present_as_tag(&secret(), "04a1b2c3d4e5f6").tag_key,
+            p.tag_key
+        );
+        assert_eq!(
+            present(&secret(), "12345678").tag_hash,
+            present_as_tag(&secret(), "12345678").tag_hash,
+            "a card whose UID is all digits is still found as a card"
+        );
         assert!(!looks_like_otp("123"));
         assert!(!looks_like_otp("123456789"));
         assert!(!looks_like_otp("12a4"));
@@ -1296,6 +1380,49 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_fleet_card_is_accepted_until_its_validity_and_an_unknown_tag_by_the_site_policy() {
+        let card = FleetCard {
+            valid_until: Some(t(60)),
+            fleet: Some("acme".into()),
+        };
+        let judge = |card: Option<&FleetCard>, unknown, online, at| {
+            check_tag_policy("tag:x", card, false, unknown, online, at)
+        };
+        let d = judge(Some(&card), UnknownTags::Refuse, true, t(60));
+        assert_eq!(
+            (d.method, d.result, d.unverified),
+            (AuthMethod::Rfid, AuthResult::Accepted, false)
+        );
+        assert_eq!(
+            judge(Some(&card), UnknownTags::Refuse, true, t(61)).result,
+            AuthResult::Expired
+        );
+        assert_eq!(
+            judge(None, UnknownTags::Refuse, false, t(0)).result,
+            AuthResult::Invalid
+        );
+        let d = judge(None, UnknownTags::AcceptOffline, false, t(0));
+        assert_eq!(
+            (d.result, d.unverified),
+            (AuthResult::Accepted, true),
+            "offline: settled later"
+        );
+        assert_eq!(
+            judge(None, UnknownTags::AcceptOffline, true, t(0)).result,
+            AuthResult::Invalid,
+            "online, an unknown tag is refused"
+        );
+        let forever = FleetCard {
+            valid_until: None,
+            fleet: None,
+        };
+        assert_eq!(
+            judge(Some(&forever), UnknownTags::Refuse, true, t(100_000)).result,
+            AuthResult::Accepted
+        );
     }
 
     #[test]

@@ -197,6 +197,16 @@ struct RawAuth {
     otp_site_failures_per_hour: u32,
     #[serde(default = "default_address_failures")]
     otp_address_failures_per_hour: u32,
+    #[serde(default)]
+    unknown_tags: RawUnknownTags,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawUnknownTags {
+    #[default]
+    Refuse,
+    AcceptOffline,
 }
 
 /// A guessing budget: at least one wrong code an hour.
@@ -230,6 +240,7 @@ impl Default for RawAuth {
             otp_lockout_secs: default_five_minutes(),
             otp_site_failures_per_hour: default_site_failures(),
             otp_address_failures_per_hour: default_address_failures(),
+            unknown_tags: RawUnknownTags::Refuse,
         }
     }
 }
@@ -469,6 +480,8 @@ pub struct AuthConfig {
     pub free_vend: bool,
     /// Wrong OTPs on one charger within the window that lock OTP entry there.
     pub lockout: crate::auth::Lockout,
+    /// What happens to an id tag the site does not know.
+    pub unknown_tags: crate::auth::UnknownTags,
 }
 
 /// `[store]`.
@@ -905,6 +918,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                     raw.auth.otp_address_failures_per_hour,
                 )?,
                 budget_window: chrono::Duration::hours(1),
+            },
+            unknown_tags: match raw.auth.unknown_tags {
+                RawUnknownTags::Refuse => crate::auth::UnknownTags::Refuse,
+                RawUnknownTags::AcceptOffline => crate::auth::UnknownTags::AcceptOffline,
             },
         },
         store: StoreConfig {

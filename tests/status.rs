@@ -641,12 +641,13 @@ async fn a_test_session_starts_shows_progress_stops_and_gives_a_verdict() {
     assert_eq!(started.len(), 1, "{started:?}");
     assert!(started[0]["order_id"].is_null(), "{started:?}");
     assert_eq!(agent.events_of("session.stopped").len(), 1);
-    // its tag is accepted no more
+    // its tag is accepted no more (stored, like every tag, only as its keyed hash)
+    let secret = chargesite::auth::Secret::load_or_create(agent.dir.path()).unwrap();
     let tag_used: i64 = agent
         .db()
         .query_row(
             "SELECT used FROM remote_starts WHERE tag = ?1",
-            [&tag],
+            [chargesite::auth::tag_key(&secret, &tag)],
             |r| r.get(0),
         )
         .unwrap();

@@ -1,5 +1,5 @@
 //! `uplink::commands::parse` on arbitrary bytes. Beyond "no panic": the stored form never
-//! holds an OTP in clear. When the input is a JSON object, its `otp` is stored only as
+//! holds an OTP or a shared key in clear. When the input is a JSON object, its `otp` is stored only as
 //! `hmac-sha256:<hex>` (or `<invalid>`); when it is anything else, an `"otp":"<4+ digits>"`
 //! written in it is not found again, verbatim, in what is stored.
 #![no_main]
@@ -53,6 +53,12 @@ fuzz_target!(|data: &[u8]| {
                 assert!(s.starts_with("hmac-sha256:") || s == "<invalid>", "{s}")
             }
             other => panic!("otp not redacted: {other:?}"),
+        }
+        // Nor a shared key (`offline_orders.configure`).
+        match (input.get("key"), stored.get("key")) {
+            (None, None) => {}
+            (Some(_), Some(Value::String(s))) => assert_eq!(s, "<redacted>"),
+            other => panic!("key not redacted: {other:?}"),
         }
         return;
     }

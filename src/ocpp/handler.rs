@@ -190,6 +190,7 @@ async fn answer(
                     ctx.origin(cp_id),
                     auth::present(&ctx.secret, &id_tag),
                     free_vend,
+                    ctx.uplink_online.load(Ordering::Relaxed),
                     received,
                 )
                 .await?;

@@ -58,9 +58,12 @@ pub enum Flag {
     AfterEnded,
     /// The reading was taken while the charger was offline and delivered later.
     Offline,
+    /// Started by an id tag the site does not know, accepted because the uplink was down
+    /// and `[auth] unknown_tags = "accept_offline"`: to be settled later.
+    UnknownTag,
 }
 
-const ALL_FLAGS: [Flag; 12] = [
+const ALL_FLAGS: [Flag; 13] = [
     Flag::MeterBackwards,
     Flag::MeterJump,
     Flag::MeterStartZero,
@@ -73,6 +76,7 @@ const ALL_FLAGS: [Flag; 12] = [
     Flag::SeqGap,
     Flag::AfterEnded,
     Flag::Offline,
+    Flag::UnknownTag,
 ];
 
 impl Flag {
@@ -91,6 +95,7 @@ impl Flag {
             Flag::SeqGap => "seq_gap",
             Flag::AfterEnded => "after_ended",
             Flag::Offline => "offline",
+            Flag::UnknownTag => "unknown_tag",
         }
     }
 

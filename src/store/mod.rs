@@ -32,7 +32,7 @@ use crate::time::fmt_ts;
 pub use crate::events::EventRow;
 pub use chargers::{Boot, StatusIn};
 pub use device::{CsrIn, EvseStatusIn, ReportPart, SecurityAlert, SecurityEventIn};
-pub use orders::{NewAuthorization, OfflineOrders, RemoteStarted, Terms};
+pub use orders::{NewAuthorization, NewTag, OfflineOrders, RemoteStarted, Terms};
 pub use outbox::{ConnectorRow, Intake, OpenTransaction, OutboxStatus, SessionRef};
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
 pub use transactions::{TxEventIn, TxEventOutcome};
@@ -93,6 +93,8 @@ pub struct StoreSettings {
     pub lockout: crate::auth::Lockout,
     /// Where commit latency and batch sizes are recorded (one observe per commit).
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// `[auth] unknown_tags`.
+    pub unknown_tags: crate::auth::UnknownTags,
     /// The site secret: codes are compared by its keyed hash, and what is kept but never
     /// in clear (the offline-orders key) is sealed under a key derived from it.
     pub secret: crate::auth::Secret,
@@ -106,6 +108,8 @@ pub(crate) struct Ctx {
     pub lockout: crate::auth::Lockout,
     /// Attempts refused while OTP entry is locked, not yet reported.
     pub blocked: std::sync::Mutex<crate::auth::BlockedTally>,
+    /// As [`StoreSettings::unknown_tags`].
+    pub unknown_tags: crate::auth::UnknownTags,
     /// As [`StoreSettings::secret`].
     pub secret: crate::auth::Secret,
     /// Derived from it.
@@ -312,6 +316,7 @@ impl Store {
         origin: crate::auth::Origin,
         presented: Presented,
         free_vend: bool,
+        uplink_online: bool,
         at: DateTime<Utc>,
     ) -> Result<AuthDecision, StoreError> {
         self.call(false, move |c, ctx| {
@@ -321,6 +326,7 @@ impl Store {
                 connector_id: None,
                 presented: &presented,
                 free_vend,
+                uplink_online,
                 consume: false,
                 now: at,
             };
@@ -360,6 +366,28 @@ impl Store {
         .await
     }
 
+    /// `tags.upsert`: stores fleet cards (sealed, found by their keyed hash); how many.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn upsert_tags(
+        &self,
+        tags: Vec<orders::NewTag>,
+        at: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        self.call(false, move |c, ctx| orders::upsert_tags(c, ctx, &tags, at))
+            .await
+    }
+
+    /// `tags.remove`: how many of these fleet cards were known.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn remove_tags(&self, id_tags: Vec<String>) -> Result<usize, StoreError> {
+        self.call(false, move |c, ctx| orders::remove_tags(c, ctx, &id_tags))
+            .await
+    }
+
     /// `authorization.revoke`: how many authorizations it revoked.
     ///
     /// # Errors
@@ -393,7 +421,7 @@ impl Store {
                 tag: &tag,
                 now: at,
             };
-            let started = orders::remote_start(c, &ctx.lockout, request)?;
+            let started = orders::remote_start(c, ctx, request)?;
             insert_event(
                 c,
                 at,
@@ -416,8 +444,14 @@ impl Store {
         tag: String,
         at: DateTime<Utc>,
     ) -> Result<i32, StoreError> {
-        self.call(false, move |c, _| {
-            orders::test_start(c, &cp_id, connector_id, &tag, at)
+        self.call(false, move |c, ctx| {
+            orders::test_start(
+                c,
+                &crate::auth::tag_key(&ctx.secret, &tag),
+                &cp_id,
+                connector_id,
+                at,
+            )
         })
         .await
     }
@@ -427,8 +461,10 @@ impl Store {
     /// # Errors
     /// As [`Store::probe`].
     pub async fn remote_start_failed(&self, tag: String) -> Result<(), StoreError> {
-        self.call(false, move |c, _| orders::remote_start_failed(c, &tag))
-            .await
+        self.call(false, move |c, ctx| {
+            orders::remote_start_failed(c, &crate::auth::tag_key(&ctx.secret, &tag))
+        })
+        .await
     }
 
     /// StartTransaction.
@@ -934,6 +970,7 @@ fn run(
         blocked: Default::default(),
         sealer: settings.secret.sealer(),
         secret: settings.secret.clone(),
+        unknown_tags: settings.unknown_tags,
     };
     let mut batch: Vec<Job> = Vec::with_capacity(settings.max_batch);
     let mut closing = false;
@@ -1068,6 +1105,7 @@ mod tests {
             lockout: crate::auth::Lockout::default(),
             metrics: Default::default(),
             secret: crate::auth::Secret::from_bytes([7; 32]),
+            unknown_tags: Default::default(),
         }
     }
 
@@ -1100,6 +1138,7 @@ mod tests {
             blocked: Default::default(),
             sealer: crate::auth::Secret::from_bytes([7; 32]).sealer(),
             secret: crate::auth::Secret::from_bytes([7; 32]),
+            unknown_tags: Default::default(),
         };
         let mut batch = Vec::new();
         let mut answers = Vec::new();
@@ -1156,6 +1195,7 @@ mod tests {
             blocked: Default::default(),
             sealer: crate::auth::Secret::from_bytes([7; 32]).sealer(),
             secret: crate::auth::Secret::from_bytes([7; 32]),
+            unknown_tags: Default::default(),
         };
         let (reply, mut panicked) = oneshot::channel::<Result<(), StoreError>>();
         let bomb = Box::new(Call {

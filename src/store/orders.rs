@@ -216,6 +216,8 @@ pub(super) struct Attempt<'a> {
     pub connector_id: Option<u32>,
     pub presented: &'a Presented,
     pub free_vend: bool,
+    /// Whether the uplink is up (`[auth] unknown_tags = "accept_offline"`).
+    pub uplink_online: bool,
     /// StartTransaction (uses are spent) rather than Authorize.
     pub consume: bool,
     pub now: DateTime<Utc>,
@@ -383,10 +385,19 @@ pub(super) fn decide(
             order_id,
             tag_key: presented.tag_key.clone(),
             offline_counter: None,
+            unverified: false,
         });
     }
     let Some(hash) = presented.otp_hash else {
-        return Ok(auth::check_tag(&presented.tag_key, free_vend));
+        let card = fleet_card(c, &presented.tag_hash)?;
+        return Ok(auth::check_tag_policy(
+            &presented.tag_key,
+            card.as_ref(),
+            free_vend,
+            ctx.unknown_tags,
+            a.uplink_online,
+            now,
+        ));
     };
     let is_locked = locked(c, &source, lockout, now)?.is_some();
     let outcome = auth::check_otp(
@@ -402,6 +413,17 @@ pub(super) fn decide(
         if let Some(d) = offline_order(c, ctx, a, &hash)? {
             return Ok(d);
         }
+        // ... or a fleet card whose UID is all digits: a card, not a guess
+        if let Some(card) = fleet_card(c, &presented.tag_hash)? {
+            return Ok(auth::check_tag_policy(
+                &presented.tag_key,
+                Some(&card),
+                free_vend,
+                ctx.unknown_tags,
+                a.uplink_online,
+                now,
+            ));
+        }
     }
     if outcome == OtpOutcome::Invalid && free_vend {
         // digits that are no OTP: on a free-vend site every tag is accepted
@@ -414,7 +436,98 @@ pub(super) fn decide(
         order_id: outcome.order_id().map(str::to_string),
         tag_key: presented.tag_key.clone(),
         offline_counter: None,
+        unverified: false,
     })
+}
+
+/// A fleet card from `tags.upsert` (the UID in memory only until it is sealed).
+#[derive(Clone, PartialEq)]
+pub struct NewTag {
+    /// The card's UID (hex), as presented.
+    pub id_tag: String,
+    /// `ISO14443` (default) or `ISO15693`.
+    pub id_type: String,
+    /// Not valid after, if set.
+    pub valid_until: Option<DateTime<Utc>>,
+    /// The fleet it belongs to.
+    pub fleet: Option<String>,
+}
+
+impl std::fmt::Debug for NewTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewTag")
+            .field("id_tag", &"(hidden)")
+            .field("id_type", &self.id_type)
+            .field("valid_until", &self.valid_until)
+            .field("fleet", &self.fleet)
+            .finish()
+    }
+}
+
+/// What a fleet card's UID is sealed for.
+const FLEET_TAG: &str = "fleet-tag";
+
+/// Stores (or updates) fleet cards; how many.
+pub(super) fn upsert_tags(
+    c: &Connection,
+    ctx: &Ctx,
+    tags: &[NewTag],
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    for t in tags {
+        let uid = t.id_tag.to_ascii_uppercase();
+        let sealed = ctx
+            .sealer
+            .seal(FLEET_TAG, uid.as_bytes())
+            .map_err(|e| StoreError::Random(e.to_string()))?;
+        c.prepare_cached(
+            "INSERT INTO fleet_tags (tag_hash, sealed, id_type, fleet, valid_until_ms, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (tag_hash) DO UPDATE SET sealed = ?2, id_type = ?3, fleet = ?4,
+                 valid_until_ms = ?5, updated_at = ?6",
+        )?
+        .execute(params![
+            auth::tag_hash(&ctx.secret, &t.id_tag).to_vec(),
+            sealed,
+            t.id_type,
+            t.fleet,
+            t.valid_until.map(ms),
+            fmt_ts(now)
+        ])?;
+    }
+    Ok(tags.len())
+}
+
+/// Removes fleet cards; how many were known.
+pub(super) fn remove_tags(
+    c: &Connection,
+    ctx: &Ctx,
+    id_tags: &[String],
+) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for t in id_tags {
+        removed += c
+            .prepare_cached("DELETE FROM fleet_tags WHERE tag_hash = ?1")?
+            .execute(params![auth::tag_hash(&ctx.secret, t).to_vec()])?;
+    }
+    Ok(removed)
+}
+
+/// The fleet card with this keyed hash, if the site knows one.
+fn fleet_card(c: &Connection, tag_hash: &OtpHash) -> Result<Option<auth::FleetCard>, StoreError> {
+    let row: Option<(Option<i64>, Option<String>)> = c
+        .prepare_cached("SELECT valid_until_ms, fleet FROM fleet_tags WHERE tag_hash = ?1")?
+        .query_row(params![tag_hash.to_vec()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    row.map(|(until, fleet)| {
+        Ok(auth::FleetCard {
+            valid_until: until
+                .map(|u| from_ms(u, || "fleet_tags.valid_until_ms".into()))
+                .transpose()?,
+            fleet,
+        })
+    })
+    .transpose()
 }
 
 /// `offline_orders.configure` as parsed: the key is in memory only until it is sealed.
@@ -600,6 +713,7 @@ fn offline_order(
         order_id: None,
         tag_key: a.presented.tag_key.clone(),
         offline_counter: Some(counter),
+        unverified: false,
     }))
 }
 
@@ -687,9 +801,10 @@ fn next_remote_start_id(c: &Connection) -> Result<i32, StoreError> {
 /// `remoteStartId`.
 pub(super) fn remote_start(
     c: &Connection,
-    lockout: &Lockout,
+    ctx: &Ctx,
     r: RemoteRequest<'_>,
 ) -> Result<RemoteStarted, StoreError> {
+    let lockout = &ctx.lockout;
     let RemoteRequest {
         order_id,
         otp_hash,
@@ -719,6 +834,8 @@ pub(super) fn remote_start(
         is_locked,
     );
     record(c, &source, &outcome, true, now)?;
+    // the charger will present the agent's tag: stored, like every tag, only as its hash
+    let tag = auth::tag_key(&ctx.secret, tag);
     let mut remote_start_id = None;
     if let OtpOutcome::Accepted { order_id } = &outcome {
         let id = next_remote_start_id(c)?;
@@ -737,6 +854,7 @@ pub(super) fn remote_start(
             order_id: Some(order_id.to_string()),
             tag_key: tag.to_string(),
             offline_counter: None,
+            unverified: false,
         },
         remote_start_id,
     })
@@ -746,11 +864,12 @@ pub(super) fn remote_start(
 /// an engineer with the local API's socket or password): `tag` is accepted on this
 /// charger, as a `session.start` tag is, for [`REMOTE_TAG_TTL_MINUTES`], with no order
 /// (stored as `''`) and no OTP; returns the 2.0.1 `remoteStartId` allocated for it.
+/// `tag` is the tag's stored form ([`auth::tag_key`]).
 pub(super) fn test_start(
     c: &Connection,
+    tag: &str,
     cp_id: &str,
     connector_id: u32,
-    tag: &str,
     now: DateTime<Utc>,
 ) -> Result<i32, StoreError> {
     let id = next_remote_start_id(c)?;
@@ -765,7 +884,8 @@ pub(super) fn test_start(
     Ok(id)
 }
 
-/// The charger refused the remote start: the use is given back and the tag withdrawn.
+/// The charger refused the remote start: the use is given back and the tag (its stored
+/// form, [`auth::tag_key`]) withdrawn.
 pub(super) fn remote_start_failed(c: &Connection, tag: &str) -> Result<(), StoreError> {
     let order: Option<String> = c
         .query_row(

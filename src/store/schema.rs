@@ -296,6 +296,19 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     ALTER TABLE sessions ADD COLUMN offline_counter INTEGER;
     "#,
+    // 8: fleet RFID cards (`tags.upsert`). Found by the keyed hash of the upper-cased UID;
+    // the UID itself only sealed under the site secret (chargers' local lists need it in
+    // clear over OCPP, nothing else does).
+    r#"
+    CREATE TABLE fleet_tags (
+        tag_hash        BLOB PRIMARY KEY,
+        sealed          BLOB NOT NULL,
+        id_type         TEXT NOT NULL,
+        fleet           TEXT,
+        valid_until_ms  INTEGER,
+        updated_at      TEXT NOT NULL
+    ) STRICT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -166,6 +166,7 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
         connector_id: Some(s.connector_id),
         presented: &s.presented,
         free_vend: s.free_vend,
+        uplink_online: s.uplink_online,
         consume: true,
         now: s.received,
     };
@@ -191,7 +192,10 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
         previous_register_wh,
         open_before: open_before > 0,
     };
-    let flags = session::start_flags(&facts, &ctx.limits);
+    let mut flags = session::start_flags(&facts, &ctx.limits);
+    if auth.unverified {
+        flags.insert(crate::session::Flag::UnknownTag);
+    }
     let clock = session::clock(&s.timestamp, s.received, &ctx.limits);
     note_clock(c, &s.cp_id, clock, s.received)?;
     let skew = (s.received - s.timestamp.at).num_seconds();
@@ -770,6 +774,7 @@ mod tests {
             order_id: Some("o-1".into()),
             tag_key: "otp:abcd".into(),
             offline_counter: None,
+            unverified: false,
         };
         let body = orders::auth_event("CP1", Some(2), &d, None).body();
         assert_eq!(

@@ -285,6 +285,9 @@ pub(super) fn event(c: &Connection, ctx: &Ctx, e: TxEventIn) -> Result<TxEventOu
         let status = match stored_result(&x, key)? {
             None => {
                 let d = authorize(c, ctx, &e, presented, evse_id, true)?;
+                if d.unverified {
+                    session.flags.insert(Flag::UnknownTag);
+                }
                 adopt(c, key, &d)?;
                 if d.result == AuthResult::Accepted
                     && (d.order_id.is_some() || d.offline_counter.is_some())
@@ -528,6 +531,7 @@ fn authorize(
         connector_id: Some(evse_id),
         presented,
         free_vend: e.free_vend,
+        uplink_online: e.uplink_online,
         consume,
         now: e.received,
     };

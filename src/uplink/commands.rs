@@ -18,7 +18,7 @@ use crate::billing::{self, Budget, Tariff};
 use crate::ocpp::binding;
 use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError, TransactionRef};
 use crate::ocpp::registry::{CallFailure, Registry};
-use crate::store::{NewAuthorization, OfflineOrders, Store, StoreError, Terms};
+use crate::store::{NewAuthorization, NewTag, OfflineOrders, Store, StoreError, Terms};
 use crate::time::now;
 
 /// A parsed command.
@@ -54,6 +54,10 @@ pub enum Cmd {
         /// First seq to resend.
         from_seq: i64,
     },
+    /// `tags.upsert` (the UIDs in memory only until they are sealed).
+    TagsUpsert(Vec<NewTag>),
+    /// `tags.remove`.
+    TagsRemove(Vec<String>),
     /// `offline_orders.configure` (the key in memory only until it is sealed).
     OfflineOrdersConfigure(Box<OfflineOrders>),
     /// `charger.certificate`.
@@ -147,6 +151,13 @@ pub fn parse(payload: &[u8], secret: &Secret) -> Parsed {
     // Nor a shared key: it is kept only sealed (`offline_orders.configure`).
     if let Some(key) = obj.get_mut("key") {
         *key = Value::from("<redacted>");
+    }
+    // Nor a fleet card's UID (`tags.upsert` / `tags.remove`): only how many there were.
+    for field in ["tags", "id_tags"] {
+        if let Some(v) = obj.get_mut(field) {
+            let n = v.as_array().map_or(0, Vec::len);
+            *v = json!({"redacted": n});
+        }
     }
     let stored = Value::Object(obj).to_string();
     Parsed {
@@ -349,6 +360,85 @@ fn upsert(o: &Map<String, Value>, secret: &Secret) -> Result<NewAuthorization, C
     })
 }
 
+/// A fleet card UID: hex, as ISO 14443 / 15693 readers report it (4, 7 or 10 bytes; 8),
+/// at most 36 characters (an OCPP 2.0.1 idToken; a 1.6 idTag holds 20).
+fn uid(v: &Value, what: &str) -> Result<String, CmdError> {
+    v.as_str()
+        .filter(|s| (2..=36).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            CmdError::new(
+                "bad_request",
+                format!("{what} must be a card UID: 2 to 36 hex digits"),
+            )
+        })
+}
+
+/// At most this many cards per `tags.*` command (the command size limit binds first).
+const MAX_TAGS: usize = 1000;
+
+fn tags_upsert(o: &Map<String, Value>) -> Result<Vec<NewTag>, CmdError> {
+    let list = o
+        .get("tags")
+        .and_then(Value::as_array)
+        .filter(|l| !l.is_empty() && l.len() <= MAX_TAGS)
+        .ok_or_else(|| {
+            CmdError::new(
+                "bad_request",
+                format!("`tags` must be a list of 1 to {MAX_TAGS} cards"),
+            )
+        })?;
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let t = t.as_object().ok_or_else(|| {
+                CmdError::new("bad_request", format!("tags[{i}] must be an object"))
+            })?;
+            let id_tag = uid(
+                t.get("id_tag").unwrap_or(&Value::Null),
+                &format!("tags[{i}].id_tag"),
+            )?;
+            let id_type = match t.get("type") {
+                None | Some(Value::Null) => "ISO14443".to_string(),
+                Some(Value::String(k)) if k == "ISO14443" || k == "ISO15693" => k.clone(),
+                Some(_) => {
+                    return Err(CmdError::new(
+                        "bad_request",
+                        format!("tags[{i}].type must be ISO14443 or ISO15693"),
+                    ))
+                }
+            };
+            let valid_until = time(t, "valid_until")
+                .map_err(|e| CmdError::new("bad_request", format!("tags[{i}]: {}", e.message)))?;
+            let fleet = opt_string(t, "fleet")
+                .map_err(|e| CmdError::new("bad_request", format!("tags[{i}]: {}", e.message)))?;
+            Ok(NewTag {
+                id_tag,
+                id_type,
+                valid_until,
+                fleet,
+            })
+        })
+        .collect()
+}
+
+fn tags_remove(o: &Map<String, Value>) -> Result<Vec<String>, CmdError> {
+    let list = o
+        .get("id_tags")
+        .and_then(Value::as_array)
+        .filter(|l| !l.is_empty() && l.len() <= MAX_TAGS)
+        .ok_or_else(|| {
+            CmdError::new(
+                "bad_request",
+                format!("`id_tags` must be a list of 1 to {MAX_TAGS} card UIDs"),
+            )
+        })?;
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| uid(t, &format!("id_tags[{i}]")))
+        .collect()
+}
+
 fn offline_orders(o: &Map<String, Value>) -> Result<OfflineOrders, CmdError> {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::STANDARD
@@ -466,6 +556,8 @@ fn parse_body(
             cp_id: string(o, "cp_id")?,
             certificate_chain: string(o, "certificate_chain")?,
         }),
+        Some("tags.upsert") => Ok(Cmd::TagsUpsert(tags_upsert(o)?)),
+        Some("tags.remove") => Ok(Cmd::TagsRemove(tags_remove(o)?)),
         Some("offline_orders.configure") => {
             Ok(Cmd::OfflineOrdersConfigure(Box::new(offline_orders(o)?)))
         }
@@ -560,6 +652,14 @@ impl Executor {
                     Err(e) => Err(internal("cannot revoke", e)),
                 }
             }
+            Cmd::TagsUpsert(tags) => match self.store.upsert_tags(tags, now()).await {
+                Ok(n) => Ok(json!({"upserted": n})),
+                Err(e) => Err(internal("cannot store the tags", e)),
+            },
+            Cmd::TagsRemove(id_tags) => match self.store.remove_tags(id_tags).await {
+                Ok(n) => Ok(json!({"removed": n})),
+                Err(e) => Err(internal("cannot remove the tags", e)),
+            },
             Cmd::OfflineOrdersConfigure(o) => {
                 let (digits, lookahead) = (o.digits, o.lookahead);
                 match self.store.configure_offline_orders(*o, now()).await {

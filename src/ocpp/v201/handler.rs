@@ -105,7 +105,14 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
             let presented = present(ctx, &id_token);
             let decision = ctx
                 .store
-                .authorize(cp, ctx.origin(cp_id), presented, ctx.free_vend, received)
+                .authorize(
+                    cp,
+                    ctx.origin(cp_id),
+                    presented,
+                    ctx.free_vend,
+                    ctx.uplink_online.load(Ordering::Relaxed),
+                    received,
+                )
                 .await?;
             json!({"idTokenInfo": token_info(decision.result, &id_token)})
         }
@@ -193,7 +200,7 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
 fn present(ctx: &Context, token: &IdToken) -> auth::Presented {
     match token.kind.as_str() {
         "KeyCode" => auth::present(&ctx.secret, &token.id),
-        _ => auth::present_as_tag(&token.id),
+        _ => auth::present_as_tag(&ctx.secret, &token.id),
     }
 }
 
