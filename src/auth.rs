@@ -489,6 +489,7 @@ struct Bucket {
     pending: u64,
     cp_id: String,
     connector_id: Option<u32>,
+    method: AuthMethod,
 }
 
 /// One aggregated report of blocked attempts.
@@ -498,6 +499,8 @@ pub struct BlockedReport {
     pub cp_id: String,
     /// The latest attempt's connector, when known.
     pub connector_id: Option<u32>,
+    /// How the latest attempt presented itself (a code, a card).
+    pub method: AuthMethod,
     /// Attempts since the previous report, this one included.
     pub count: u64,
 }
@@ -508,6 +511,7 @@ impl BlockedTally {
         &mut self,
         source: &Source<'_>,
         connector_id: Option<u32>,
+        method: AuthMethod,
         now: DateTime<Utc>,
     ) -> Option<BlockedReport> {
         let key = if source.known { source.cp_id } else { "" };
@@ -517,6 +521,7 @@ impl BlockedTally {
                 b.cp_id.clear();
                 b.cp_id.push_str(source.cp_id);
                 b.connector_id = connector_id;
+                b.method = method;
                 None
             }
             Some(b) => {
@@ -526,6 +531,7 @@ impl BlockedTally {
                 Some(BlockedReport {
                     cp_id: source.cp_id.to_string(),
                     connector_id,
+                    method,
                     count,
                 })
             }
@@ -537,11 +543,13 @@ impl BlockedTally {
                         pending: 0,
                         cp_id: source.cp_id.to_string(),
                         connector_id,
+                        method,
                     },
                 );
                 Some(BlockedReport {
                     cp_id: source.cp_id.to_string(),
                     connector_id,
+                    method,
                     count: 1,
                 })
             }
@@ -561,6 +569,7 @@ impl BlockedTally {
             out.push(BlockedReport {
                 cp_id: b.cp_id.clone(),
                 connector_id: b.connector_id,
+                method: b.method,
                 count: b.pending,
             });
             b.pending = 0;
@@ -1156,11 +1165,16 @@ mod tests {
     fn blocked_attempts_are_reported_once_a_minute_with_their_count() {
         let mut tally = BlockedTally::default();
         let cp1 = source("CP1", true);
-        let first = tally.note(&cp1, Some(1), t(0)).unwrap();
+        let first = tally.note(&cp1, Some(1), AuthMethod::Otp, t(0)).unwrap();
         assert_eq!((first.cp_id.as_str(), first.count), ("CP1", 1));
         for i in 1..100 {
             assert_eq!(
-                tally.note(&cp1, Some(1), t(0) + Duration::milliseconds(i * 500)),
+                tally.note(
+                    &cp1,
+                    Some(1),
+                    AuthMethod::Otp,
+                    t(0) + Duration::milliseconds(i * 500)
+                ),
                 None
             );
         }
@@ -1170,7 +1184,7 @@ mod tests {
         assert_eq!(flushed[0].count, 99);
         assert!(tally.flush(t(3)).is_empty(), "nothing more to say");
         assert!(tally.buckets.is_empty(), "a quiet charger is forgotten");
-        let again = tally.note(&cp1, None, t(4)).unwrap();
+        let again = tally.note(&cp1, None, AuthMethod::Otp, t(4)).unwrap();
         assert_eq!(again.count, 1);
     }
 
@@ -1180,7 +1194,7 @@ mod tests {
         let ids: Vec<String> = (0..1000).map(|i| format!("ROT-{i}")).collect();
         let reports = ids
             .iter()
-            .filter_map(|id| tally.note(&source(id, false), None, t(0)))
+            .filter_map(|id| tally.note(&source(id, false), None, AuthMethod::Otp, t(0)))
             .count();
         assert_eq!(reports, 1);
         let flushed = tally.flush(t(1));

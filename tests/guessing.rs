@@ -134,3 +134,31 @@ async fn twenty_sockets_from_one_address_share_its_budget() {
     );
     assert_eq!(tally.blocked, 190);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_uids_are_a_guessing_surface_too() {
+    let agent = agent();
+    let mut sockets = Vec::new();
+    for i in 0..20 {
+        sockets.push(Charger::connect(&agent.url(&format!("CARDS-{i}"))).await);
+    }
+    let mut tally = Tally::default();
+    for round in 0..10usize {
+        for (i, cp) in sockets.iter_mut().enumerate() {
+            let uid = format!("04{:012X}", (round * 20 + i) * 0x9E37_79B9);
+            let a = cp.ok("Authorize", json!({"idTag": uid})).await;
+            tally.add(&a["idTagInfo"]["status"]);
+        }
+    }
+    println!(
+        "card UIDs, 20 sockets: {} judged, {} blocked",
+        tally.judged, tally.blocked
+    );
+    assert_eq!(tally.judged, 10, "the address budget holds for cards too");
+    let blocked: Vec<_> = agent
+        .events_of("auth.checked")
+        .into_iter()
+        .filter(|e| e["result"] == "blocked")
+        .collect();
+    assert!(!blocked.is_empty() && blocked.iter().all(|e| e["method"] == "rfid"));
+}

@@ -68,8 +68,10 @@ async fn an_otp_works_offline_stops_at_the_budget_and_the_bpp_gets_the_settlemen
     .await;
     assert_eq!(bpp.wait_result("u-1", 30).await["ok"], true);
 
-    // the uplink goes down; the driver arrives
+    // the uplink goes down; the driver arrives once the agent has seen it go (it records
+    // `uplink_online` at the start)
     broker.kill();
+    assert!(eventually(20, || agent.log().contains("uplink down")).await);
     let mut cp = Charger::connect(&agent.url("CP001")).await;
     let a = cp.ok("Authorize", json!({"idTag": OTP})).await;
     assert_eq!(a["idTagInfo"]["status"], "Accepted");

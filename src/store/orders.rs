@@ -277,6 +277,7 @@ pub(super) fn report(
     let due = ctx.blocked.lock().unwrap_or_else(|p| p.into_inner()).note(
         &a.source(),
         a.connector_id,
+        d.method,
         a.now,
     );
     match due {
@@ -307,7 +308,7 @@ fn blocked_event(r: &auth::BlockedReport) -> Event {
     Event::AuthChecked {
         cp_id: r.cp_id.clone(),
         connector_id: r.connector_id,
-        method: AuthMethod::Otp.as_str(),
+        method: r.method.as_str(),
         result: AuthResult::Blocked.as_str(),
         order_id: None,
         count: Some(r.count),
@@ -389,15 +390,31 @@ pub(super) fn decide(
         });
     }
     let Some(hash) = presented.otp_hash else {
+        // A card UID can be guessed as well as a code can: an unknown tag counts toward
+        // the same lock-outs, and while they hold every tag is refused, cards included.
+        if !free_vend && locked(c, &source, lockout, now)?.is_some() {
+            return Ok(AuthDecision {
+                method: AuthMethod::Rfid,
+                result: AuthResult::Blocked,
+                order_id: None,
+                tag_key: presented.tag_key.clone(),
+                offline_counter: None,
+                unverified: false,
+            });
+        }
         let card = fleet_card(c, &presented.tag_hash)?;
-        return Ok(auth::check_tag_policy(
+        let d = auth::check_tag_policy(
             &presented.tag_key,
             card.as_ref(),
             free_vend,
             ctx.unknown_tags,
             a.uplink_online,
             now,
-        ));
+        );
+        if d.result == AuthResult::Invalid {
+            record(c, &source, &OtpOutcome::Invalid, false, now)?;
+        }
+        return Ok(d);
     };
     let is_locked = locked(c, &source, lockout, now)?.is_some();
     let outcome = auth::check_otp(
