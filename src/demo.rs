@@ -7,6 +7,10 @@
 //! connections and refuses new ones): chargers keep being answered, the backlog grows; the link is restored and every event arrives, ending with the bills. It
 //! passes when every event arrived and each charger was seen with its OCPP version, its
 //! session started and stopped.
+//!
+//! With `CHARGESITE_DEMO_RECORD=<path>` the demo also writes what its BPP received (every
+//! event in seq order, the retained `state` payloads, the latest `live/<session_id>`
+//! snapshot per session) to that file, for `tests/beckn.rs` to map to Beckn messages.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,6 +25,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const SITE: &str = "demo-site";
+/// Where to write the recording of what the BPP received, when set.
+const RECORD_ENV: &str = "CHARGESITE_DEMO_RECORD";
 const ROOT: &str = "chargesite/v1/demo-site";
 
 /// The demo's chargers and the OCPP version each speaks (`sim::Fleet::Mixed`).
@@ -220,6 +226,12 @@ pub async fn run() -> Result<bool, String> {
     let _ = agent_task.await;
     let _ = std::fs::remove_dir_all(&dir);
     let failures = check_sessions(&bpp.all_events(), &CHARGERS);
+    if let Some(path) = std::env::var_os(RECORD_ENV) {
+        let recording = serde_json::to_string_pretty(&bpp.recording()).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, recording) {
+            say("bpp", &format!("cannot write the recording: {e}"));
+        }
+    }
     for f in &failures {
         say("bpp", &format!("check failed: {f}"));
     }
@@ -395,6 +407,16 @@ struct Bpp {
     events: Arc<Mutex<(BTreeMap<i64, Value>, usize)>>,
     results: Arc<Mutex<Vec<Value>>>,
     online: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// What the BPP saw beside the events, kept for the recording only.
+#[derive(Default)]
+struct Seen {
+    /// Every retained `state` payload, in arrival order.
+    states: Vec<Value>,
+    /// The latest `live` snapshot per session.
+    live: BTreeMap<String, Value>,
 }
 
 impl Bpp {
@@ -406,12 +428,15 @@ impl Bpp {
         let events: Arc<Mutex<(BTreeMap<i64, Value>, usize)>> = Arc::default();
         let results: Arc<Mutex<Vec<Value>>> = Arc::default();
         let online = Arc::new(AtomicBool::new(false));
-        let (e, r, on, c) = (
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let (e, r, on, c, s) = (
             events.clone(),
             results.clone(),
             online.clone(),
             client.clone(),
+            seen.clone(),
         );
+        let live_prefix = format!("{ROOT}/live/");
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
@@ -434,6 +459,10 @@ impl Bpp {
                             r.lock().unwrap_or_else(|p| p.into_inner()).push(v);
                         } else if p.topic.ends_with("/state") {
                             on.store(v["online"] == true, Ordering::SeqCst);
+                            s.lock().unwrap_or_else(|p| p.into_inner()).states.push(v);
+                        } else if let Some(session) = p.topic.strip_prefix(&live_prefix) {
+                            let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+                            g.live.insert(session.to_string(), v);
                         }
                     }
                     Ok(_) => {}
@@ -446,7 +475,16 @@ impl Bpp {
             events,
             results,
             online,
+            seen,
         })
+    }
+
+    /// What `CHARGESITE_DEMO_RECORD` gets: the events in seq order, the `state` payloads
+    /// in arrival order, the latest `live` snapshot per session.
+    fn recording(&self) -> Value {
+        let g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        json!({"site": SITE, "root": ROOT, "events": self.all_events(),
+            "states": g.states, "live": g.live})
     }
 
     async fn wait_online(&self, d: Duration) -> Result<(), String> {
