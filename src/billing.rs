@@ -30,6 +30,28 @@ pub struct Tariff {
     pub surcharges: Vec<Surcharge>,
     /// Idle fee after energy transfer ends.
     pub idle: Option<Idle>,
+    /// Tax on the other components.
+    pub tax: Option<Tax>,
+    /// Reservation fees (no-show, cancellation), billed on `reservation.released`.
+    pub reservation: Option<ReservationFees>,
+}
+
+/// A tax: `rate_bp` basis points of the sum of the other components, rounded once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tax {
+    /// Shown on the bill, e.g. "GST".
+    pub name: String,
+    /// Basis points (1800 = 18 %).
+    pub rate_bp: i64,
+}
+
+/// The fees a reservation's end may cost (CONTRACT §4, tariff `reservation`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReservationFees {
+    /// The driver did not arrive within the grace period.
+    pub no_show_fee_minor: i64,
+    /// The reservation was cancelled.
+    pub cancel_fee_minor: i64,
 }
 
 /// A per-kWh surcharge in a daily window `[from, to)` of local time (may wrap midnight).
@@ -83,6 +105,24 @@ struct RawTariff {
     #[serde(default)]
     surcharges: Vec<RawSurcharge>,
     idle: Option<RawIdle>,
+    tax: Option<RawTax>,
+    reservation: Option<RawReservation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTax {
+    name: String,
+    rate_bp: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReservation {
+    #[serde(default)]
+    no_show_fee_minor: i64,
+    #[serde(default)]
+    cancel_fee_minor: i64,
 }
 
 fn utc() -> String {
@@ -163,6 +203,28 @@ impl Tariff {
             }),
             None => None,
         };
+        let tax = match raw.tax {
+            // up to 100 %: a rate above that is a unit mistake (percent for basis points)
+            Some(t) if !(0..=10_000).contains(&t.rate_bp) => {
+                return Err(terr("tax.rate_bp", "must be 0 to 10000 basis points"))
+            }
+            Some(t) if t.name.is_empty() => return Err(terr("tax.name", "must not be empty")),
+            Some(t) => Some(Tax {
+                name: t.name,
+                rate_bp: t.rate_bp,
+            }),
+            None => None,
+        };
+        let reservation = match raw.reservation {
+            Some(r) if r.no_show_fee_minor < 0 || r.cancel_fee_minor < 0 => {
+                return Err(terr("reservation", "fees must not be negative"))
+            }
+            Some(r) => Some(ReservationFees {
+                no_show_fee_minor: r.no_show_fee_minor,
+                cancel_fee_minor: r.cancel_fee_minor,
+            }),
+            None => None,
+        };
         Ok(Tariff {
             currency: raw.currency,
             energy_minor_per_kwh: raw.energy_minor_per_kwh,
@@ -170,6 +232,8 @@ impl Tariff {
             timezone,
             surcharges,
             idle,
+            tax,
+            reservation,
         })
     }
 }
@@ -265,7 +329,7 @@ fn overlap_ms(tariff: &Tariff, s: &Surcharge, from: DateTime<Utc>, to: DateTime<
 /// One line of a bill.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Component {
-    /// `energy`, `surcharge`, `idle` or `service`.
+    /// `energy`, `surcharge`, `idle`, `service` or `tax`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Shown to the driver.
@@ -325,6 +389,15 @@ pub fn cost(tariff: &Tariff, accrual: &Accrual, until: DateTime<Utc>) -> Cost {
         name: "Service fee".into(),
         amount_minor: tariff.service_fee_minor,
     });
+    if let Some(tax) = &tariff.tax {
+        // of the other components as billed (each already rounded), rounded once itself
+        let base: i64 = components.iter().map(|c| c.amount_minor).sum();
+        components.push(Component {
+            kind: "tax",
+            name: tax.name.clone(),
+            amount_minor: round_half_up(i128::from(base) * NANO * i128::from(tax.rate_bp) / 10_000),
+        });
+    }
     components.retain(|c| c.amount_minor != 0);
     Cost {
         currency: tariff.currency.clone(),
@@ -395,6 +468,56 @@ mod tests {
             json!({"currency":"INR","energy_minor_per_kwh":1600,"timezone":"Asia/Kolkata",
             "surcharges":[{"name":"Congestion fee","from":"18:00","to":"21:00","minor_per_kwh":100}]}),
         )
+    }
+
+    #[test]
+    fn a_tax_is_its_rate_of_the_other_components_rounded_once() {
+        let t = tariff(
+            json!({"currency":"INR","energy_minor_per_kwh":1600,"timezone":"Asia/Kolkata",
+            "surcharges":[{"name":"Congestion fee","from":"18:00","to":"21:00","minor_per_kwh":100}],
+            "tax":{"name":"GST","rate_bp":1800},
+            "reservation":{"no_show_fee_minor":5000,"cancel_fee_minor":0}}),
+        );
+        let mut a = Accrual::default();
+        a.add(&t, 5200, kolkata(18, 30), kolkata(19, 30));
+        let c = cost(&t, &a, kolkata(19, 30));
+        // 88.40 + 18 % = 88.40 + 15.912 -> 15.91
+        let tax = c.components.last().unwrap();
+        assert_eq!(
+            (tax.kind, tax.name.as_str(), tax.amount_minor),
+            ("tax", "GST", 1591)
+        );
+        assert_eq!(c.total_minor, 8840 + 1591);
+        assert_eq!(
+            t.reservation,
+            Some(ReservationFees {
+                no_show_fee_minor: 5000,
+                cancel_fee_minor: 0
+            })
+        );
+        let half = tariff(json!({"currency":"INR","energy_minor_per_kwh":1000,
+            "tax":{"name":"VAT","rate_bp":1250}}));
+        let mut a = Accrual::default();
+        a.add(&half, 1000, kolkata(10, 0), kolkata(11, 0));
+        // 10.00 at 12.5 % = 1.25 exactly; 4 Wh more: 10.04 -> 1.255 -> 1.26 (half up)
+        assert_eq!(
+            cost(&half, &a, kolkata(11, 0)).components[1].amount_minor,
+            125
+        );
+        a.add(&half, 4, kolkata(11, 0), kolkata(11, 1));
+        assert_eq!(
+            cost(&half, &a, kolkata(11, 1)).components[1].amount_minor,
+            126
+        );
+        for bad in [
+            json!({"name":"GST","rate_bp":18_001}),
+            json!({"name":"","rate_bp":1}),
+        ] {
+            let e =
+                Tariff::from_json(&json!({"currency":"INR","energy_minor_per_kwh":1,"tax":bad}))
+                    .unwrap_err();
+            assert!(e.field.starts_with("tax"), "{e}");
+        }
     }
 
     #[test]

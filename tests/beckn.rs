@@ -542,14 +542,14 @@ async fn an_interrupted_session_and_a_topped_up_bill_map_to_the_documented_beckn
         .await
     );
 
-    // A tariff with every component the agent bills today: a surcharge window around the
-    // whole session (by the charger's clock, which this test sets), idle time, service fee.
-    // (CONTRACT §4's optional `tax` is not accepted by the agent yet; the mapping has it.)
+    // A tariff with every component a session bills: a surcharge window around the whole
+    // session (by the charger's clock, which this test sets), idle time, service fee, tax.
     let hhmm = |mins: i64| ts(mins)[11..16].to_string();
     let tariff = json!({"currency": "INR", "energy_minor_per_kwh": 1800, "service_fee_minor": 1000,
         "timezone": "UTC",
         "surcharges": [{"name": "Congestion fee", "from": hhmm(-60), "to": hhmm(120), "minor_per_kwh": 100}],
-        "idle": {"grace_minutes": 10, "minor_per_minute": 200}});
+        "idle": {"grace_minutes": 10, "minor_per_minute": 200},
+        "tax": {"name": "GST", "rate_bp": 1800}});
     let valid_until = (chargesite::time::now() + chrono::Duration::hours(4)).to_rfc3339();
     bpp.command(
         json!({"id": "upsert-T", "type": "authorization.upsert", "order_id": "order-T",
@@ -616,7 +616,7 @@ async fn an_interrupted_session_and_a_topped_up_bill_map_to_the_documented_beckn
         .iter()
         .map(|c| s(&c["type"]))
         .collect();
-    assert_eq!(kinds, ["energy", "surcharge", "idle", "service"]);
+    assert_eq!(kinds, ["energy", "surcharge", "idle", "service", "tax"]);
     assert!(
         i(&stopped["settlement"]["topup_minor"]) > 0,
         "a top-up: {stopped}"
