@@ -30,11 +30,21 @@ const RECORD_ENV: &str = "CHARGESITE_DEMO_RECORD";
 const ROOT: &str = "chargesite/v1/demo-site";
 
 /// The demo's chargers and the OCPP version each speaks (`sim::Fleet::Mixed`).
-const CHARGERS: [(&str, &str); 3] = [
+const CHARGERS: [(&str, &str); 5] = [
     ("DEMO0001", "1.6"),
     ("DEMO0002", "2.0.1"),
     ("DEMO0003", "1.6"),
+    // a fleet driver's RFID card
+    ("DEMO0004", "2.0.1"),
+    // a driver whose order the BPP confirmed while the site was offline
+    ("LATE0001", "1.6"),
 ];
+
+/// The fleet card the demo's BPP registers (`tags.upsert`).
+const FLEET_CARD: &str = "04A1B2C3D4E5F6";
+/// The key the demo's BPP shares for offline orders (`offline_orders.configure`); a real
+/// one is 32 random bytes.
+const OFFLINE_KEY: &[u8; 32] = b"demo-key-never-use-on-a-real-bpp";
 
 /// What the demo needs from the outside: nothing. Returns whether every event arrived.
 ///
@@ -45,7 +55,7 @@ pub async fn run() -> Result<bool, String> {
     let say = move |who: &str, what: &str| {
         println!("{:>6.1}s  {who:<7} {what}", t0.elapsed().as_secs_f64())
     };
-    println!("chargesite demo: a site agent, three simulated chargers, a BPP, and a link outage\n");
+    println!("chargesite demo: a site agent, five simulated chargers, a BPP, and a link outage\n");
 
     let dir = tempfile_dir()?;
     let broker_addr = free_addr()?;
@@ -133,10 +143,45 @@ pub async fn run() -> Result<bool, String> {
         );
     }
 
-    // the chargers: each driver types their OTP
+    // a fleet card, and a key for orders confirmed while the site is offline
+    bpp.command(json!({"id": "tags-1", "type": "tags.upsert",
+        "tags": [{"id_tag": FLEET_CARD, "fleet": "acme-logistics"}]}))
+        .await;
+    let r = bpp.result("tags-1", Duration::from_secs(10)).await?;
+    say(
+        "bpp",
+        &format!(
+            "tags.upsert: fleet card **{} (acme-logistics) -> ok:{}",
+            &FLEET_CARD[FLEET_CARD.len() - 2..],
+            r["ok"]
+        ),
+    );
+    let key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(OFFLINE_KEY)
+    };
+    bpp.command(
+        json!({"id": "offline-1", "type": "offline_orders.configure", "key": key,
+        "digits": 6, "lookahead": 10,
+        "terms": {"tariff": tariff, "budget": {"currency": "INR", "amount_minor": 40_000},
+                  "valid_minutes": 60}}),
+    )
+    .await;
+    let r = bpp.result("offline-1", Duration::from_secs(10)).await?;
+    say(
+        "bpp",
+        &format!(
+            "offline_orders.configure: a shared key, 6-digit codes, lookahead 10 -> ok:{}",
+            r["ok"]
+        ),
+    );
+
+    // the chargers: each driver types their OTP, the fleet driver taps a card
+    let mut tags: Vec<String> = orders.iter().map(|o| o.1.to_string()).collect();
+    tags.push(FLEET_CARD.to_string());
     let sim = crate::sim::SimConfig {
         url: format!("ws://{ocpp_addr}/ocpp"),
-        chargers: 3,
+        chargers: 4,
         id_prefix: "DEMO".into(),
         // DEMO0002 speaks 2.0.1, the other two 1.6
         ocpp: crate::sim::Fleet::Mixed,
@@ -144,7 +189,7 @@ pub async fn run() -> Result<bool, String> {
         session: Duration::from_secs(16),
         meter_interval: Duration::from_millis(1000),
         time_scale: 120.0,
-        tags: orders.iter().map(|o| o.1.to_string()).collect(),
+        tags,
         password: None,
         faults: vec![],
         offline: Duration::from_secs(1),
@@ -154,8 +199,17 @@ pub async fn run() -> Result<bool, String> {
     };
     say(
         "chargers",
-        "3 simulated chargers connect (DEMO0002 on OCPP 2.0.1, the others 1.6); drivers type their OTPs (22 kW, 1 s = 2 min)",
+        "4 simulated chargers connect (DEMO0002 and DEMO0004 on OCPP 2.0.1, the others 1.6); drivers type their OTPs, the fleet driver taps a card (22 kW, 1 s = 2 min)",
     );
+    let late = crate::sim::SimConfig {
+        chargers: 1,
+        id_prefix: "LATE".into(),
+        ocpp: crate::sim::Fleet::V16,
+        session: Duration::from_secs(6),
+        // order-D, confirmed by the BPP while the site is offline: counter 0's code
+        tags: vec![crate::auth::hotp(OFFLINE_KEY, 0, 6)],
+        ..sim.clone()
+    };
     let sim_task = tokio::spawn(crate::sim::run(sim));
 
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -164,8 +218,24 @@ pub async fn run() -> Result<bool, String> {
         "uplink",
         "CUT: the agent loses its broker; chargers keep being answered locally",
     );
-    for _ in 0..6 {
+    let mut late_task = None;
+    for k in 0..6 {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if k == 0 {
+            let code = crate::auth::hotp(OFFLINE_KEY, 0, 6);
+            say(
+                "bpp",
+                &format!(
+                    "confirms order-D while the site is offline: the driver gets code **{} (HOTP counter 0)",
+                    &code[4..]
+                ),
+            );
+            say(
+                "chargers",
+                "LATE0001 (OCPP 1.6) connects; its driver types the code",
+            );
+            late_task = Some(tokio::spawn(crate::sim::run(late.clone())));
+        }
         if let Ok(s) = store.outbox_status().await {
             say(
                 "agent",
@@ -182,7 +252,13 @@ pub async fn run() -> Result<bool, String> {
         "RESTORED: the agent reconnects and drains its backlog in seq order",
     );
 
-    let summary = sim_task.await.map_err(|e| e.to_string())?;
+    let mut summary = sim_task.await.map_err(|e| e.to_string())?;
+    if let Some(t) = late_task {
+        let l = t.await.map_err(|e| e.to_string())?;
+        summary.sessions_stopped += l.sessions_stopped;
+        summary.energy_wh += l.energy_wh;
+        summary.errors.extend(l.errors);
+    }
     say(
         "chargers",
         &format!(
@@ -219,8 +295,12 @@ pub async fn run() -> Result<bool, String> {
         println!("  {line}");
     }
     println!("\nFinal bills:");
+    let started = bpp.events_of("session.started");
     for stopped in bpp.events_of("session.stopped") {
-        println!("  {}", bill_line(&stopped));
+        let start = started
+            .iter()
+            .find(|s| s["session_id"] == stopped["session_id"]);
+        println!("  {}", bill_line(&stopped, start));
     }
     shutdown.cancel();
     let _ = agent_task.await;
@@ -299,10 +379,19 @@ fn money(v: &Value) -> String {
     format!("{:.2}", v.as_i64().unwrap_or(0) as f64 / 100.0)
 }
 
-fn bill_line(e: &Value) -> String {
+/// One bill, named by its order, or how the driver was authorized when there is none.
+fn bill_line(e: &Value, started: Option<&Value>) -> String {
+    let who = match (e["order_id"].as_str(), started) {
+        (Some(order), _) => order.to_string(),
+        (None, Some(s)) if s["offline_counter"].is_u64() => {
+            format!("offline order (counter {})", s["offline_counter"])
+        }
+        (None, Some(s)) if s["auth_method"] == "rfid" => "fleet card".to_string(),
+        _ => "-".to_string(),
+    };
     let mut parts = vec![format!(
         "{} {} {:.2} kWh reason {}",
-        e["order_id"].as_str().unwrap_or("-"),
+        who,
         e["cp_id"].as_str().unwrap_or("-"),
         e["energy_wh"].as_i64().unwrap_or(0) as f64 / 1000.0,
         e["reason"].as_str().unwrap_or("-")
@@ -590,16 +679,23 @@ impl Bpp {
                     continue;
                 }
                 "auth.checked" => format!(
-                    "{} {} {} {}",
+                    "{} {} {}{}",
                     e["cp_id"].as_str().unwrap_or(""),
                     e["method"].as_str().unwrap_or(""),
                     e["result"].as_str().unwrap_or(""),
-                    e["order_id"].as_str().unwrap_or("")
+                    e["order_id"]
+                        .as_str()
+                        .map(|o| format!(" {o}"))
+                        .unwrap_or_default()
                 ),
                 "session.started" => format!(
                     "{} {} transaction {}, meter {} Wh, uplink {}",
                     e["cp_id"].as_str().unwrap_or(""),
-                    e["order_id"].as_str().unwrap_or(""),
+                    match (e["order_id"].as_str(), e["offline_counter"].as_u64()) {
+                        (Some(o), _) => o.to_string(),
+                        (None, Some(n)) => format!("offline order (counter {n})"),
+                        (None, None) => format!("{} tag", e["auth_method"].as_str().unwrap_or("-")),
+                    },
                     e["transaction_id"],
                     e["meter_start_wh"],
                     if e["uplink_online"] == true {
@@ -611,7 +707,7 @@ impl Bpp {
                 "session.stopped" => format!(
                     "{} {} {} Wh, {}",
                     e["cp_id"].as_str().unwrap_or(""),
-                    e["order_id"].as_str().unwrap_or(""),
+                    e["order_id"].as_str().unwrap_or("(no order)"),
                     e["energy_wh"],
                     e["reason"].as_str().unwrap_or("")
                 ),
