@@ -460,6 +460,13 @@ impl Server {
                     Refusal::BadPath => tracing::info!(%peer, "refused: {detail}"),
                     _ => tracing::warn!(cp_id, %peer, "refused: {detail}"),
                 }
+                // Counted before the answer is written: a client that sends its next guess
+                // the moment it reads this one's 401 must find it counted.
+                if *refusal != Refusal::Throttled {
+                    let listed = cp_id.filter(|id| access.chargers.contains_key(*id));
+                    self.guard()
+                        .failed(listed, peer.ip(), std::time::Instant::now());
+                }
                 let response = reject(refusal);
                 *refused = Some((cp_id.map(str::to_string), refusal.clone(), detail));
                 *decided = Some(decision);
@@ -489,8 +496,9 @@ impl Server {
         Ok(resp)
     }
 
-    /// A refused WebSocket handshake: counted against its source (and the charger id
-    /// its path named), for `/metrics`, the status page and upstream.
+    /// A refused WebSocket handshake (already counted against its source, and the charger
+    /// id its path named, by the handshake callback), for `/metrics`, the status page and
+    /// upstream.
     async fn record_refusal(
         &self,
         cp_id: Option<String>,
@@ -498,14 +506,7 @@ impl Server {
         refusal: Refusal,
         detail: String,
     ) {
-        if refusal != Refusal::Throttled {
-            let access = self.access();
-            let listed = cp_id
-                .as_deref()
-                .filter(|id| access.chargers.contains_key(*id));
-            self.guard()
-                .failed(listed, peer.ip(), std::time::Instant::now());
-        }
+        // (already counted against its source by the handshake callback)
         let reason = refusal.kind().unwrap_or("bad_path");
         self.ctx.metrics.refused(crate::metrics::Refusal {
             at: now(),
