@@ -88,7 +88,9 @@ impl Secret {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
             unreachable!("HMAC takes a key of any length")
         };
-        mac.update(b"chargesite seal v1");
+        // Not valid UTF-8, so no string anything hashes with `Secret::hash` (a command's
+        // `otp` field, a tag) can ever give this key.
+        mac.update(b"\xffchargesite seal v1");
         Sealer(mac.finalize().into_bytes().into())
     }
 }
@@ -171,7 +173,7 @@ pub fn hotp(key: &[u8], counter: u64, digits: u32) -> String {
 
 /// How the site accepts codes of orders the BPP confirmed while it was offline
 /// (`offline_orders.configure`), with the counters used so far.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct OfflineWindow {
     /// The shared key.
     pub key: Vec<u8>,
@@ -188,6 +190,19 @@ pub struct OfflineWindow {
     pub used: Vec<u64>,
     /// How long a skipped counter stays usable.
     pub valid: Duration,
+}
+
+impl std::fmt::Debug for OfflineWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfflineWindow")
+            .field("key", &"(hidden)")
+            .field("digits", &self.digits)
+            .field("lookahead", &self.lookahead)
+            .field("highest", &self.highest)
+            .field("skipped", &self.skipped.len())
+            .field("used", &self.used.len())
+            .finish()
+    }
 }
 
 /// What a presented code is to the offline-order window.
@@ -275,6 +290,11 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
 /// Whether a presented id tag has the shape of an OTP (4 to 8 digits).
 pub fn looks_like_otp(tag: &str) -> bool {
     (4..=8).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Constant-time equality of two byte strings of the same length (false otherwise).
+pub fn ct_eq_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Constant-time equality of two hashes.

@@ -391,7 +391,9 @@ pub fn cost(tariff: &Tariff, accrual: &Accrual, until: DateTime<Utc>) -> Cost {
     });
     if let Some(tax) = &tariff.tax {
         // of the other components as billed (each already rounded), rounded once itself
-        let base: i64 = components.iter().map(|c| c.amount_minor).sum();
+        let base = components
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(c.amount_minor));
         components.push(Component {
             kind: "tax",
             name: tax.name.clone(),
@@ -401,7 +403,9 @@ pub fn cost(tariff: &Tariff, accrual: &Accrual, until: DateTime<Utc>) -> Cost {
     components.retain(|c| c.amount_minor != 0);
     Cost {
         currency: tariff.currency.clone(),
-        total_minor: components.iter().map(|c| c.amount_minor).sum(),
+        total_minor: components
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(c.amount_minor)),
         components,
     }
 }

@@ -89,10 +89,22 @@ async fn derived_codes_are_accepted_once_within_the_lookahead_offline_and_across
     let r = bpp.wait_result("c-1", 30).await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["rotated"], false);
+    // counter 0 is used while online; the same key sent again (a retry after the BPP's
+    // own restart) keeps it used
+    let mut cp = Charger::connect(&agent.url("CP001")).await;
+    let (_, status) = start(&mut cp, 5, &code(0), -10).await;
+    assert_eq!(status, "Accepted");
+    bpp.command(configure("c-1-again")).await;
+    let r = bpp.wait_result("c-1-again", 30).await;
+    assert_eq!(
+        (r["ok"].clone(), r["rotated"].clone()),
+        (json!(true), json!(false))
+    );
+    let (_, status) = start(&mut cp, 6, &code(0), -9).await;
+    assert_eq!(status, "Invalid", "a used code never works twice");
 
     // the site goes offline; drivers of orders confirmed meanwhile arrive
     broker.kill();
-    let mut cp = Charger::connect(&agent.url("CP001")).await;
     let a = cp.ok("Authorize", json!({"idTag": code(2)})).await;
     assert_eq!(
         a["idTagInfo"]["status"], "Accepted",
@@ -116,7 +128,7 @@ async fn derived_codes_are_accepted_once_within_the_lookahead_offline_and_across
         .iter()
         .map(|e| e["offline_counter"].clone())
         .collect();
-    assert_eq!(counters, vec![json!(2), json!(7)]);
+    assert_eq!(counters, vec![json!(0), json!(2), json!(7)]);
     assert!(started
         .iter()
         .all(|e| e["auth_method"] == "otp" && e.get("order_id").is_none()));
@@ -127,7 +139,8 @@ async fn derived_codes_are_accepted_once_within_the_lookahead_offline_and_across
         .collect();
     assert_eq!(
         results,
-        ["accepted", "accepted", "used", "invalid", "accepted"].map(Value::from)
+        ["accepted", "used", "accepted", "accepted", "used", "invalid", "accepted"]
+            .map(Value::from)
     );
     // the session is priced by the configured terms
     let (tariff, budget): (Option<String>, Option<i64>) = agent

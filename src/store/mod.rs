@@ -796,6 +796,13 @@ fn radix36(mut v: u64) -> String {
 pub fn open(path: &Path, settings: StoreSettings) -> Result<(Store, StoreThread), StoreError> {
     let mut conn = connect(path)?;
     schema::migrate(&mut conn)?;
+    let hashed = orders::hash_clear_tags(&mut conn, &settings.secret)?;
+    if hashed > 0 {
+        tracing::info!(
+            rows = hashed,
+            "id tags kept in clear by an older build are now stored as their keyed hash"
+        );
+    }
     let instance = instance_id(&conn)?;
     // Before any charger can connect: what a crash left connected is closed first, so a
     // reconnect finds its sessions interrupted and resumes them.
@@ -1180,6 +1187,45 @@ mod tests {
         }
         assert!(rx.try_recv().unwrap().is_ok());
         assert_eq!(rows(&conn, "GOOD-3"), 1);
+    }
+
+    #[test]
+    fn tags_an_older_build_kept_in_clear_are_hashed_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = connect(&dir.path().join("cs.db")).unwrap();
+        schema::migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO remote_starts (tag, order_id, cp_id, connector_id, created_ms)
+             VALUES ('CS0123456789ABCDEF', 'o-1', 'CP1', 1, 0), ('tag:00', 'o-2', 'CP1', 2, 0)",
+            [],
+        )
+        .unwrap();
+        let secret = crate::auth::Secret::from_bytes([7; 32]);
+        assert_eq!(orders::hash_clear_tags(&mut conn, &secret).unwrap(), 1);
+        let tags: Vec<String> = conn
+            .prepare("SELECT tag FROM remote_starts ORDER BY connector_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            tags,
+            [
+                crate::auth::tag_key(&secret, "CS0123456789ABCDEF"),
+                "tag:00".to_string()
+            ]
+        );
+        conn.execute(
+            "UPDATE remote_starts SET tag = 'CLEAR' WHERE connector_id = 2",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            orders::hash_clear_tags(&mut conn, &secret).unwrap(),
+            0,
+            "once: later starts skip the scan"
+        );
     }
 
     #[test]

@@ -457,6 +457,50 @@ pub(super) fn decide(
     })
 }
 
+/// Builds before schema 8 stored a session's id tag and an agent's remote-start tag in
+/// clear: replaces each by its keyed hash ([`auth::tag_key`]), once, at open (the secret
+/// the hash needs is not available to a SQL migration; `meta.tags_hashed` records that it
+/// ran, so later starts skip the scan). OTPs were always hashed.
+pub(super) fn hash_clear_tags(
+    c: &mut Connection,
+    secret: &auth::Secret,
+) -> Result<usize, StoreError> {
+    let tx = c.transaction()?;
+    let done: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM meta WHERE key = 'tags_hashed'",
+        [],
+        |r| r.get(0),
+    )?;
+    if done {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for (table, key, column) in [
+        ("sessions", "transaction_id", "id_tag"),
+        ("remote_starts", "rowid", "tag"),
+    ] {
+        let rows: Vec<(i64, String)> = tx
+            .prepare(&format!(
+                "SELECT {key}, {column} FROM {table}
+                 WHERE {column} != '' AND {column} NOT LIKE 'otp:%' AND {column} NOT LIKE 'tag:%'"
+            ))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (k, tag) in rows {
+            n += tx.execute(
+                &format!("UPDATE {table} SET {column} = ?1 WHERE {key} = ?2"),
+                params![auth::tag_key(secret, &tag), k],
+            )?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('tags_hashed', '1')",
+        [],
+    )?;
+    tx.commit()?;
+    Ok(n)
+}
+
 /// A fleet card from `tags.upsert` (the UID in memory only until it is sealed).
 #[derive(Clone, PartialEq)]
 pub struct NewTag {
@@ -580,7 +624,8 @@ const OFFLINE_KEY: &str = "offline-orders-key";
 const OFFLINE_RECENT: i64 = 1000;
 
 /// Stores a configuration (the key sealed); a new key starts a new counter sequence, so
-/// the counters used under the old one are forgotten. True when one was replaced.
+/// the counters used under the old one are forgotten, while the same key again keeps
+/// them. True when another key was replaced (rotated).
 pub(super) fn configure_offline(
     c: &Connection,
     ctx: &Ctx,
@@ -591,13 +636,29 @@ pub(super) fn configure_offline(
         .sealer
         .seal(OFFLINE_KEY, &o.key)
         .map_err(|e| StoreError::Random(e.to_string()))?;
-    let replaced: bool =
-        c.query_row("SELECT count(*) > 0 FROM offline_orders", [], |r| r.get(0))?;
+    let old: Option<(Vec<u8>, Option<i64>)> = c
+        .query_row("SELECT sealed_key, highest FROM offline_orders", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    // The same key again (a retry, or the BPP provisioning after its own restart) keeps
+    // the counters used under it: a used code must never work twice.
+    let same_key = old.as_ref().is_some_and(|(k, _)| {
+        ctx.sealer
+            .open(OFFLINE_KEY, k)
+            .is_some_and(|k| k.len() == o.key.len() && auth::ct_eq_bytes(&k, &o.key))
+    });
+    let rotated = old.is_some() && !same_key;
+    let highest = if same_key {
+        old.and_then(|(_, h)| h)
+    } else {
+        None
+    };
     let b = o.terms.budget.as_ref();
     c.execute(
         "INSERT OR REPLACE INTO offline_orders (id, sealed_key, digits, lookahead, valid_minutes,
              tariff, budget_currency, budget_minor, prepaid, highest, configured_at)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL, ?9)",
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?9)",
         params![
             sealed,
             o.digits,
@@ -607,11 +668,14 @@ pub(super) fn configure_offline(
             b.map(|b| b.currency.clone()),
             b.map(|b| b.amount_minor),
             b.map(|b| b.prepaid),
-            fmt_ts(now)
+            fmt_ts(now),
+            highest
         ],
     )?;
-    c.execute("DELETE FROM offline_counters", [])?;
-    Ok(replaced)
+    if !same_key {
+        c.execute("DELETE FROM offline_counters", [])?;
+    }
+    Ok(rotated)
 }
 
 /// The configured window with its counters, if offline orders are configured and the key

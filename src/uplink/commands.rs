@@ -57,7 +57,7 @@ pub enum Cmd {
     /// `tags.upsert` (the UIDs in memory only until they are sealed).
     TagsUpsert(Vec<NewTag>),
     /// `tags.remove`.
-    TagsRemove(Vec<String>),
+    TagsRemove(Uids),
     /// `offline_orders.configure` (the key in memory only until it is sealed).
     OfflineOrdersConfigure(Box<OfflineOrders>),
     /// `charger.certificate`.
@@ -67,6 +67,16 @@ pub enum Cmd {
         /// The signed chain, PEM, leaf first.
         certificate_chain: String,
     },
+}
+
+/// Card UIDs (`tags.remove`), never printed.
+#[derive(Clone, PartialEq)]
+pub struct Uids(pub Vec<String>);
+
+impl std::fmt::Debug for Uids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Uids({} hidden)", self.0.len())
+    }
 }
 
 /// A command error as `cmd/result` carries it.
@@ -142,9 +152,13 @@ pub fn parse(payload: &[u8], secret: &Secret) -> Parsed {
     };
     // Never store an OTP in clear: only its keyed hash.
     if let Some(otp) = obj.get_mut("otp") {
+        // Only what has an OTP's shape is hashed: the site key must never hash a string
+        // of the sender's choosing into the database.
         let hashed = match otp.as_str() {
-            Some(digits) => format!("hmac-sha256:{}", auth::hex(&secret.hash(digits))),
-            None => "<invalid>".into(),
+            Some(digits) if auth::looks_like_otp(digits) => {
+                format!("hmac-sha256:{}", auth::hex(&secret.hash(digits)))
+            }
+            _ => "<invalid>".into(),
         };
         *otp = Value::from(hashed);
     }
@@ -557,7 +571,7 @@ fn parse_body(
             certificate_chain: string(o, "certificate_chain")?,
         }),
         Some("tags.upsert") => Ok(Cmd::TagsUpsert(tags_upsert(o)?)),
-        Some("tags.remove") => Ok(Cmd::TagsRemove(tags_remove(o)?)),
+        Some("tags.remove") => Ok(Cmd::TagsRemove(Uids(tags_remove(o)?))),
         Some("offline_orders.configure") => {
             Ok(Cmd::OfflineOrdersConfigure(Box::new(offline_orders(o)?)))
         }
@@ -656,7 +670,7 @@ impl Executor {
                 Ok(n) => Ok(json!({"upserted": n})),
                 Err(e) => Err(internal("cannot store the tags", e)),
             },
-            Cmd::TagsRemove(id_tags) => match self.store.remove_tags(id_tags).await {
+            Cmd::TagsRemove(Uids(id_tags)) => match self.store.remove_tags(id_tags).await {
                 Ok(n) => Ok(json!({"removed": n})),
                 Err(e) => Err(internal("cannot remove the tags", e)),
             },
