@@ -23,15 +23,6 @@ fn at(mins: i64) -> String {
     (chargesite::time::now() + chrono::Duration::minutes(mins)).to_rfc3339()
 }
 
-async fn online(bpp: &Bpp) {
-    assert!(
-        eventually(15, || bpp
-            .topic("state")
-            .is_some_and(|s| s["online"] == true))
-        .await
-    );
-}
-
 fn contains(path: &std::path::Path, needle: &str) -> bool {
     std::fs::read(path)
         .map(|b| {
@@ -59,7 +50,7 @@ async fn fleet_cards_work_on_both_versions_offline_and_online_and_never_in_clear
     let mut broker = Broker::start();
     let bpp = Bpp::connect(&broker, ROOT).await;
     let mut agent = Agent::start("allow_unknown_chargers = true", &broker.uplink_toml(""));
-    online(&bpp).await;
+    bpp.wait_agent_online().await;
     bpp.command(json!({"id": "t-bad", "type": "tags.upsert",
         "tags": [{"id_tag": "not a uid"}]}))
         .await;
@@ -152,7 +143,7 @@ async fn accept_offline_takes_unknown_tags_only_while_the_uplink_is_down_and_fla
             broker.uplink_toml("")
         ),
     );
-    online(&bpp).await;
+    bpp.wait_agent_online().await;
     let mut cp = Charger::connect(&agent.url("CP001")).await;
     assert_eq!(
         authorize(&mut cp, "DEADBEEF").await,

@@ -7,7 +7,7 @@
 mod common;
 
 use common::mqtt::{Bpp, Broker};
-use common::{eventually, ts, Agent, Charger};
+use common::{ts, Agent, Charger};
 use serde_json::{json, Value};
 
 const ROOT: &str = "chargesite/v1/site-001";
@@ -63,12 +63,7 @@ async fn derived_codes_are_accepted_once_within_the_lookahead_offline_and_across
     let mut broker = Broker::start();
     let bpp = Bpp::connect(&broker, ROOT).await;
     let mut agent = Agent::start("allow_unknown_chargers = true", &broker.uplink_toml(""));
-    assert!(
-        eventually(15, || bpp
-            .topic("state")
-            .is_some_and(|s| s["online"] == true))
-        .await
-    );
+    bpp.wait_agent_online().await;
     // malformed configurations change nothing
     let mut bad = configure("c-bad-digits");
     bad["digits"] = json!(5);

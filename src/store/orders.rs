@@ -145,23 +145,10 @@ pub(super) fn revoke(c: &Connection, order_id: &str) -> Result<usize, StoreError
 }
 
 pub(super) fn terms(c: &Connection, order_id: &str) -> Result<Terms, StoreError> {
-    let row = c
-        .prepare_cached(
-            "SELECT budget_currency, budget_minor, prepaid, tariff FROM authorizations WHERE order_id = ?1",
-        )?
-        .query_row(params![order_id], |r| {
-            Ok((
-                r.get::<_, Option<String>>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, Option<bool>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-            ))
-        })
-        .optional()?;
-    Ok(
-        row.map_or_else(Terms::default, |(currency, amount, prepaid, tariff)| {
-            terms_from(currency, amount, prepaid, tariff)
-        }),
+    terms_row(
+        c,
+        "SELECT budget_currency, budget_minor, prepaid, tariff FROM authorizations WHERE order_id = ?1",
+        params![order_id],
     )
 }
 
@@ -810,11 +797,19 @@ pub(super) fn terms_of(c: &Connection, d: &AuthDecision) -> Result<Terms, StoreE
     if d.offline_counter.is_none() {
         return Ok(Terms::default());
     }
+    terms_row(
+        c,
+        "SELECT budget_currency, budget_minor, prepaid, tariff FROM offline_orders",
+        [],
+    )
+}
+
+/// The terms in the row `sql` selects (budget currency, amount, prepaid, tariff); none
+/// when it selects no row.
+fn terms_row(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<Terms, StoreError> {
     let row = c
-        .prepare_cached(
-            "SELECT budget_currency, budget_minor, prepaid, tariff FROM offline_orders",
-        )?
-        .query_row([], |r| {
+        .prepare_cached(sql)?
+        .query_row(p, |r| {
             Ok((
                 r.get::<_, Option<String>>(0)?,
                 r.get::<_, Option<i64>>(1)?,

@@ -385,6 +385,17 @@ impl Bpp {
             .collect()
     }
 
+    /// Waits (15 s at most) for the agent's retained `state` to say online.
+    pub async fn wait_agent_online(&self) {
+        assert!(
+            super::eventually(15, || self
+                .topic("state")
+                .is_some_and(|s| s["online"] == true))
+            .await,
+            "the agent never came online"
+        );
+    }
+
     pub fn topic(&self, suffix: &str) -> Option<Value> {
         self.seen
             .lock()
