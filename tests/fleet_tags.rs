@@ -88,6 +88,14 @@ async fn fleet_cards_work_on_both_versions_offline_and_online_and_never_in_clear
     bpp.command(json!({"id": "t-2", "type": "tags.remove", "id_tags": [VICINITY, "AABBCCDD"]}))
         .await;
     assert_eq!(bpp.wait_result("t-2", 30).await["removed"], 1);
+    // the cards changed: the agent asks each connected charger for its local list version
+    // (tests/local_list.rs follows that through); these two keep no list
+    for c in [&mut cp, &mut cp2] {
+        let f = c.recv().await;
+        assert_eq!(f[2], "GetLocalListVersion", "{f}");
+        c.send_text(&json!([4, f[1], "NotImplemented", "no local list", {}]).to_string())
+            .await;
+    }
     assert_eq!(
         authorize_v201(&mut cp2, VICINITY, "ISO15693").await,
         "Invalid"

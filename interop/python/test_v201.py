@@ -133,13 +133,13 @@ class Station(ChargePoint):
 
 
 @contextlib.asynccontextmanager
-async def station(agent, cp_id, **connect_kwargs):
+async def station(agent, cp_id, station_class=None, **connect_kwargs):
     """`connect_kwargs` go to `websockets` `connect` as they are (test_tls.py: `ssl`, and
-    `additional_headers` for Basic auth)."""
+    `additional_headers` for Basic auth); `station_class` defaults to `Station`."""
     async with connect(agent.url(cp_id), subprotocols=[OCPP201], open_timeout=TIMEOUT, **connect_kwargs) as ws:
         assert ws.subprotocol == OCPP201, f"agent negotiated {ws.subprotocol!r}"
         wire = Wire(ws)
-        cp = Station(cp_id, wire, response_timeout=TIMEOUT)
+        cp = (station_class or Station)(cp_id, wire, response_timeout=TIMEOUT)
         reader = asyncio.create_task(cp.start())
         try:
             yield cp, wire
@@ -1260,3 +1260,113 @@ def test_callerror_for_raw_frames(agent201, case, uid, text, codes):
             assert hb.current_time
 
     run(go())
+
+
+# ----------------------------------------------------------- fleet cards on local lists
+
+
+class ListStation(Station):
+    """A station that keeps a local authorization list (LocalAuthListCtrlr, 2 items a
+    message). The library validates the agent's GetLocalListVersion, GetVariables and
+    SendLocalList against the 2.0.1 request schemas before these handlers see them."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.list_version = 0
+        self.lists = []
+
+    @on("GetLocalListVersion")
+    def on_get_local_list_version(self, **kwargs):
+        return call_result.GetLocalListVersion(version_number=self.list_version)
+
+    @on("GetVariables")
+    def on_get_variables(self, get_variable_data, **kwargs):
+        return call_result.GetVariables(
+            get_variable_result=[
+                {"attribute_status": "Accepted", "attribute_value": "2",
+                 "component": d["component"], "variable": d["variable"]}
+                for d in get_variable_data
+            ]
+        )
+
+    @on("SendLocalList")
+    def on_send_local_list(self, version_number, update_type, local_authorization_list=None, **kwargs):
+        self.lists.append({"version": version_number, "update_type": update_type,
+                           "entries": local_authorization_list or []})
+        self.list_version = version_number
+        return call_result.SendLocalList(status="Accepted")
+
+
+from ocpp.v16 import ChargePoint as ChargePoint16  # noqa: E402
+from ocpp.v16 import call as call16  # noqa: E402
+from ocpp.v16 import call_result as result16  # noqa: E402
+
+
+class ListPoint16(ChargePoint16):
+    """An OCPP 1.6 charge point with the LocalAuthListManagement profile, 2 entries a
+    message; the library validates the agent's CALLs against the 1.6 schemas."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.list_version = 0
+        self.lists = []
+
+    @on("GetLocalListVersion")
+    def on_get_local_list_version(self, **kwargs):
+        return result16.GetLocalListVersion(list_version=self.list_version)
+
+    @on("GetConfiguration")
+    def on_get_configuration(self, key=None, **kwargs):
+        return result16.GetConfiguration(
+            configuration_key=[{"key": "SendLocalListMaxLength", "readonly": True, "value": "2"}]
+        )
+
+    @on("SendLocalList")
+    def on_send_local_list(self, list_version, update_type, local_authorization_list=None, **kwargs):
+        self.lists.append({"version": list_version, "update_type": update_type,
+                           "entries": local_authorization_list or []})
+        self.list_version = list_version
+        return result16.SendLocalList(status="Accepted")
+
+
+def test_fleet_cards_reach_both_versions_local_lists_validated_by_the_library(agent201, bpp):
+    uids = [f"04{uuid.uuid4().hex[:12].upper()}" for _ in range(3)]
+    res = bpp.command({"id": f"tags-{uuid.uuid4().hex[:8]}", "type": "tags.upsert",
+                       "tags": [{"id_tag": u} for u in uids]})
+    assert res.get("ok") is True, res
+
+    async def until_listed(cp):
+        for _ in range(100):
+            listed = {e.get("id_token", {}).get("id_token") or e.get("id_tag") for l in cp.lists for e in l["entries"]}
+            if set(uids) <= listed:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"not every card reached the list: {cp.lists}")
+
+    async def go201():
+        async with station(agent201, new_cp_id("LIST"), station_class=ListStation) as (cp, wire):
+            await boot(cp)
+            await until_listed(cp)
+            return cp.lists, wire.call_errors()
+
+    async def go16():
+        cp_id = f"PY16-LIST-{uuid.uuid4().hex[:8]}"
+        async with connect(agent201.url(cp_id), subprotocols=[OCPP16], open_timeout=TIMEOUT) as ws:
+            assert ws.subprotocol == OCPP16
+            cp = ListPoint16(cp_id, ws, response_timeout=TIMEOUT)
+            reader = asyncio.create_task(cp.start())
+            try:
+                res = await cp.call(call16.BootNotification(charge_point_vendor="Interop", charge_point_model="PyList"))
+                assert res.status == "Accepted"
+                await until_listed(cp)
+                return cp.lists
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                    await reader
+
+    for lists in (run(go201())[0], run(go16())):
+        assert lists[0]["update_type"] == "Full", lists
+        assert all(l["update_type"] == "Differential" for l in lists[1:]), lists
+        assert all(len(l["entries"]) <= 2 for l in lists), "within the charger's limit"
+        assert len({l["version"] for l in lists}) == 1, "one version for the whole list"

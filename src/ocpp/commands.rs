@@ -193,6 +193,41 @@ pub enum Command {
         /// PEM chain, leaf first (at most 10,000 characters).
         certificate_chain: String,
     },
+    /// GetLocalListVersion: which version of the local authorization list the charger
+    /// holds.
+    GetLocalListVersion,
+    /// SendLocalList: the fleet cards a charger keeps accepting when it loses the gateway.
+    SendLocalList {
+        /// The list version (1.6 `listVersion`, 2.0.1 `versionNumber`; at least 1).
+        version: i32,
+        /// The whole list (`Full`: it replaces what the charger has), or more of it
+        /// (`Differential`: these entries are added or updated).
+        full: bool,
+        /// The cards, every one accepted (until its expiry).
+        entries: Vec<LocalEntry>,
+    },
+}
+
+/// A card on a charger's local authorization list: it crosses OCPP in clear (the charger
+/// must match it), never a log line (its `Debug` hides it).
+#[derive(Clone, PartialEq)]
+pub struct LocalEntry {
+    /// The card's UID (hex, upper case).
+    pub id_tag: String,
+    /// The 2.0.1 idToken type: `ISO14443` or `ISO15693`.
+    pub id_type: String,
+    /// Not valid after (1.6 `expiryDate`, 2.0.1 `cacheExpiryDateTime`).
+    pub expiry: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl fmt::Debug for LocalEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalEntry")
+            .field("id_tag", &"(hidden)")
+            .field("id_type", &self.id_type)
+            .field("expiry", &self.expiry)
+            .finish()
+    }
 }
 
 /// Why a command did not get a valid answer.
@@ -231,6 +266,8 @@ impl Command {
             Command::UnlockConnector { .. } => "UnlockConnector",
             Command::ClearCache => "ClearCache",
             Command::CertificateSigned { .. } => "CertificateSigned",
+            Command::GetLocalListVersion => "GetLocalListVersion",
+            Command::SendLocalList { .. } => "SendLocalList",
             Command::GetConfiguration { .. }
             | Command::ChangeConfiguration { .. }
             | Command::GetVariables { .. }
@@ -401,6 +438,32 @@ fn v16_payload(command: &Command) -> Result<Value, CommandError> {
         Command::CertificateSigned { certificate_chain } => to_value(&call::CertificateSigned {
             certificate_chain: certificate_chain.clone(),
         }),
+        Command::GetLocalListVersion => to_value(&call::GetLocalListVersion {}),
+        Command::SendLocalList {
+            version,
+            full,
+            entries,
+        } => {
+            if *version < 1 {
+                return bad("a local list version is at least 1");
+            }
+            let list: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    let mut info = serde_json::json!({"status": "Accepted"});
+                    if let Some(t) = e.expiry {
+                        info["expiryDate"] = Value::from(crate::time::fmt_ts(t));
+                    }
+                    serde_json::json!({"idTag": e.id_tag, "idTagInfo": info})
+                })
+                .collect();
+            let mut payload = serde_json::json!({"listVersion": version,
+                "updateType": if *full { "Full" } else { "Differential" }});
+            if !list.is_empty() {
+                payload["localAuthorizationList"] = Value::Array(list);
+            }
+            Ok(payload)
+        }
         // `request` only asks for a version's payload of an action that version has.
         Command::GetVariables { .. }
         | Command::SetVariables { .. }
@@ -661,6 +724,35 @@ fn v201_payload(command: &Command) -> Result<Value, CommandError> {
             "certificateChain": certificate_chain,
             "certificateType": "ChargingStationCertificate",
         })),
+        Command::GetLocalListVersion => Ok(serde_json::json!({})),
+        Command::SendLocalList {
+            version,
+            full,
+            entries,
+        } => {
+            if *version < 1 {
+                return bad("a local list version is at least 1");
+            }
+            let list = entries
+                .iter()
+                .map(|e| {
+                    let mut info = serde_json::json!({"status": "Accepted"});
+                    if let Some(t) = e.expiry {
+                        info["cacheExpiryDateTime"] = Value::from(crate::time::fmt_ts(t));
+                    }
+                    Ok(serde_json::json!({
+                        "idToken": {"idToken": bounded("idToken", &e.id_tag, limits::ID_TOKEN)?,
+                                    "type": e.id_type},
+                        "idTokenInfo": info}))
+                })
+                .collect::<Result<Vec<Value>, CommandError>>()?;
+            let mut payload = serde_json::json!({"versionNumber": version,
+                "updateType": if *full { "Full" } else { "Differential" }});
+            if !list.is_empty() {
+                payload["localAuthorizationList"] = Value::Array(list);
+            }
+            Ok(payload)
+        }
         // `request` only asks for a version's payload of an action that version has.
         Command::GetConfiguration { .. } | Command::ChangeConfiguration { .. } => {
             bad("not an OCPP 2.0.1 operation")
@@ -699,6 +791,8 @@ fn check_v16(action: &str, answer: &Value) -> Result<(), CommandError> {
         "UnlockConnector" => shape::<call_result::UnlockConnector>(answer),
         "ClearCache" => shape::<call_result::ClearCache>(answer),
         "CertificateSigned" => shape::<call_result::CertificateSigned>(answer),
+        "GetLocalListVersion" => shape::<call_result::GetLocalListVersion>(answer),
+        "SendLocalList" => shape::<call_result::SendLocalList>(answer),
         other => Err(CommandError::BadResponse(format!(
             "no 1.6 response shape for {other}"
         ))),
@@ -726,6 +820,10 @@ fn check_v201(action: &str, answer: &Value) -> Result<(), CommandError> {
         }
         "ClearCache" => shape::<clear_cache::ClearCacheResponse>(answer),
         "CertificateSigned" => shape::<certificate_signed::CertificateSignedResponse>(answer),
+        "GetLocalListVersion" => {
+            shape::<get_local_list_version::GetLocalListVersionResponse>(answer)
+        }
+        "SendLocalList" => shape::<send_local_list::SendLocalListResponse>(answer),
         other => Err(CommandError::BadResponse(format!(
             "no 2.0.1 response shape for {other}"
         ))),

@@ -147,6 +147,13 @@ async fn answer(
                     at: received,
                 })
                 .await?;
+            sync_local_list(
+                ctx.store.clone(),
+                ctx.registry.clone(),
+                cp_id.to_string(),
+                ctx.ocpp.call_timeout,
+                false,
+            );
             json!({
                 "status": "Accepted",
                 "currentTime": fmt_ts(now()),
@@ -440,4 +447,153 @@ pub(crate) fn ask_open_transactions(
             }
         }
     });
+}
+
+/// Brings charger `cp_id`'s own local authorization list up to the site's fleet cards, in
+/// the background (see [`super::local_list`]): GetLocalListVersion, and when the charger
+/// holds another version, its per-message limit and the SendLocalList CALLs. Nothing is
+/// sent while the site has never had a card. With `on_connect`, only a charger the site
+/// has sent a list to before is checked (a reconnect); the others get theirs at their
+/// BootNotification.
+pub(crate) fn sync_local_list(
+    store: Store,
+    registry: Registry,
+    cp_id: String,
+    timeout: std::time::Duration,
+    on_connect: bool,
+) {
+    tokio::spawn(async move {
+        let list = match store.local_list(cp_id.clone()).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(cp_id, "cannot read the local list: {e}");
+                return;
+            }
+        };
+        if list.site_version == 0 || (on_connect && list.charger_version.is_none()) {
+            return;
+        }
+        let Some(version) = registry.version(&cp_id) else {
+            return;
+        };
+        let held = match ocpp_cmd::send(&registry, &cp_id, Command::GetLocalListVersion, timeout)
+            .await
+        {
+            Ok(a) => a
+                .get(if version == Version::V16 {
+                    "listVersion"
+                } else {
+                    "versionNumber"
+                })
+                .and_then(Value::as_i64)
+                .and_then(|v| i32::try_from(v).ok()),
+            Err(ocpp_cmd::CommandError::Call(super::registry::CallFailure::Rejected {
+                code,
+                ..
+            })) if code == "NotImplemented" || code == "NotSupported" => {
+                tracing::info!(
+                        cp_id,
+                        code,
+                        "the charger keeps no local authorization list; fleet cards are checked by the gateway only"
+                    );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    cp_id,
+                    "GetLocalListVersion failed, fleet cards not sent to the charger: {e}"
+                );
+                return;
+            }
+        };
+        if held == Some(-1) {
+            tracing::info!(cp_id, "the charger keeps no local authorization list (listVersion -1); fleet cards are checked by the gateway only");
+            return;
+        }
+        if held == Some(list.site_version) {
+            if list.charger_version != held {
+                let _ = store.local_list_sent(cp_id, list.site_version).await;
+            }
+            return;
+        }
+        let per_message = items_per_message(&registry, &cp_id, version, timeout)
+            .await
+            .unwrap_or(super::local_list::DEFAULT_PER_MESSAGE);
+        let entries: Vec<ocpp_cmd::LocalEntry> = list
+            .entries
+            .into_iter()
+            .map(|c| ocpp_cmd::LocalEntry {
+                id_tag: c.id_tag,
+                id_type: c.id_type,
+                expiry: c.expiry,
+            })
+            .collect();
+        let calls =
+            super::local_list::plan(version, list.site_version, held, &entries, per_message);
+        let n = calls.len();
+        for call in calls {
+            match ocpp_cmd::send(&registry, &cp_id, call, timeout).await {
+                Ok(a) if a["status"] == "Accepted" => {}
+                Ok(a) => {
+                    tracing::warn!(cp_id, status = %a["status"], "SendLocalList refused; the charger's local list is stale");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        cp_id,
+                        "SendLocalList failed; the charger's local list is stale: {e}"
+                    );
+                    return;
+                }
+            }
+        }
+        match store
+            .local_list_sent(cp_id.clone(), list.site_version)
+            .await
+        {
+            Ok(()) => tracing::info!(
+                cp_id,
+                version = list.site_version,
+                messages = n,
+                per_message,
+                "local authorization list sent"
+            ),
+            Err(e) => tracing::warn!(cp_id, "cannot record the local list sent: {e}"),
+        }
+    });
+}
+
+/// The most entries the charger takes in one SendLocalList (1.6 `SendLocalListMaxLength`,
+/// 2.0.1 `LocalAuthListCtrlr.ItemsPerMessage`); `None` when it does not say.
+async fn items_per_message(
+    registry: &Registry,
+    cp_id: &str,
+    version: Version,
+    timeout: std::time::Duration,
+) -> Option<usize> {
+    let (command, value): (Command, fn(&Value) -> Option<&str>) = match version {
+        Version::V16 => (
+            Command::GetConfiguration {
+                keys: vec!["SendLocalListMaxLength".into()],
+            },
+            |a| a["configurationKey"][0]["value"].as_str(),
+        ),
+        Version::V201 => (
+            Command::GetVariables {
+                variables: vec![ocpp_cmd::VariableRef::new(
+                    "LocalAuthListCtrlr",
+                    "ItemsPerMessage",
+                )],
+            },
+            |a| a["getVariableResult"][0]["attributeValue"].as_str(),
+        ),
+    };
+    let answer = ocpp_cmd::send(registry, cp_id, command, timeout)
+        .await
+        .ok()?;
+    value(&answer)?
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n >= 1)
 }

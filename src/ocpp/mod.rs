@@ -9,6 +9,7 @@
 //! - [`handler`]: what the central system answers to each request, via the store.
 //! - [`registry`]: the connected chargers and outbound CALLs to them.
 //! - [`commands`]: typed outbound commands (RemoteStart/Stop, Reset, …) over the registry.
+//! - [`local_list`]: the SendLocalList CALLs that put fleet cards on a charger (pure).
 //! - [`server`]: the WebSocket listener and per-connection driver.
 //! - [`v201`]: OCPP 2.0.1 requests and answers, beside 1.6.
 
@@ -18,6 +19,7 @@ pub mod frame;
 pub mod guard;
 pub mod handler;
 pub mod handshake;
+pub mod local_list;
 pub mod messages;
 pub mod meter;
 pub mod registry;

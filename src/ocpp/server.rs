@@ -652,6 +652,15 @@ impl Server {
             }
         }
 
+        // A reconnect: is the charger's local list still the site's?
+        handler::sync_local_list(
+            self.ctx.store.clone(),
+            self.registry.clone(),
+            cp_id.clone(),
+            self.ctx.ocpp.call_timeout,
+            true,
+        );
+
         let cfg = &self.ctx.ocpp;
         let mut ping =
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);

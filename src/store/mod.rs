@@ -32,7 +32,9 @@ use crate::time::fmt_ts;
 pub use crate::events::EventRow;
 pub use chargers::{Boot, StatusIn};
 pub use device::{CsrIn, EvseStatusIn, ReportPart, SecurityAlert, SecurityEventIn};
-pub use orders::{NewAuthorization, NewTag, OfflineOrders, RemoteStarted, Terms};
+pub use orders::{
+    ListedCard, LocalList, NewAuthorization, NewTag, OfflineOrders, RemoteStarted, Terms,
+};
 pub use outbox::{ConnectorRow, Intake, OpenTransaction, OutboxStatus, SessionRef};
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
 pub use transactions::{TxEventIn, TxEventOutcome};
@@ -377,6 +379,28 @@ impl Store {
     ) -> Result<usize, StoreError> {
         self.call(false, move |c, ctx| orders::upsert_tags(c, ctx, &tags, at))
             .await
+    }
+
+    /// The site's local authorization list for charger `cp_id` (SendLocalList).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn local_list(&self, cp_id: String) -> Result<LocalList, StoreError> {
+        self.call(false, move |c, ctx| {
+            orders::local_list(c, ctx, &cp_id, crate::time::now())
+        })
+        .await
+    }
+
+    /// Charger `cp_id` accepted the site's local list at `version`.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn local_list_sent(&self, cp_id: String, version: i32) -> Result<(), StoreError> {
+        self.call(false, move |c, _| {
+            orders::local_list_sent(c, &cp_id, version)
+        })
+        .await
     }
 
     /// `tags.remove`: how many of these fleet cards were known.

@@ -543,7 +543,123 @@ pub(super) fn upsert_tags(
             fmt_ts(now)
         ])?;
     }
+    if !tags.is_empty() {
+        bump_list_version(c)?;
+    }
     Ok(tags.len())
+}
+
+/// Raises the site's local list version (the cards changed): every charger's list is
+/// stale until it is sent again.
+fn bump_list_version(c: &Connection) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('local_list_version', '1')
+         ON CONFLICT (key) DO UPDATE
+             SET value = CAST(CAST(value AS INTEGER) % 2147483647 + 1 AS TEXT)",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
+/// The site's local authorization list for charger `cp_id`: the version (0 before any
+/// card), the version the charger last accepted, and the cards still valid, opened.
+pub(super) fn local_list(
+    c: &Connection,
+    ctx: &Ctx,
+    cp_id: &str,
+    now: DateTime<Utc>,
+) -> Result<LocalList, StoreError> {
+    let site_version: i64 = c
+        .query_row(
+            "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'local_list_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let charger_version: Option<i64> = c
+        .query_row(
+            "SELECT local_list_version FROM chargers WHERE cp_id = ?1",
+            params![cp_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    let rows: Vec<(Vec<u8>, String, Option<i64>)> = c
+        .prepare_cached(
+            "SELECT sealed, id_type, valid_until_ms FROM fleet_tags
+             WHERE valid_until_ms IS NULL OR valid_until_ms >= ?1 ORDER BY tag_hash",
+        )?
+        .query_map(params![ms(now)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for (sealed, id_type, until) in rows {
+        let Some(uid) = ctx
+            .sealer
+            .open(FLEET_TAG, &sealed)
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            tracing::error!(
+                "a fleet card does not open with this site's secret; left off the local lists"
+            );
+            continue;
+        };
+        entries.push(ListedCard {
+            id_tag: uid,
+            id_type,
+            expiry: until
+                .map(|u| from_ms(u, || "fleet_tags.valid_until_ms".into()))
+                .transpose()?,
+        });
+    }
+    let version = |v: i64| {
+        i32::try_from(v).map_err(|_| StoreError::Corrupt(format!("local list version {v}")))
+    };
+    Ok(LocalList {
+        site_version: version(site_version)?,
+        charger_version: charger_version.map(version).transpose()?,
+        entries,
+    })
+}
+
+/// A card as a charger's local list needs it: the UID in clear (it crosses OCPP so), never
+/// in a log line.
+#[derive(Clone, PartialEq)]
+pub struct ListedCard {
+    /// The UID, upper case.
+    pub id_tag: String,
+    /// `ISO14443` or `ISO15693`.
+    pub id_type: String,
+    /// Not valid after.
+    pub expiry: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for ListedCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListedCard")
+            .field("id_tag", &"(hidden)")
+            .field("id_type", &self.id_type)
+            .field("expiry", &self.expiry)
+            .finish()
+    }
+}
+
+/// The site's local list as a charger should hold it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalList {
+    /// The site's version (0: no card was ever registered: nothing to send).
+    pub site_version: i32,
+    /// The version the charger last accepted.
+    pub charger_version: Option<i32>,
+    /// The cards still valid.
+    pub entries: Vec<ListedCard>,
+}
+
+/// Charger `cp_id` accepted the site's list at `version`.
+pub(super) fn local_list_sent(c: &Connection, cp_id: &str, version: i32) -> Result<(), StoreError> {
+    c.prepare_cached("UPDATE chargers SET local_list_version = ?2 WHERE cp_id = ?1")?
+        .execute(params![cp_id, version])?;
+    Ok(())
 }
 
 /// Removes fleet cards; how many were known.
@@ -557,6 +673,9 @@ pub(super) fn remove_tags(
         removed += c
             .prepare_cached("DELETE FROM fleet_tags WHERE tag_hash = ?1")?
             .execute(params![auth::tag_hash(&ctx.secret, t).to_vec()])?;
+    }
+    if removed > 0 {
+        bump_list_version(c)?;
     }
     Ok(removed)
 }

@@ -309,6 +309,11 @@ const MIGRATIONS: &[&str] = &[
         updated_at      TEXT NOT NULL
     ) STRICT;
     "#,
+    // 9: the local authorization list version each charger last accepted (SendLocalList);
+    // the site's own version is `meta.local_list_version`, raised with every card change.
+    r#"
+    ALTER TABLE chargers ADD COLUMN local_list_version INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

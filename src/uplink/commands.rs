@@ -638,6 +638,20 @@ fn internal(what: &str, e: StoreError) -> CmdError {
 }
 
 impl Executor {
+    /// The fleet cards changed: every connected charger's local list is brought up to
+    /// date in the background.
+    fn sync_local_lists(&self) {
+        for cp_id in self.registry.connected() {
+            crate::ocpp::handler::sync_local_list(
+                self.store.clone(),
+                self.registry.clone(),
+                cp_id,
+                self.call_timeout,
+                false,
+            );
+        }
+    }
+
     /// Runs a command; `replay` receives any events range to resend.
     pub async fn execute(
         &self,
@@ -667,11 +681,17 @@ impl Executor {
                 }
             }
             Cmd::TagsUpsert(tags) => match self.store.upsert_tags(tags, now()).await {
-                Ok(n) => Ok(json!({"upserted": n})),
+                Ok(n) => {
+                    self.sync_local_lists();
+                    Ok(json!({"upserted": n}))
+                }
                 Err(e) => Err(internal("cannot store the tags", e)),
             },
             Cmd::TagsRemove(Uids(id_tags)) => match self.store.remove_tags(id_tags).await {
-                Ok(n) => Ok(json!({"removed": n})),
+                Ok(n) => {
+                    self.sync_local_lists();
+                    Ok(json!({"removed": n}))
+                }
                 Err(e) => Err(internal("cannot remove the tags", e)),
             },
             Cmd::OfflineOrdersConfigure(o) => {

@@ -46,6 +46,13 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
                     at: received,
                 })
                 .await?;
+            crate::ocpp::handler::sync_local_list(
+                ctx.store.clone(),
+                ctx.registry.clone(),
+                cp_id.to_string(),
+                ctx.ocpp.call_timeout,
+                false,
+            );
             json!({
                 "status": "Accepted",
                 "currentTime": fmt_ts(now()),
