@@ -463,6 +463,48 @@ pub(crate) fn sync_local_list(
     on_connect: bool,
 ) {
     tokio::spawn(async move {
+        // One sync at a time per charger: a second one (the cards changed during a boot's)
+        // waits, then reads the list afresh, so two versions' chunks never interleave.
+        let lock = sync_lock(&cp_id);
+        let _held = lock.lock().await;
+        sync_local_list_now(store, registry, cp_id.clone(), timeout, on_connect).await;
+        drop(_held);
+        release_sync_lock(&cp_id, lock);
+    });
+}
+
+type SyncLocks = std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>;
+
+static SYNC_LOCKS: std::sync::Mutex<Option<SyncLocks>> = std::sync::Mutex::new(None);
+
+fn sync_lock(cp_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    let mut g = SYNC_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    g.get_or_insert_with(Default::default)
+        .entry(cp_id.to_string())
+        .or_default()
+        .clone()
+}
+
+/// Forgets a charger's lock once no sync holds or waits for it (the map stays as small
+/// as the syncs in flight).
+fn release_sync_lock(cp_id: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+    let mut g = SYNC_LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+    drop(lock);
+    if let Some(map) = g.as_mut() {
+        if map.get(cp_id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(cp_id);
+        }
+    }
+}
+
+async fn sync_local_list_now(
+    store: Store,
+    registry: Registry,
+    cp_id: String,
+    timeout: std::time::Duration,
+    on_connect: bool,
+) {
+    {
         let list = match store.local_list(cp_id.clone()).await {
             Ok(l) => l,
             Err(e) => {
@@ -560,7 +602,7 @@ pub(crate) fn sync_local_list(
             ),
             Err(e) => tracing::warn!(cp_id, "cannot record the local list sent: {e}"),
         }
-    });
+    }
 }
 
 /// The most entries the charger takes in one SendLocalList (1.6 `SendLocalListMaxLength`,
