@@ -162,3 +162,23 @@ async fn card_uids_are_a_guessing_surface_too() {
         .collect();
     assert!(!blocked.is_empty() && blocked.iter().all(|e| e["method"] == "rfid"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_2_0_1_no_authorization_token_is_refused_but_never_counted_as_a_guess() {
+    let agent = agent();
+    let mut cp = Charger::connect_v201(&agent.url("CP201-FREE")).await;
+    for _ in 0..8 {
+        let a = cp
+            .ok(
+                "Authorize",
+                json!({"idToken": {"idToken": "", "type": "NoAuthorization"}}),
+            )
+            .await;
+        assert_eq!(a["idTokenInfo"]["status"], "Invalid", "not locked: {a}");
+    }
+    let rows: i64 = agent
+        .db()
+        .query_row("SELECT count(*) FROM otp_failures", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+}

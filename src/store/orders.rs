@@ -398,7 +398,9 @@ pub(super) fn decide(
             a.uplink_online,
             now,
         );
-        if d.result == AuthResult::Invalid {
+        // An empty token (2.0.1 `NoAuthorization`, a tagless start) guesses nothing.
+        let guess = presented.tag_hash != auth::tag_hash(&ctx.secret, "");
+        if d.result == AuthResult::Invalid && guess {
             record(c, &source, &OtpOutcome::Invalid, false, now)?;
         }
         return Ok(d);
