@@ -299,7 +299,7 @@ pub fn ct_eq_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// Constant-time equality of two hashes.
 pub fn ct_eq(a: &OtpHash, b: &OtpHash) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    ct_eq_bytes(a, b)
 }
 
 /// A stored OTP authorization.
@@ -392,7 +392,7 @@ impl Default for Lockout {
 }
 
 /// Where a charger's connection comes from, kept with it for the guessing limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origin {
     /// The remote IP address.
     pub remote: Option<String>,

@@ -504,104 +504,99 @@ async fn sync_local_list_now(
     timeout: std::time::Duration,
     on_connect: bool,
 ) {
-    {
-        let list = match store.local_list(cp_id.clone()).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(cp_id, "cannot read the local list: {e}");
-                return;
-            }
-        };
-        if list.site_version == 0 || (on_connect && list.charger_version.is_none()) {
+    let list = match store.local_list(cp_id.clone()).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(cp_id, "cannot read the local list: {e}");
             return;
         }
-        let Some(version) = registry.version(&cp_id) else {
-            return;
-        };
-        let held = match ocpp_cmd::send(&registry, &cp_id, Command::GetLocalListVersion, timeout)
-            .await
-        {
-            Ok(a) => a
-                .get(if version == Version::V16 {
-                    "listVersion"
-                } else {
-                    "versionNumber"
-                })
-                .and_then(Value::as_i64)
-                .and_then(|v| i32::try_from(v).ok()),
-            Err(ocpp_cmd::CommandError::Call(super::registry::CallFailure::Rejected {
-                code,
-                ..
-            })) if code == "NotImplemented" || code == "NotSupported" => {
-                tracing::info!(
+    };
+    if list.site_version == 0 || (on_connect && list.charger_version.is_none()) {
+        return;
+    }
+    let Some(version) = registry.version(&cp_id) else {
+        return;
+    };
+    let held = match ocpp_cmd::send(&registry, &cp_id, Command::GetLocalListVersion, timeout).await
+    {
+        Ok(a) => a
+            .get(if version == Version::V16 {
+                "listVersion"
+            } else {
+                "versionNumber"
+            })
+            .and_then(Value::as_i64)
+            .and_then(|v| i32::try_from(v).ok()),
+        Err(ocpp_cmd::CommandError::Call(super::registry::CallFailure::Rejected {
+            code, ..
+        })) if code == "NotImplemented" || code == "NotSupported" => {
+            tracing::info!(
                         cp_id,
                         code,
                         "the charger keeps no local authorization list; fleet cards are checked by the gateway only"
                     );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(
+                cp_id,
+                "GetLocalListVersion failed, fleet cards not sent to the charger: {e}"
+            );
+            return;
+        }
+    };
+    if held == Some(-1) {
+        tracing::info!(cp_id, "the charger keeps no local authorization list (listVersion -1); fleet cards are checked by the gateway only");
+        return;
+    }
+    if held == Some(list.site_version) {
+        if list.charger_version != held {
+            let _ = store.local_list_sent(cp_id, list.site_version).await;
+        }
+        return;
+    }
+    let per_message = items_per_message(&registry, &cp_id, version, timeout)
+        .await
+        .unwrap_or(super::local_list::DEFAULT_PER_MESSAGE);
+    let entries: Vec<ocpp_cmd::LocalEntry> = list
+        .entries
+        .into_iter()
+        .map(|c| ocpp_cmd::LocalEntry {
+            id_tag: c.id_tag,
+            id_type: c.id_type,
+            expiry: c.expiry,
+        })
+        .collect();
+    let calls = super::local_list::plan(version, list.site_version, held, &entries, per_message);
+    let n = calls.len();
+    for call in calls {
+        match ocpp_cmd::send(&registry, &cp_id, call, timeout).await {
+            Ok(a) if a["status"] == "Accepted" => {}
+            Ok(a) => {
+                tracing::warn!(cp_id, status = %a["status"], "SendLocalList refused; the charger's local list is stale");
                 return;
             }
             Err(e) => {
                 tracing::warn!(
                     cp_id,
-                    "GetLocalListVersion failed, fleet cards not sent to the charger: {e}"
+                    "SendLocalList failed; the charger's local list is stale: {e}"
                 );
                 return;
             }
-        };
-        if held == Some(-1) {
-            tracing::info!(cp_id, "the charger keeps no local authorization list (listVersion -1); fleet cards are checked by the gateway only");
-            return;
         }
-        if held == Some(list.site_version) {
-            if list.charger_version != held {
-                let _ = store.local_list_sent(cp_id, list.site_version).await;
-            }
-            return;
-        }
-        let per_message = items_per_message(&registry, &cp_id, version, timeout)
-            .await
-            .unwrap_or(super::local_list::DEFAULT_PER_MESSAGE);
-        let entries: Vec<ocpp_cmd::LocalEntry> = list
-            .entries
-            .into_iter()
-            .map(|c| ocpp_cmd::LocalEntry {
-                id_tag: c.id_tag,
-                id_type: c.id_type,
-                expiry: c.expiry,
-            })
-            .collect();
-        let calls =
-            super::local_list::plan(version, list.site_version, held, &entries, per_message);
-        let n = calls.len();
-        for call in calls {
-            match ocpp_cmd::send(&registry, &cp_id, call, timeout).await {
-                Ok(a) if a["status"] == "Accepted" => {}
-                Ok(a) => {
-                    tracing::warn!(cp_id, status = %a["status"], "SendLocalList refused; the charger's local list is stale");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        cp_id,
-                        "SendLocalList failed; the charger's local list is stale: {e}"
-                    );
-                    return;
-                }
-            }
-        }
-        match store
-            .local_list_sent(cp_id.clone(), list.site_version)
-            .await
-        {
-            Ok(()) => tracing::info!(
-                cp_id,
-                version = list.site_version,
-                messages = n,
-                per_message,
-                "local authorization list sent"
-            ),
-            Err(e) => tracing::warn!(cp_id, "cannot record the local list sent: {e}"),
-        }
+    }
+    match store
+        .local_list_sent(cp_id.clone(), list.site_version)
+        .await
+    {
+        Ok(()) => tracing::info!(
+            cp_id,
+            version = list.site_version,
+            messages = n,
+            per_message,
+            "local authorization list sent"
+        ),
+        Err(e) => tracing::warn!(cp_id, "cannot record the local list sent: {e}"),
     }
 }
 

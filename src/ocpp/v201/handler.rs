@@ -240,6 +240,12 @@ async fn transaction_event(
 ) -> Result<Value, StoreError> {
     let received = now();
     let presented = event.id_token.as_ref().map(|t| present(ctx, t));
+    // Only an idToken is judged: most events (Updated readings) carry none, and need no
+    // registry lookup.
+    let origin = presented
+        .as_ref()
+        .map(|_| ctx.origin(cp_id))
+        .unwrap_or_default();
     let token = event.id_token.clone();
     let live =
         (!event.offline && ctx.notices.is_open() && ctx.uplink_online.load(Ordering::Relaxed))
@@ -254,7 +260,7 @@ async fn transaction_event(
             event,
             presented,
             free_vend: ctx.free_vend,
-            origin: ctx.origin(cp_id),
+            origin,
             reason,
             uplink_online: ctx.uplink_online.load(Ordering::Relaxed),
             received,
