@@ -142,6 +142,16 @@ pub async fn run(
     let registry = Registry::default();
     let uplink_online = Arc::new(AtomicBool::new(false));
     let (notices, notices_rx) = Notices::channel();
+    let (power, power_task) = crate::ocpp::smart::spawn(
+        crate::ocpp::smart::Parts {
+            cap_w: config.site_max_power_w,
+            chargers: config.ocpp.chargers.clone(),
+            store: store.clone(),
+            registry: registry.clone(),
+            call_timeout: config.ocpp.call_timeout,
+        },
+        shutdown.clone(),
+    );
     let ctx = Arc::new(Context {
         ocpp: config.ocpp.clone(),
         free_vend: config.auth.free_vend,
@@ -151,6 +161,7 @@ pub async fn run(
         secret: secret.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
+        power: power.clone(),
     });
     // The uplink gets its own token: it must outlive the OCPP side on shutdown so that the
     // last events and the offline state still go out.
@@ -166,6 +177,7 @@ pub async fn run(
             notices: notices_rx,
             secret,
             metrics: metrics.clone(),
+            power,
             binding: crate::uplink::Binding {
                 cert_cn: config
                     .ocpp
@@ -246,6 +258,7 @@ pub async fn run(
         ("config reloader", reloader),
         ("gateway supervisor", supervisor),
         ("housekeeping", housekeeping),
+        ("site power", power_task),
         ("status server", status),
     ] {
         if let Err(e) = task.await {

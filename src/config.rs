@@ -72,6 +72,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawSite {
     id: String,
+    #[serde(default)]
+    max_power_kw: f64,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +178,8 @@ struct RawCharger {
     security_profile: u8,
     cert_cn: Option<String>,
     serial: Option<String>,
+    max_power_kw: Option<f64>,
+    phases: Option<u8>,
 }
 
 fn default_profile() -> u8 {
@@ -356,6 +360,9 @@ impl Default for RawStatus {
 pub struct Config {
     /// `[site] id`.
     pub site_id: String,
+    /// `[site] max_power_kw` in W: the grid connection's cap shared by every charger;
+    /// `None` (0): no site limit.
+    pub site_max_power_w: Option<u32>,
     /// `[ocpp]`.
     pub ocpp: OcppConfig,
     /// `[auth]`.
@@ -446,7 +453,16 @@ pub struct ChargerEntry {
     pub cert_cn: Option<String>,
     /// The serial number its BootNotification must report, when set.
     pub serial: Option<String>,
+    /// What one of its connectors can deliver, W (`max_power_kw`; default 22 kW, the
+    /// three-phase 32 A wallbox): the most the site limit's allocator grants it, and what
+    /// it is assumed to draw when it refuses a charging profile.
+    pub max_power_w: u32,
+    /// Phases it charges on (1 or 3; default 3): its 6 A minimum and its limit in amperes.
+    pub phases: u8,
 }
+
+/// A connector's power when `[[ocpp.chargers]] max_power_kw` is not set, W.
+pub const DEFAULT_CONNECTOR_POWER_W: u32 = 22_000;
 
 impl ChargerEntry {
     /// A profile-1 entry with an optional password hash.
@@ -456,8 +472,18 @@ impl ChargerEntry {
             security_profile: 1,
             cert_cn: None,
             serial: None,
+            max_power_w: DEFAULT_CONNECTOR_POWER_W,
+            phases: 3,
         }
     }
+}
+
+/// A power in kW from the config as whole watts: finite, >= 0, at most 100 MW.
+fn kw(key: &str, v: f64) -> Result<u32, ConfigError> {
+    if !v.is_finite() || !(0.0..=100_000.0).contains(&v) {
+        return Err(invalid(key, "must be a number of kW from 0 to 100000"));
+    }
+    Ok((v * 1000.0).round() as u32)
 }
 
 /// `[ocpp] tls_listen` and the files it serves with.
@@ -767,11 +793,24 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         {
             return Err(invalid(key("serial"), "must be 1 to 64 characters"));
         }
+        let max_power_w = match c.max_power_kw {
+            None => DEFAULT_CONNECTOR_POWER_W,
+            Some(v) => match kw(&key("max_power_kw"), v)? {
+                0 => return Err(invalid(key("max_power_kw"), "must be more than 0")),
+                w => w,
+            },
+        };
+        let phases = c.phases.unwrap_or(3);
+        if phases != 1 && phases != 3 {
+            return Err(invalid(key("phases"), "must be 1 or 3"));
+        }
         let entry = ChargerEntry {
             password_hash: c.password_hash,
             security_profile: c.security_profile,
             cert_cn: c.cert_cn,
             serial: c.serial,
+            max_power_w,
+            phases,
         };
         if chargers.insert(c.id.clone(), entry).is_some() {
             return Err(invalid(
@@ -886,8 +925,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
     let status = validate_status(raw.status)?;
+    let site_max_power_w = Some(kw("site.max_power_kw", raw.site.max_power_kw)?).filter(|&w| w > 0);
     Ok(Config {
         site_id: raw.site.id,
+        site_max_power_w,
         ocpp,
         auth: AuthConfig {
             free_vend: raw.auth.free_vend,

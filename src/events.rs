@@ -169,6 +169,20 @@ pub enum Event {
         /// The CSR, PEM.
         csr: String,
     },
+    /// `site.power`: the site limit in force and how it is shared.
+    SitePower {
+        /// The site limit in force, W (null: none).
+        max_power_w: Option<u32>,
+        /// `site.power_limit`'s `until`, while a lowered limit is in force.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        until: Option<String>,
+        /// One per running session.
+        allocations: Vec<PowerAllocation>,
+        /// `session_started`, `session_stopped`, `limit_changed`, `charger_reconnected`,
+        /// or `charger_refused` (a charger refused its profile: it is counted at its
+        /// maximum and the others were reduced).
+        reason: &'static str,
+    },
     /// `events.gap`: events dropped to keep the store inside its quota.
     Gap {
         /// Why: `storage_quota`.
@@ -182,6 +196,21 @@ pub enum Event {
         /// Which types: `session.meter` (intermediate samples, never starts or stops).
         types: Vec<&'static str>,
     },
+}
+
+/// One session's share in `site.power`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PowerAllocation {
+    /// Charger.
+    pub cp_id: String,
+    /// Connector (2.0.1: EVSE).
+    pub connector_id: u32,
+    /// The power it may draw, W (0: paused until room appears).
+    pub limit_w: u32,
+    /// Present (true) when the charger does not follow its profile (it refused it, or is
+    /// not connected): the share is what it is assumed to draw.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub assumed: bool,
 }
 
 /// One connector of a 2.0.1 EVSE, as `connector.status` and the retained topic list it.
@@ -295,6 +324,7 @@ impl Event {
             Event::Gap { .. } => "events.gap",
             Event::SecurityEvent { .. } => "security.event",
             Event::ChargerCsr { .. } => "charger.csr",
+            Event::SitePower { .. } => "site.power",
         }
     }
 

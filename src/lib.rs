@@ -32,7 +32,9 @@
 //!   link broke a session and what a crash of the agent left open.
 //! - [`events`]: the upstream event bodies (CONTRACT §4) as typed values.
 //! - [`auth`]: OTP and id-tag decisions. [`billing`]: tariffs, cost, budgets, settlement
-//!   (integer money). [`notice`]: what the OCPP side tells the uplink.
+//!   (integer money). [`notice`]: what the OCPP side tells the uplink. [`power`]: the
+//!   site power limit shared among running sessions (the fairness rule) and the numbers
+//!   each charger's profile carries.
 //!
 //! Types: [`config`] (the TOML file, typed and validated), [`reading`] (a meter sample in
 //! the contract's units), [`time`] (timestamps, charger clock checks), [`password`]
@@ -58,6 +60,7 @@ pub mod notice;
 pub mod ocpp;
 pub mod password;
 pub mod pki;
+pub mod power;
 pub mod reading;
 pub mod session;
 pub mod sim;

@@ -206,6 +206,77 @@ pub enum Command {
         /// The cards, every one accepted (until its expiry).
         entries: Vec<LocalEntry>,
     },
+    /// SetChargingProfile (both versions): one limit for a connector, the site's share.
+    SetChargingProfile {
+        /// Connector (2.0.1: EVSE); 0 is every connector of the charger (a default).
+        connector_id: u32,
+        /// The profile.
+        profile: Profile,
+    },
+    /// ClearChargingProfile (both versions) of a profile the agent set, by its id.
+    ClearChargingProfile {
+        /// The profile's id.
+        id: i32,
+    },
+}
+
+/// What a charging profile is for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProfilePurpose {
+    /// TxDefaultProfile: what every transaction gets when nothing else is in force (the
+    /// charger's fail-safe share).
+    TxDefault,
+    /// TxProfile: the running transaction's share.
+    Tx(TransactionRef),
+}
+
+/// A charging profile of one period: a limit, in the charger's unit, from a start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// `chargingProfileId` (2.0.1 `id`; its schedule gets the same id).
+    pub id: i32,
+    /// `stackLevel`.
+    pub stack_level: u32,
+    /// Purpose.
+    pub purpose: ProfilePurpose,
+    /// The unit of `limit`.
+    pub unit: crate::power::RateUnit,
+    /// The limit (amperes per phase to 0.1 A, or watts).
+    pub limit: f64,
+    /// `numberPhases`.
+    pub phases: u8,
+    /// An absolute schedule's start and its duration in seconds; `None`: relative to each
+    /// transaction's start, without end.
+    pub schedule: Option<(chrono::DateTime<chrono::Utc>, i64)>,
+}
+
+impl Profile {
+    /// The profile as both versions spell it, but for the names that differ: (the 1.6
+    /// `chargingSchedule` object, the purpose, the kind).
+    fn parts(&self) -> (Value, &'static str, &'static str) {
+        let unit = match self.unit {
+            crate::power::RateUnit::Amps => "A",
+            crate::power::RateUnit::Watts => "W",
+        };
+        let mut schedule = serde_json::json!({
+            "chargingRateUnit": unit,
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": self.limit,
+                                        "numberPhases": self.phases}],
+        });
+        let kind = match self.schedule {
+            Some((start, secs)) => {
+                schedule["startSchedule"] = Value::from(crate::time::fmt_ts(start));
+                schedule["duration"] = Value::from(secs);
+                "Absolute"
+            }
+            None => "Relative",
+        };
+        let purpose = match self.purpose {
+            ProfilePurpose::TxDefault => "TxDefaultProfile",
+            ProfilePurpose::Tx(_) => "TxProfile",
+        };
+        (schedule, purpose, kind)
+    }
 }
 
 /// A card on a charger's local authorization list: it crosses OCPP in clear (the charger
@@ -268,6 +339,8 @@ impl Command {
             Command::CertificateSigned { .. } => "CertificateSigned",
             Command::GetLocalListVersion => "GetLocalListVersion",
             Command::SendLocalList { .. } => "SendLocalList",
+            Command::SetChargingProfile { .. } => "SetChargingProfile",
+            Command::ClearChargingProfile { .. } => "ClearChargingProfile",
             Command::GetConfiguration { .. }
             | Command::ChangeConfiguration { .. }
             | Command::GetVariables { .. }
@@ -464,6 +537,30 @@ fn v16_payload(command: &Command) -> Result<Value, CommandError> {
             }
             Ok(payload)
         }
+        Command::SetChargingProfile {
+            connector_id,
+            profile,
+        } => {
+            let (schedule, purpose, kind) = profile.parts();
+            let mut p = serde_json::json!({
+                "chargingProfileId": profile.id,
+                "stackLevel": profile.stack_level,
+                "chargingProfilePurpose": purpose,
+                "chargingProfileKind": kind,
+                "chargingSchedule": schedule,
+            });
+            match &profile.purpose {
+                ProfilePurpose::Tx(TransactionRef::V16(id)) => {
+                    p["transactionId"] = Value::from(*id)
+                }
+                ProfilePurpose::Tx(TransactionRef::V201(_)) => {
+                    return bad("a 1.6 charger's transactions have integer ids")
+                }
+                ProfilePurpose::TxDefault => {}
+            }
+            Ok(serde_json::json!({"connectorId": connector_id, "csChargingProfiles": p}))
+        }
+        Command::ClearChargingProfile { id } => Ok(serde_json::json!({"id": id})),
         // `request` only asks for a version's payload of an action that version has.
         Command::GetVariables { .. }
         | Command::SetVariables { .. }
@@ -753,6 +850,32 @@ fn v201_payload(command: &Command) -> Result<Value, CommandError> {
             }
             Ok(payload)
         }
+        Command::SetChargingProfile {
+            connector_id,
+            profile,
+        } => {
+            let (mut schedule, purpose, kind) = profile.parts();
+            schedule["id"] = Value::from(profile.id);
+            let mut p = serde_json::json!({
+                "id": profile.id,
+                "stackLevel": profile.stack_level,
+                "chargingProfilePurpose": purpose,
+                "chargingProfileKind": kind,
+                "chargingSchedule": [schedule],
+            });
+            match &profile.purpose {
+                ProfilePurpose::Tx(TransactionRef::V201(id)) => {
+                    p["transactionId"] =
+                        Value::from(bounded("transactionId", id, limits::TRANSACTION_ID)?)
+                }
+                ProfilePurpose::Tx(TransactionRef::V16(_)) => {
+                    return bad("a 2.0.1 station names its own transactions")
+                }
+                ProfilePurpose::TxDefault => {}
+            }
+            Ok(serde_json::json!({"evseId": connector_id, "chargingProfile": p}))
+        }
+        Command::ClearChargingProfile { id } => Ok(serde_json::json!({"chargingProfileId": id})),
         // `request` only asks for a version's payload of an action that version has.
         Command::GetConfiguration { .. } | Command::ChangeConfiguration { .. } => {
             bad("not an OCPP 2.0.1 operation")
@@ -793,6 +916,8 @@ fn check_v16(action: &str, answer: &Value) -> Result<(), CommandError> {
         "CertificateSigned" => shape::<call_result::CertificateSigned>(answer),
         "GetLocalListVersion" => shape::<call_result::GetLocalListVersion>(answer),
         "SendLocalList" => shape::<call_result::SendLocalList>(answer),
+        "SetChargingProfile" => shape::<call_result::SetChargingProfile>(answer),
+        "ClearChargingProfile" => shape::<call_result::ClearChargingProfile>(answer),
         other => Err(CommandError::BadResponse(format!(
             "no 1.6 response shape for {other}"
         ))),
@@ -824,6 +949,10 @@ fn check_v201(action: &str, answer: &Value) -> Result<(), CommandError> {
             shape::<get_local_list_version::GetLocalListVersionResponse>(answer)
         }
         "SendLocalList" => shape::<send_local_list::SendLocalListResponse>(answer),
+        "SetChargingProfile" => shape::<set_charging_profile::SetChargingProfileResponse>(answer),
+        "ClearChargingProfile" => {
+            shape::<clear_charging_profile::ClearChargingProfileResponse>(answer)
+        }
         other => Err(CommandError::BadResponse(format!(
             "no 2.0.1 response shape for {other}"
         ))),
@@ -890,6 +1019,89 @@ mod tests {
 
     fn v201(command: &Command) -> Request {
         request(command, Version::V201).unwrap_or_else(|e| panic!("{command:?}: {e}"))
+    }
+
+    fn share(purpose: ProfilePurpose, unit: crate::power::RateUnit, limit: f64) -> Command {
+        let start = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let tx = matches!(purpose, ProfilePurpose::Tx(_));
+        Command::SetChargingProfile {
+            connector_id: u32::from(tx),
+            profile: Profile {
+                id: if tx { 101 } else { 1 },
+                stack_level: 3,
+                purpose,
+                unit,
+                limit,
+                phases: 3,
+                schedule: tx.then_some((start, 360)),
+            },
+        }
+    }
+
+    #[test]
+    fn a_site_share_is_a_valid_set_charging_profile_in_both_versions() {
+        use crate::power::RateUnit::{Amps, Watts};
+        let v16 = request(
+            &share(ProfilePurpose::Tx(TransactionRef::V16(7)), Amps, 14.4),
+            Version::V16,
+        )
+        .unwrap();
+        assert_eq!(v16.action, "SetChargingProfile");
+        let p = &v16.payload["csChargingProfiles"];
+        assert_eq!(p["transactionId"], 7);
+        assert_eq!(p["chargingProfilePurpose"], "TxProfile");
+        assert_eq!(p["chargingProfileKind"], "Absolute");
+        assert_eq!(p["chargingSchedule"]["chargingRateUnit"], "A");
+        assert_eq!(p["chargingSchedule"]["duration"], 360);
+        assert_eq!(
+            p["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"],
+            14.4
+        );
+        let d = request(&share(ProfilePurpose::TxDefault, Amps, 14.4), Version::V16).unwrap();
+        assert_eq!(d.payload["connectorId"], 0);
+        assert_eq!(
+            d.payload["csChargingProfiles"]["chargingProfileKind"],
+            "Relative"
+        );
+        assert!(d.payload["csChargingProfiles"]["chargingSchedule"]["startSchedule"].is_null());
+
+        let tx = share(
+            ProfilePurpose::Tx(TransactionRef::V201("tx-1".into())),
+            Watts,
+            10_000.0,
+        );
+        let r = v201(&tx);
+        assert!(violations("SetChargingProfileRequest", &r.payload).is_empty());
+        assert_eq!(r.payload["evseId"], 1);
+        assert_eq!(r.payload["chargingProfile"]["transactionId"], "tx-1");
+        assert_eq!(
+            r.payload["chargingProfile"]["chargingSchedule"][0]["chargingRateUnit"],
+            "W"
+        );
+        let d = v201(&share(ProfilePurpose::TxDefault, Watts, 10_000.0));
+        assert!(violations("SetChargingProfileRequest", &d.payload).is_empty());
+        let c = v201(&Command::ClearChargingProfile { id: 101 });
+        assert!(violations("ClearChargingProfileRequest", &c.payload).is_empty());
+        assert!(request(&Command::ClearChargingProfile { id: 101 }, Version::V16).is_ok());
+        // each version's transaction name only
+        assert!(refused(
+            &share(ProfilePurpose::Tx(TransactionRef::V16(7)), Watts, 1.0),
+            Version::V201
+        )
+        .contains("names its own"));
+        assert!(refused(&tx, Version::V16).contains("integer ids"));
+        assert!(check_answer(
+            "SetChargingProfile",
+            Version::V16,
+            &json!({"status": "Rejected"})
+        )
+        .is_ok());
+        assert!(check_answer(
+            "SetChargingProfile",
+            Version::V201,
+            &json!({"status": "Maybe"})
+        )
+        .is_err());
     }
 
     fn refused(command: &Command, version: Version) -> String {

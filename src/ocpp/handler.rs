@@ -15,6 +15,7 @@ use super::commands::{self as ocpp_cmd, Command, TransactionRef, TransactionStat
 use super::frame::{self, ErrorCode, Version};
 use super::messages::{self, Request};
 use super::registry::Registry;
+use super::smart::Reason;
 use super::v201;
 use crate::auth;
 use crate::config::OcppConfig;
@@ -44,6 +45,8 @@ pub struct Context {
     pub registry: Registry,
     /// CALL counts and latency, security events, refused connections.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The site power limit's driver (sessions starting and stopping, readings).
+    pub power: super::smart::Power,
 }
 
 impl Context {
@@ -147,6 +150,7 @@ async fn answer(
                     at: received,
                 })
                 .await?;
+            ctx.power.changed(Reason::ChargerReconnected, Some(cp_id));
             sync_local_list(
                 ctx.store.clone(),
                 ctx.registry.clone(),
@@ -225,6 +229,9 @@ async fn answer(
                     received,
                 })
                 .await?;
+            if started.result == auth::AuthResult::Accepted {
+                ctx.power.changed(Reason::SessionStarted, None);
+            }
             // A refused start still gets its transaction id (OCPP): the charger then ends it.
             json!({"transactionId": started.transaction_id,
                    "idTagInfo": {"status": started.result.ocpp_status()}})
@@ -252,6 +259,7 @@ async fn answer(
             if let StopOutcome::Ended { session_id, .. } = outcome {
                 ctx.notices.send(Notice::SessionEnded { session_id });
             }
+            ctx.power.changed(Reason::SessionStopped, None);
             match id_tag {
                 // The transaction is over whatever we say; the status only tells the
                 // charger whether to keep the tag in its cache.
@@ -269,6 +277,11 @@ async fn answer(
             let live = (ctx.notices.is_open() && ctx.uplink_online.load(Ordering::Relaxed))
                 .then(|| samples.last().map(Sample::values))
                 .flatten();
+            if let (Some(_), Some(w)) =
+                (transaction_id, samples.iter().rev().find_map(|s| s.power_w))
+            {
+                ctx.power.drawn(cp_id, connector_id, w as f64);
+            }
             let metered = ctx
                 .store
                 .record_meter(MeterIn {

@@ -461,6 +461,8 @@ mod tests {
             password_hash: (n == 2).then(|| "HASH".to_string()),
             cert_cn: None,
             serial: None,
+            max_power_w: crate::config::DEFAULT_CONNECTOR_POWER_W,
+            phases: 3,
         }
     }
 

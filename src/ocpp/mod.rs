@@ -11,6 +11,7 @@
 //! - [`commands`]: typed outbound commands (RemoteStart/Stop, Reset, …) over the registry.
 //! - [`local_list`]: the SendLocalList CALLs that put fleet cards on a charger (pure).
 //! - [`server`]: the WebSocket listener and per-connection driver.
+//! - [`smart`]: the site power limit's driver: charging profiles for every charger's share.
 //! - [`v201`]: OCPP 2.0.1 requests and answers, beside 1.6.
 
 pub mod binding;
@@ -25,5 +26,6 @@ pub mod meter;
 pub mod registry;
 pub mod rpc;
 pub mod server;
+pub mod smart;
 pub mod tls;
 pub mod v201;

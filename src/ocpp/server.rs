@@ -639,6 +639,9 @@ impl Server {
             cp_id: cp_id.clone(),
         });
         tracing::info!(cp_id, %peer, version = version.as_str(), profile, replaced = reg.replaced, "charger connected");
+        self.ctx
+            .power
+            .changed(super::smart::Reason::ChargerReconnected, Some(&cp_id));
         if version == Version::V201 {
             // A reconnect may follow transactions that ended while it was away. Listed
             // before the charger's first message is read, so only the transactions open
@@ -788,6 +791,8 @@ impl Server {
             self.ctx.notices.send(Notice::Connectors {
                 cp_id: cp_id.clone(),
             });
+            // its sessions are now counted at what it may still draw
+            self.ctx.power.changed(super::smart::Reason::Renewal, None);
         }
         tracing::info!(cp_id, reason = reason.as_str(), "charger disconnected");
     }

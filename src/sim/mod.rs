@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::time::fmt_ts;
-use model::{Car, Reading};
+use model::{Car, ChargingLimits, HeldProfile, Reading};
 
 /// The OCPP version one simulated charger speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ pub struct View {
 }
 
 /// What an answered CALL makes the charger do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Start the next transaction with this token (2.0.1: and this `remoteStartId`).
     RemoteStart {
@@ -155,6 +155,55 @@ pub enum Effect {
     },
     /// Send this message, after the answer (2.0.1 TriggerMessage).
     Trigger(String),
+    /// Hold a charging profile (SetChargingProfile): the running transaction's (`tx`) or
+    /// the default for every transaction.
+    Profile {
+        /// TxProfile rather than TxDefaultProfile.
+        tx: bool,
+        /// Its id.
+        id: i64,
+        /// Its limit, W.
+        limit_w: f64,
+        /// How long its schedule lasts from now, s; `None`: without end.
+        secs: Option<f64>,
+    },
+    /// Forget a charging profile (ClearChargingProfile).
+    ClearProfile {
+        /// Its id.
+        id: i64,
+    },
+}
+
+/// The [`Effect::Profile`] of a SetChargingProfile that a simulated charger accepts: its
+/// purpose (`TxProfile` only for the running transaction), unit, id and first period. The
+/// schedule's start is not read: the simulator's clock is compressed, so a profile is held
+/// for its duration from when it arrived.
+pub fn profile_effect(
+    purpose: Option<&str>,
+    transaction_id: Option<String>,
+    running: Option<&str>,
+    id: Option<i64>,
+    unit: crate::power::RateUnit,
+    schedule: &Value,
+) -> Option<Effect> {
+    let tx = match purpose {
+        Some("TxDefaultProfile") => false,
+        Some("TxProfile") if running.is_some() && transaction_id.as_deref() == running => true,
+        _ => return None,
+    };
+    let period = schedule["chargingSchedulePeriod"].get(0)?;
+    let limit = period["limit"]
+        .as_f64()
+        .filter(|l| l.is_finite() && *l >= 0.0)?;
+    let phases = period["numberPhases"]
+        .as_u64()
+        .map_or(3, |p| p.clamp(1, 3) as u8);
+    Some(Effect::Profile {
+        tx,
+        id: id?,
+        limit_w: crate::power::watts(limit, phases, unit),
+        secs: schedule["duration"].as_f64(),
+    })
 }
 
 /// A charger's answer to a CALL: the CALLRESULT payload or a CALLERROR (code,
@@ -410,6 +459,8 @@ struct SimCharger {
     later: VecDeque<Effect>,
     /// The 2.0.1 device model (GetVariables, SetVariables, GetBaseReport).
     model: v201::DeviceModel,
+    /// The charging profiles it holds: they cap its charging.
+    limits: ChargingLimits,
 }
 
 type Res<T> = Result<T, String>;
@@ -442,6 +493,7 @@ impl SimCharger {
             tx: None,
             queue: VecDeque::new(),
             later: VecDeque::new(),
+            limits: ChargingLimits::default(),
         }
     }
 
@@ -645,6 +697,26 @@ impl SimCharger {
                 Effect::Reset { hard } if self.tx.is_some() => self.requests.reset = Some(hard),
                 Effect::Reset { .. } => {}
                 later @ (Effect::Report { .. } | Effect::Trigger(_)) => self.later.push_back(later),
+                Effect::Profile {
+                    tx,
+                    id,
+                    limit_w,
+                    secs,
+                } => {
+                    let held = HeldProfile {
+                        id,
+                        limit_w,
+                        until_secs: secs.map(|s| self.started.elapsed().as_secs_f64() + s),
+                    };
+                    if tx {
+                        self.limits.tx = Some(held);
+                    } else {
+                        self.limits.default = Some(held);
+                    }
+                }
+                Effect::ClearProfile { id } => {
+                    self.limits.clear(id);
+                }
             }
         }
         let reply = match answer.reply {
@@ -836,6 +908,8 @@ impl SimCharger {
     async fn stop(&mut self, cause: StopCause) -> Res<()> {
         let ts = self.ts();
         let offline = self.ws.is_none();
+        // a TxProfile ends with its transaction
+        self.limits.tx = None;
         let Some(tx) = self.tx.take() else {
             return Ok(());
         };
@@ -971,12 +1045,18 @@ impl SimCharger {
     }
 
     /// Charges the car for `d` of wall-clock time (scaled) and reads the meter.
+    /// The limit the profiles it holds put on its charging now, W.
+    fn limit_w(&self) -> f64 {
+        self.limits.limit_w(self.started.elapsed().as_secs_f64())
+    }
+
     fn charge(&mut self, car: &mut Car, d: Duration) {
-        let wh = car.charge(d.as_secs_f64() * self.cfg.time_scale);
+        let cap = self.limit_w();
+        let wh = car.charge_capped(d.as_secs_f64() * self.cfg.time_scale, cap);
         self.register_wh += wh.round() as i64;
         self.reading = Reading {
             register_wh: self.register_wh,
-            power_w: car.power_w(),
+            power_w: car.power_capped(cap),
             soc_pct: car.soc_pct,
         };
     }

@@ -26,9 +26,19 @@ impl Car {
         }
     }
 
+    /// Power drawn under a charging limit of `cap_w` (none: `f64::INFINITY`).
+    pub fn power_capped(&self, cap_w: f64) -> f64 {
+        self.power_w().min(cap_w.max(0.0))
+    }
+
     /// Charges for `secs` seconds; returns the energy delivered, Wh.
     pub fn charge(&mut self, secs: f64) -> f64 {
-        let wh = self.power_w() * secs / 3600.0;
+        self.charge_capped(secs, f64::INFINITY)
+    }
+
+    /// Charges for `secs` seconds under a limit of `cap_w`; returns the energy, Wh.
+    pub fn charge_capped(&mut self, secs: f64, cap_w: f64) -> f64 {
+        let wh = self.power_capped(cap_w) * secs / 3600.0;
         let room = (100.0 - self.soc_pct) / 100.0 * self.capacity_wh;
         let wh = wh.min(room).max(0.0);
         self.soc_pct = (self.soc_pct + wh / self.capacity_wh * 100.0).min(100.0);
@@ -59,6 +69,50 @@ pub struct PhaseReading {
     pub current_a: f64,
     /// Active power on this phase, W.
     pub power_w: f64,
+}
+
+/// A charging profile as a simulated charger keeps it: one limit, in watts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeldProfile {
+    /// `chargingProfileId` (2.0.1 `id`).
+    pub id: i64,
+    /// The limit, W (amperes converted at 230 V per phase, as the agent reckons them).
+    pub limit_w: f64,
+    /// When its schedule ends, in seconds of the charger's run; `None`: never.
+    pub until_secs: Option<f64>,
+}
+
+/// The profiles a simulated charger holds and the limit they put on its charging: a
+/// TxProfile while its schedule lasts, else the TxDefaultProfile, else none (pure: the
+/// time is passed in, in seconds since the charger started).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChargingLimits {
+    /// The TxDefaultProfile.
+    pub default: Option<HeldProfile>,
+    /// The running transaction's TxProfile.
+    pub tx: Option<HeldProfile>,
+}
+
+impl ChargingLimits {
+    /// The power allowed at `at_secs`, W (`f64::INFINITY`: no limit).
+    pub fn limit_w(&self, at_secs: f64) -> f64 {
+        let live = |p: &Option<HeldProfile>| p.filter(|p| p.until_secs.is_none_or(|u| at_secs < u));
+        live(&self.tx)
+            .or_else(|| live(&self.default))
+            .map_or(f64::INFINITY, |p| p.limit_w)
+    }
+
+    /// ClearChargingProfile by id; whether one was held.
+    pub fn clear(&mut self, id: i64) -> bool {
+        let mut found = false;
+        for slot in [&mut self.default, &mut self.tx] {
+            if slot.is_some_and(|p| p.id == id) {
+                *slot = None;
+                found = true;
+            }
+        }
+        found
+    }
 }
 
 /// Line-to-neutral voltages of the simulated grid, V: not quite balanced, as a real one.
@@ -107,6 +161,32 @@ mod tests {
         let wh = car.charge(3600.0);
         assert!(wh <= 100.0 + 1e-9);
         assert!(car.soc_pct <= 100.0);
+    }
+
+    #[test]
+    fn a_tx_profile_caps_charging_until_it_runs_out_then_the_default_does() {
+        let mut l = ChargingLimits::default();
+        assert_eq!(l.limit_w(0.0), f64::INFINITY);
+        l.default = Some(HeldProfile {
+            id: 1,
+            limit_w: 10_000.0,
+            until_secs: None,
+        });
+        l.tx = Some(HeldProfile {
+            id: 2,
+            limit_w: 16_000.0,
+            until_secs: Some(300.0),
+        });
+        assert_eq!(l.limit_w(299.0), 16_000.0);
+        assert_eq!(l.limit_w(300.0), 10_000.0);
+        let car = Car {
+            capacity_wh: 60_000.0,
+            soc_pct: 20.0,
+            max_power_w: 22_000.0,
+        };
+        assert_eq!(car.power_capped(l.limit_w(0.0)), 16_000.0);
+        assert!(l.clear(1) && l.clear(2) && !l.clear(2));
+        assert_eq!(car.power_capped(l.limit_w(0.0)), 22_000.0);
     }
 
     #[test]

@@ -108,7 +108,40 @@ pub fn answer(action: &str, payload: &Value, view: &View) -> Answer {
         }
         "UnlockConnector" => Answer::reply(Ok(json!({"status": "Unlocked"}))),
         "GetConfiguration" => Answer::reply(Ok(json!({"configurationKey": [
-            {"key": "MeterValueSampleInterval", "readonly": false, "value": view.meter_interval_secs.to_string()}]}))),
+            {"key": "MeterValueSampleInterval", "readonly": false, "value": view.meter_interval_secs.to_string()},
+            // the common AC charger: limits in amperes only
+            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": true, "value": "Current"},
+            {"key": "ChargeProfileMaxStackLevel", "readonly": true, "value": "3"}]}))),
+        "SetChargingProfile" => {
+            let p = &payload["csChargingProfiles"];
+            let schedule = &p["chargingSchedule"];
+            let effect = (schedule["chargingRateUnit"] == "A")
+                .then(|| {
+                    super::profile_effect(
+                        p["chargingProfilePurpose"].as_str(),
+                        p["transactionId"].as_i64().map(|t| t.to_string()),
+                        view.transaction_id.as_deref(),
+                        p["chargingProfileId"].as_i64(),
+                        crate::power::RateUnit::Amps,
+                        schedule,
+                    )
+                })
+                .flatten();
+            match effect {
+                Some(e) => Answer {
+                    reply: accepted(),
+                    effects: vec![e],
+                },
+                None => Answer::reply(Ok(json!({"status": "Rejected"}))),
+            }
+        }
+        "ClearChargingProfile" => match payload["id"].as_i64() {
+            Some(id) => Answer {
+                reply: accepted(),
+                effects: vec![Effect::ClearProfile { id }],
+            },
+            None => Answer::reply(Ok(json!({"status": "Unknown"}))),
+        },
         _ => Answer::reply(Err((
             "NotImplemented",
             format!("{action} is not simulated"),

@@ -246,6 +246,15 @@ impl DeviceModel {
                     "boolean",
                 ),
                 var("TxCtrlr", "EVConnectionTimeOut", "60", true, "integer"),
+                var("SmartChargingCtrlr", "Enabled", "true", false, "boolean"),
+                var("SmartChargingCtrlr", "RateUnit", "A,W", false, "MemberList"),
+                var(
+                    "SmartChargingCtrlr",
+                    "ProfileStackLevel",
+                    "3",
+                    false,
+                    "integer",
+                ),
                 var("SecurityCtrlr", "SecurityProfile", "1", false, "integer"),
                 var(
                     "ChargingStation",
@@ -384,6 +393,39 @@ pub fn answer(action: &str, payload: &Value, view: &View, model: &mut DeviceMode
                 Answer::reply(status("Rejected"))
             }
         }
+        "SetChargingProfile" => {
+            let p = &payload["chargingProfile"];
+            let schedule = &p["chargingSchedule"][0];
+            let unit = match schedule["chargingRateUnit"].as_str() {
+                Some("W") => Some(crate::power::RateUnit::Watts),
+                Some("A") => Some(crate::power::RateUnit::Amps),
+                _ => None,
+            };
+            let effect = unit.and_then(|unit| {
+                super::profile_effect(
+                    p["chargingProfilePurpose"].as_str(),
+                    p["transactionId"].as_str().map(str::to_string),
+                    running,
+                    p["id"].as_i64(),
+                    unit,
+                    schedule,
+                )
+            });
+            match effect {
+                Some(e) => Answer {
+                    reply: status("Accepted"),
+                    effects: vec![e],
+                },
+                None => Answer::reply(status("Rejected")),
+            }
+        }
+        "ClearChargingProfile" => match payload["chargingProfileId"].as_i64() {
+            Some(id) => Answer {
+                reply: status("Accepted"),
+                effects: vec![Effect::ClearProfile { id }],
+            },
+            None => Answer::reply(status("Unknown")),
+        },
         "GetVariables" => {
             let results: Vec<Value> = array(&payload["getVariableData"])
                 .iter()

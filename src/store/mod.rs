@@ -12,6 +12,7 @@ mod chargers;
 mod device;
 mod orders;
 mod outbox;
+mod power;
 pub mod schema;
 mod sessions;
 mod status;
@@ -36,6 +37,7 @@ pub use orders::{
     ListedCard, LocalList, NewAuthorization, NewTag, OfflineOrders, RemoteStarted, Terms,
 };
 pub use outbox::{ConnectorRow, Intake, OpenTransaction, OutboxStatus, SessionRef};
+pub use power::RunningSession;
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
 pub use transactions::{TxEventIn, TxEventOutcome};
 
@@ -727,6 +729,43 @@ impl Store {
     /// As [`Store::probe`].
     pub async fn status_rows(&self) -> Result<crate::status::view::StoreRows, StoreError> {
         self.call(false, |c, _| status::rows(c)).await
+    }
+
+    /// Every accepted session still running (the site power limit is shared among them).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn running_sessions(&self) -> Result<Vec<RunningSession>, StoreError> {
+        self.call(false, |c, _| power::running(c)).await
+    }
+
+    /// The site limit `site.power_limit` lowered, if it did (kept across restarts).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn lowered_power_limit(&self) -> Result<Option<crate::power::Lowered>, StoreError> {
+        self.call(false, |c, _| power::lowered(c)).await
+    }
+
+    /// `site.power_limit`: keeps the lowered limit (`None`: back to the cap), committed
+    /// before the command is answered.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn set_lowered_power_limit(
+        &self,
+        l: Option<crate::power::Lowered>,
+    ) -> Result<(), StoreError> {
+        self.call(false, move |c, _| power::set_lowered(c, l)).await
+    }
+
+    /// The allocation in force, as `site.power` upstream.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn site_power(&self, e: Event, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.call(false, move |c, _| power::site_power(c, at, &e))
+            .await
     }
 
     /// The 2.0.1 transactions of charger `cp_id` still open here (state `active`, with the

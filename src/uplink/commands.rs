@@ -60,6 +60,13 @@ pub enum Cmd {
     TagsRemove(Uids),
     /// `offline_orders.configure` (the key in memory only until it is sealed).
     OfflineOrdersConfigure(Box<OfflineOrders>),
+    /// `site.power_limit`.
+    SitePowerLimit {
+        /// The lower limit, W (0: back to the cap).
+        max_w: u32,
+        /// Until when (`None`: until the next change).
+        until: Option<DateTime<Utc>>,
+    },
     /// `charger.certificate`.
     ChargerCertificate {
         /// Charger.
@@ -575,6 +582,22 @@ fn parse_body(
         Some("offline_orders.configure") => {
             Ok(Cmd::OfflineOrdersConfigure(Box::new(offline_orders(o)?)))
         }
+        Some("site.power_limit") => {
+            let kw = o
+                .get("max_power_kw")
+                .and_then(Value::as_f64)
+                .filter(|v| v.is_finite() && (0.0..=100_000.0).contains(v))
+                .ok_or_else(|| {
+                    CmdError::new(
+                        "bad_request",
+                        "`max_power_kw` must be a number of kW from 0 to 100000",
+                    )
+                })?;
+            Ok(Cmd::SitePowerLimit {
+                max_w: (kw * 1000.0).round() as u32,
+                until: time(o, "until")?,
+            })
+        }
         Some("events.replay") => Ok(Cmd::EventsReplay {
             from_seq: o
                 .get("from_seq")
@@ -620,6 +643,8 @@ pub struct Executor {
     pub call_timeout: Duration,
     /// What a charger's certificate must name.
     pub binding: super::Binding,
+    /// The site power limit's driver.
+    pub power: crate::ocpp::smart::Power,
 }
 
 /// Asks the driver to resend retained events from `from` to `to`.
@@ -714,6 +739,17 @@ impl Executor {
                 session_id,
                 order_id,
             } => self.session_stop(session_id, order_id).await,
+            Cmd::SitePowerLimit { max_w, until } => {
+                use crate::ocpp::smart::SetLimitError;
+                match self.power.set_limit(max_w, until).await {
+                    Ok(set) => Ok(json!({
+                        "max_power_kw": set.max_power_w.map(|w| f64::from(w) / 1000.0),
+                        "until": set.until.map(crate::time::fmt_ts),
+                    })),
+                    Err(SetLimitError::Bad(e)) => Err(CmdError::new("bad_request", e.to_string())),
+                    Err(e) => Err(CmdError::new("internal", e.to_string())),
+                }
+            }
             Cmd::ChargerCertificate {
                 cp_id,
                 certificate_chain,

@@ -105,6 +105,8 @@ pub struct Parts {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What a charger's certificate must name (`charger.certificate` checks the chain).
     pub binding: Binding,
+    /// The site power limit's driver (`site.power_limit`).
+    pub power: crate::ocpp::smart::Power,
 }
 
 /// Per charger, the CN its certificate carries (`cert_cn`, else its id), and the O
@@ -155,6 +157,7 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
             registry: parts.registry,
             call_timeout: parts.call_timeout,
             binding: parts.binding,
+            power: parts.power,
         }),
         results_tx,
         replay_tx,

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
-use super::messages::{IdToken, Request, TxEvent};
+use super::messages::{IdToken, Request, TxEvent, TxEventType};
 use crate::auth::{self, AuthResult};
 use crate::events::LiveSnapshot;
 use crate::notice::Notice;
@@ -46,6 +46,8 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
                     at: received,
                 })
                 .await?;
+            ctx.power
+                .changed(crate::ocpp::smart::Reason::ChargerReconnected, Some(cp_id));
             crate::ocpp::handler::sync_local_list(
                 ctx.store.clone(),
                 ctx.registry.clone(),
@@ -253,6 +255,10 @@ async fn transaction_event(
             .flatten();
     let transaction_id = event.transaction_id.clone();
     let reason = super::messages::contract_reason(&event).to_string();
+    let (event_type, drawn) = (
+        event.event_type,
+        event.samples.iter().rev().find_map(|s| s.power_w),
+    );
     let outcome = ctx
         .store
         .transaction_event(TxEventIn {
@@ -275,6 +281,17 @@ async fn transaction_event(
     }
     if outcome.budget_stop {
         budget_stop(ctx, cp_id, TransactionRef::V201(transaction_id));
+    }
+    if !outcome.replayed && !outcome.after_ended && outcome.session_id.is_some() {
+        use crate::ocpp::smart::Reason;
+        if outcome.ended {
+            ctx.power.changed(Reason::SessionStopped, None);
+        } else if event_type == TxEventType::Started || token.is_some() {
+            ctx.power.changed(Reason::SessionStarted, None);
+        }
+        if let (Some(w), false) = (drawn, outcome.ended) {
+            ctx.power.drawn(cp_id, outcome.evse_id, w as f64);
+        }
     }
     if let Some(session_id) = &outcome.session_id {
         if outcome.ended {
