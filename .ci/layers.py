@@ -18,7 +18,7 @@ import sys
 # (module path prefix, layer). The longest matching prefix names a module's layer.
 LAYERS = [
     ("time", 0), ("reading", 0), ("password", 0), ("metrics", 0),
-    ("billing", 1), ("auth", 1), ("power", 1),
+    ("billing", 1), ("auth", 1), ("power", 1), ("reservation", 1),
     ("session", 2),
     ("events", 3), ("notice", 3), ("config", 3),
     ("ocpp::frame", 3), ("ocpp::messages", 3), ("ocpp::meter", 3),

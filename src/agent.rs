@@ -152,6 +152,15 @@ pub async fn run(
         },
         shutdown.clone(),
     );
+    let (reservations, reservations_task) = crate::ocpp::reserve::spawn(
+        crate::ocpp::reserve::Parts {
+            store: store.clone(),
+            registry: registry.clone(),
+            secret: secret.clone(),
+            call_timeout: config.ocpp.call_timeout,
+        },
+        shutdown.clone(),
+    );
     let ctx = Arc::new(Context {
         ocpp: config.ocpp.clone(),
         free_vend: config.auth.free_vend,
@@ -162,6 +171,7 @@ pub async fn run(
         registry: registry.clone(),
         metrics: metrics.clone(),
         power: power.clone(),
+        reservations: reservations.clone(),
     });
     // The uplink gets its own token: it must outlive the OCPP side on shutdown so that the
     // last events and the offline state still go out.
@@ -178,6 +188,7 @@ pub async fn run(
             secret,
             metrics: metrics.clone(),
             power,
+            reservations,
             binding: crate::uplink::Binding {
                 cert_cn: config
                     .ocpp
@@ -259,6 +270,7 @@ pub async fn run(
         ("gateway supervisor", supervisor),
         ("housekeeping", housekeeping),
         ("site power", power_task),
+        ("reservations", reservations_task),
         ("status server", status),
     ] {
         if let Err(e) = task.await {

@@ -329,7 +329,7 @@ fn overlap_ms(tariff: &Tariff, s: &Surcharge, from: DateTime<Utc>, to: DateTime<
 /// One line of a bill.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Component {
-    /// `energy`, `surcharge`, `idle`, `service` or `tax`.
+    /// `energy`, `surcharge`, `idle`, `service`, `tax` or `reservation`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Shown to the driver.
@@ -353,6 +353,44 @@ pub struct Cost {
 fn round_half_up(nano: i128) -> i64 {
     let r = (nano + NANO / 2).div_euclid(NANO);
     i64::try_from(r).unwrap_or(i64::MAX)
+}
+
+/// What a reservation's end costs under the order's tariff: its no-show fee (`no_show`)
+/// or its cancellation fee (`cancelled`), and the tariff's tax on it; `None` when the
+/// tariff names no such fee, or it is zero (a reservation used, or refused by the
+/// charger, costs nothing: a used one is billed as its session).
+pub fn reservation_cost(tariff: &Tariff, no_show: bool) -> Option<Cost> {
+    let fees = tariff.reservation.as_ref()?;
+    let (amount_minor, name) = if no_show {
+        (fees.no_show_fee_minor, "No-show fee")
+    } else {
+        (fees.cancel_fee_minor, "Cancellation fee")
+    };
+    if amount_minor == 0 {
+        return None;
+    }
+    let mut components = vec![Component {
+        kind: "reservation",
+        name: name.into(),
+        amount_minor,
+    }];
+    if let Some(tax) = &tariff.tax {
+        components.push(Component {
+            kind: "tax",
+            name: tax.name.clone(),
+            amount_minor: round_half_up(
+                i128::from(amount_minor) * NANO * i128::from(tax.rate_bp) / 10_000,
+            ),
+        });
+    }
+    components.retain(|c| c.amount_minor != 0);
+    Some(Cost {
+        currency: tariff.currency.clone(),
+        total_minor: components
+            .iter()
+            .fold(0i64, |sum, c| sum.saturating_add(c.amount_minor)),
+        components,
+    })
 }
 
 /// The cost of a session so far: its accrual, and the idle time up to `until` (the stop,
@@ -472,6 +510,27 @@ mod tests {
             json!({"currency":"INR","energy_minor_per_kwh":1600,"timezone":"Asia/Kolkata",
             "surcharges":[{"name":"Congestion fee","from":"18:00","to":"21:00","minor_per_kwh":100}]}),
         )
+    }
+
+    #[test]
+    fn a_no_show_pays_its_fee_and_its_tax_and_a_free_cancellation_costs_nothing() {
+        let t = Tariff::from_json(&json!({"currency":"INR","energy_minor_per_kwh":1800,
+            "tax":{"name":"GST","rate_bp":1800},
+            "reservation":{"no_show_fee_minor":5000,"cancel_fee_minor":0}}))
+        .unwrap();
+        let c = reservation_cost(&t, true).unwrap();
+        assert_eq!(c.total_minor, 5900);
+        assert_eq!(
+            c.components
+                .iter()
+                .map(|c| (c.kind, c.amount_minor))
+                .collect::<Vec<_>>(),
+            vec![("reservation", 5000), ("tax", 900)]
+        );
+        assert_eq!(reservation_cost(&t, false), None);
+        let plain =
+            Tariff::from_json(&json!({"currency":"INR","energy_minor_per_kwh":1800})).unwrap();
+        assert_eq!(reservation_cost(&plain, true), None);
     }
 
     #[test]

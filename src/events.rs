@@ -169,6 +169,40 @@ pub enum Event {
         /// The CSR, PEM.
         csr: String,
     },
+    /// `reservation.held`: the charger holds the connector for the order.
+    ReservationHeld {
+        /// Order.
+        order_id: String,
+        /// Charger.
+        cp_id: String,
+        /// Connector (2.0.1: EVSE).
+        connector_id: u32,
+        /// The OCPP reservation id.
+        reservation_id: i64,
+        /// When it is released if nobody comes (start + grace).
+        expires_at: String,
+    },
+    /// `reservation.released`.
+    ReservationReleased {
+        /// Order.
+        order_id: String,
+        /// Charger.
+        cp_id: String,
+        /// Connector (2.0.1: EVSE).
+        connector_id: u32,
+        /// The OCPP reservation id.
+        reservation_id: i64,
+        /// The expiry it had.
+        expires_at: String,
+        /// `used`, `no_show`, `cancelled`, `charger_refused`.
+        reason: &'static str,
+        /// A no-show or cancellation fee the order's tariff names.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cost: Option<Cost>,
+        /// `charger_refused`: what the charger answered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        charger_status: Option<String>,
+    },
     /// `site.power`: the site limit in force and how it is shared.
     SitePower {
         /// The site limit in force, W (null: none).
@@ -325,10 +359,12 @@ impl Event {
             Event::SecurityEvent { .. } => "security.event",
             Event::ChargerCsr { .. } => "charger.csr",
             Event::SitePower { .. } => "site.power",
+            Event::ReservationHeld { .. } => "reservation.held",
+            Event::ReservationReleased { .. } => "reservation.released",
         }
     }
 
-    /// Billing events (`session.*`) are never dropped to make room.
+    /// Billing events (`session.*`, `reservation.released`) are never dropped to make room.
     pub fn billable(&self) -> bool {
         is_billable(self.kind())
     }
@@ -342,7 +378,8 @@ impl Event {
 
 /// Whether events of type `kind` are billing events.
 pub fn is_billable(kind: &str) -> bool {
-    kind.starts_with("session.")
+    // a released reservation may carry a no-show or cancellation fee
+    kind.starts_with("session.") || kind == "reservation.released"
 }
 
 /// `session.meter` bodies for already-serialized samples, at most [`SAMPLES_PER_EVENT`]

@@ -34,7 +34,8 @@
 //! - [`auth`]: OTP and id-tag decisions. [`billing`]: tariffs, cost, budgets, settlement
 //!   (integer money). [`notice`]: what the OCPP side tells the uplink. [`power`]: the
 //!   site power limit shared among running sessions (the fairness rule) and the numbers
-//!   each charger's profile carries.
+//!   each charger's profile carries. [`reservation`]: reservations with a grace period:
+//!   when a connector is held, who may start on it, how it ends.
 //!
 //! Types: [`config`] (the TOML file, typed and validated), [`reading`] (a meter sample in
 //! the contract's units), [`time`] (timestamps, charger clock checks), [`password`]
@@ -62,6 +63,7 @@ pub mod password;
 pub mod pki;
 pub mod power;
 pub mod reading;
+pub mod reservation;
 pub mod session;
 pub mod sim;
 pub mod status;

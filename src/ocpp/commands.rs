@@ -218,6 +218,26 @@ pub enum Command {
         /// The profile's id.
         id: i32,
     },
+    /// ReserveNow (both versions): holds a connector (2.0.1: an EVSE) for a reservation,
+    /// under tokens the agent controls, never the driver's OTP (CONTRACT §6).
+    ReserveNow {
+        /// `reservationId` (2.0.1 `id`).
+        reservation_id: i32,
+        /// Connector (2.0.1: EVSE).
+        connector_id: u32,
+        /// When the charger drops it (start + grace).
+        expires_at: chrono::DateTime<chrono::Utc>,
+        /// The reservation's own token (1.6 `idTag`; 2.0.1 `idToken`, type `Central`).
+        tag: String,
+        /// The group its driver's authorization names (1.6 `parentIdTag`; 2.0.1
+        /// `groupIdToken`, type `Central`): the agent answers the order's OTP with it.
+        parent: String,
+    },
+    /// CancelReservation (both versions).
+    CancelReservation {
+        /// `reservationId`.
+        reservation_id: i32,
+    },
 }
 
 /// What a charging profile is for.
@@ -341,6 +361,8 @@ impl Command {
             Command::SendLocalList { .. } => "SendLocalList",
             Command::SetChargingProfile { .. } => "SetChargingProfile",
             Command::ClearChargingProfile { .. } => "ClearChargingProfile",
+            Command::ReserveNow { .. } => "ReserveNow",
+            Command::CancelReservation { .. } => "CancelReservation",
             Command::GetConfiguration { .. }
             | Command::ChangeConfiguration { .. }
             | Command::GetVariables { .. }
@@ -561,6 +583,22 @@ fn v16_payload(command: &Command) -> Result<Value, CommandError> {
             Ok(serde_json::json!({"connectorId": connector_id, "csChargingProfiles": p}))
         }
         Command::ClearChargingProfile { id } => Ok(serde_json::json!({"id": id})),
+        Command::ReserveNow {
+            reservation_id,
+            connector_id,
+            expires_at,
+            tag,
+            parent,
+        } => Ok(serde_json::json!({
+            "connectorId": connector_id,
+            "expiryDate": crate::time::fmt_ts(*expires_at),
+            "idTag": tag,
+            "parentIdTag": parent,
+            "reservationId": reservation_id,
+        })),
+        Command::CancelReservation { reservation_id } => {
+            Ok(serde_json::json!({"reservationId": reservation_id}))
+        }
         // `request` only asks for a version's payload of an action that version has.
         Command::GetVariables { .. }
         | Command::SetVariables { .. }
@@ -876,6 +914,23 @@ fn v201_payload(command: &Command) -> Result<Value, CommandError> {
             Ok(serde_json::json!({"evseId": connector_id, "chargingProfile": p}))
         }
         Command::ClearChargingProfile { id } => Ok(serde_json::json!({"chargingProfileId": id})),
+        Command::ReserveNow {
+            reservation_id,
+            connector_id,
+            expires_at,
+            tag,
+            parent,
+        } => Ok(serde_json::json!({
+            "id": reservation_id,
+            "expiryDateTime": crate::time::fmt_ts(*expires_at),
+            "idToken": {"idToken": bounded("idToken", tag, limits::ID_TOKEN)?, "type": "Central"},
+            "groupIdToken": {"idToken": bounded("groupIdToken", parent, limits::ID_TOKEN)?,
+                             "type": "Central"},
+            "evseId": connector_id,
+        })),
+        Command::CancelReservation { reservation_id } => {
+            Ok(serde_json::json!({"reservationId": reservation_id}))
+        }
         // `request` only asks for a version's payload of an action that version has.
         Command::GetConfiguration { .. } | Command::ChangeConfiguration { .. } => {
             bad("not an OCPP 2.0.1 operation")
@@ -918,6 +973,8 @@ fn check_v16(action: &str, answer: &Value) -> Result<(), CommandError> {
         "SendLocalList" => shape::<call_result::SendLocalList>(answer),
         "SetChargingProfile" => shape::<call_result::SetChargingProfile>(answer),
         "ClearChargingProfile" => shape::<call_result::ClearChargingProfile>(answer),
+        "ReserveNow" => shape::<call_result::ReserveNow>(answer),
+        "CancelReservation" => shape::<call_result::CancelReservation>(answer),
         other => Err(CommandError::BadResponse(format!(
             "no 1.6 response shape for {other}"
         ))),
@@ -953,6 +1010,8 @@ fn check_v201(action: &str, answer: &Value) -> Result<(), CommandError> {
         "ClearChargingProfile" => {
             shape::<clear_charging_profile::ClearChargingProfileResponse>(answer)
         }
+        "ReserveNow" => shape::<reserve_now::ReserveNowResponse>(answer),
+        "CancelReservation" => shape::<cancel_reservation::CancelReservationResponse>(answer),
         other => Err(CommandError::BadResponse(format!(
             "no 2.0.1 response shape for {other}"
         ))),
@@ -1102,6 +1161,30 @@ mod tests {
             &json!({"status": "Maybe"})
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_reservation_is_a_valid_reserve_now_in_both_versions_under_agent_tokens() {
+        let r = Command::ReserveNow {
+            reservation_id: 7,
+            connector_id: 1,
+            expires_at: chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            tag: "RV0123456789ABCDEF".into(),
+            parent: "RG0123456789ABCDEF".into(),
+        };
+        let v16 = request(&r, Version::V16).unwrap();
+        assert_eq!(v16.action, "ReserveNow");
+        assert_eq!(v16.payload["reservationId"], 7);
+        assert_eq!(v16.payload["parentIdTag"], "RG0123456789ABCDEF");
+        let two = v201(&r);
+        assert!(violations("ReserveNowRequest", &two.payload).is_empty());
+        assert_eq!(two.payload["idToken"]["type"], "Central");
+        assert_eq!(two.payload["groupIdToken"]["idToken"], "RG0123456789ABCDEF");
+        let c = Command::CancelReservation { reservation_id: 7 };
+        assert!(request(&c, Version::V16).is_ok());
+        assert!(violations("CancelReservationRequest", &v201(&c).payload).is_empty());
+        assert!(check_answer("ReserveNow", Version::V16, &json!({"status": "Occupied"})).is_ok());
+        assert!(check_answer("ReserveNow", Version::V201, &json!({"status": "Occupied"})).is_ok());
     }
 
     fn refused(command: &Command, version: Version) -> String {

@@ -47,6 +47,8 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The site power limit's driver (sessions starting and stopping, readings).
     pub power: super::smart::Power,
+    /// The reservation driver (chargers connecting).
+    pub reservations: super::reserve::Reservations,
 }
 
 impl Context {
@@ -205,7 +207,12 @@ async fn answer(
                     received,
                 )
                 .await?;
-            json!({"idTagInfo": {"status": decision.result.ocpp_status()}})
+            let mut info = json!({"status": decision.result.ocpp_status()});
+            if let Some(parent) = reserved_group(ctx, &decision).await {
+                // the order's reservation: the charger lets its driver in by this
+                info["parentIdTag"] = json!(parent);
+            }
+            json!({ "idTagInfo": info })
         }
         Request::StartTransaction {
             connector_id,
@@ -342,6 +349,23 @@ async fn answer(
             json!({})
         }
     })
+}
+
+/// The group token of the reservation an accepted order holds now, if any: the charger
+/// holds the connector under it, and lets the driver whose authorization names it start
+/// (1.6 `parentIdTag`, 2.0.1 `groupIdToken`).
+pub(crate) async fn reserved_group(ctx: &Context, d: &auth::AuthDecision) -> Option<String> {
+    let order_id = d
+        .order_id
+        .clone()
+        .filter(|_| d.result == auth::AuthResult::Accepted)?;
+    match ctx.store.reservation_of_order(order_id, now()).await {
+        Ok(r) => r.map(|r| auth::reservation_tokens(&ctx.secret, r.id).1),
+        Err(e) => {
+            tracing::error!("cannot look up the order's reservation: {e}");
+            None
+        }
+    }
 }
 
 /// SignCertificate, both versions: a CSR that names the charger as its profile-3

@@ -10,6 +10,7 @@
 //! - [`registry`]: the connected chargers and outbound CALLs to them.
 //! - [`commands`]: typed outbound commands (RemoteStart/Stop, Reset, …) over the registry.
 //! - [`local_list`]: the SendLocalList CALLs that put fleet cards on a charger (pure).
+//! - [`reserve`]: the reservation driver: ReserveNow and CancelReservation when due.
 //! - [`server`]: the WebSocket listener and per-connection driver.
 //! - [`smart`]: the site power limit's driver: charging profiles for every charger's share.
 //! - [`v201`]: OCPP 2.0.1 requests and answers, beside 1.6.
@@ -24,6 +25,7 @@ pub mod local_list;
 pub mod messages;
 pub mod meter;
 pub mod registry;
+pub mod reserve;
 pub mod rpc;
 pub mod server;
 pub mod smart;

@@ -642,6 +642,7 @@ impl Server {
         self.ctx
             .power
             .changed(super::smart::Reason::ChargerReconnected, Some(&cp_id));
+        self.ctx.reservations.connected(&cp_id);
         if version == Version::V201 {
             // A reconnect may follow transactions that ended while it was away. Listed
             // before the charger's first message is read, so only the transactions open

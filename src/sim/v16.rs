@@ -135,6 +135,10 @@ pub fn answer(action: &str, payload: &Value, view: &View) -> Answer {
                 None => Answer::reply(Ok(json!({"status": "Rejected"}))),
             }
         }
+        // a connector in use cannot be reserved
+        "ReserveNow" => Answer::reply(Ok(json!({"status":
+            if view.transaction_id.is_some() { "Occupied" } else { "Accepted" }}))),
+        "CancelReservation" => Answer::reply(accepted()),
         "ClearChargingProfile" => match payload["id"].as_i64() {
             Some(id) => Answer {
                 reply: accepted(),

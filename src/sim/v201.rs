@@ -419,6 +419,12 @@ pub fn answer(action: &str, payload: &Value, view: &View, model: &mut DeviceMode
                 None => Answer::reply(status("Rejected")),
             }
         }
+        "ReserveNow" => Answer::reply(status(if running.is_some() {
+            "Occupied"
+        } else {
+            "Accepted"
+        })),
+        "CancelReservation" => Answer::reply(status("Accepted")),
         "ClearChargingProfile" => match payload["chargingProfileId"].as_i64() {
             Some(id) => Answer {
                 reply: status("Accepted"),

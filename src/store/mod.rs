@@ -13,6 +13,7 @@ mod device;
 mod orders;
 mod outbox;
 mod power;
+mod reservations;
 pub mod schema;
 mod sessions;
 mod status;
@@ -38,6 +39,7 @@ pub use orders::{
 };
 pub use outbox::{ConnectorRow, Intake, OpenTransaction, OutboxStatus, SessionRef};
 pub use power::RunningSession;
+pub use reservations::NewReservation;
 pub use sessions::{MeterIn, MeterOutcome, StartTx, Started, StopOutcome, StopTx};
 pub use transactions::{TxEventIn, TxEventOutcome};
 
@@ -729,6 +731,93 @@ impl Store {
     /// As [`Store::probe`].
     pub async fn status_rows(&self) -> Result<crate::status::view::StoreRows, StoreError> {
         self.call(false, |c, _| status::rows(c)).await
+    }
+
+    /// `reservation.upsert`: the stored reservation, or why the rules refuse it.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn upsert_reservation(
+        &self,
+        n: NewReservation,
+        now: DateTime<Utc>,
+    ) -> Result<Result<crate::reservation::Reservation, crate::reservation::UpsertError>, StoreError>
+    {
+        self.call(false, move |c, _| reservations::upsert(c, &n, now))
+            .await
+    }
+
+    /// `reservation.cancel`: the reservation released, or `None` when the order has no
+    /// live one.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn cancel_reservation(
+        &self,
+        order_id: String,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::reservation::Reservation>, StoreError> {
+        self.call(false, move |c, _| reservations::cancel(c, &order_id, now))
+            .await
+    }
+
+    /// Every reservation not yet released.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn live_reservations(
+        &self,
+    ) -> Result<Vec<crate::reservation::Reservation>, StoreError> {
+        self.call(false, |c, _| reservations::live(c)).await
+    }
+
+    /// The charger accepted ReserveNow; true when this made it `held` (and reported it).
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn reservation_held(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.call(false, move |c, _| reservations::held(c, id, now))
+            .await
+    }
+
+    /// The charger refused ReserveNow with `status`.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn reservation_refused(
+        &self,
+        id: i64,
+        status: String,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::reservation::Reservation>, StoreError> {
+        self.call(false, move |c, _| reservations::refused(c, id, status, now))
+            .await
+    }
+
+    /// The grace is over: released as a no-show, when it was due and live.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn reservation_expired(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::reservation::Reservation>, StoreError> {
+        self.call(false, move |c, _| reservations::expire(c, id, now))
+            .await
+    }
+
+    /// The reservation of `order_id` holding its connector now, if any.
+    ///
+    /// # Errors
+    /// As [`Store::probe`].
+    pub async fn reservation_of_order(
+        &self,
+        order_id: String,
+        now: DateTime<Utc>,
+    ) -> Result<Option<crate::reservation::Reservation>, StoreError> {
+        self.call(false, move |c, _| reservations::of_order(c, &order_id, now))
+            .await
     }
 
     /// Every accepted session still running (the site power limit is shared among them).

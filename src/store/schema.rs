@@ -314,6 +314,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE chargers ADD COLUMN local_list_version INTEGER;
     "#,
+    // 10: reservations with a grace period (`reservation.upsert`): the connector is the
+    // order's from `start_ms` until `expires_ms` (start + grace); `stage` scheduled until
+    // the charger accepts ReserveNow, held, then released for `reason`.
+    r#"
+    CREATE TABLE reservations (
+        reservation_id  INTEGER PRIMARY KEY,
+        order_id        TEXT NOT NULL UNIQUE,
+        cp_id           TEXT NOT NULL,
+        connector_id    INTEGER NOT NULL,
+        start_ms        INTEGER NOT NULL,
+        end_ms          INTEGER,
+        expires_ms      INTEGER NOT NULL,
+        stage           TEXT NOT NULL CHECK (stage IN ('scheduled', 'held', 'released')),
+        reason          TEXT,
+        updated_at      TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX reservations_live ON reservations (cp_id, connector_id)
+        WHERE stage != 'released';
+    "#,
 ];
 
 /// The schema version this build writes.

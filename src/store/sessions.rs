@@ -170,8 +170,17 @@ pub(super) fn start(c: &Connection, ctx: &Ctx, s: StartTx) -> Result<Started, St
         consume: true,
         now: s.received,
     };
-    let auth = orders::decide(c, ctx, &attempt)?;
+    // A connector reserved for another order takes no one else.
+    let reserved =
+        super::reservations::admission(c, ctx, &s.cp_id, s.connector_id, &s.presented, s.received)?;
+    let auth = match &reserved {
+        Some((_, false)) => super::reservations::refused_decision(&s.presented),
+        _ => orders::decide(c, ctx, &attempt)?,
+    };
     orders::report(c, ctx, &attempt, &auth)?;
+    if let (Some((r, true)), AuthResult::Accepted) = (&reserved, auth.result) {
+        super::reservations::release(c, r, crate::reservation::Release::Used, None, s.received)?;
+    }
     let terms = orders::terms_of(c, &auth)?;
     let previous_register_wh: Option<i64> = c
         .prepare_cached(

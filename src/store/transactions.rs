@@ -535,8 +535,16 @@ fn authorize(
         consume,
         now: e.received,
     };
-    let d = orders::decide(c, ctx, &attempt)?;
+    let reserved =
+        super::reservations::admission(c, ctx, &e.cp_id, evse_id, presented, e.received)?;
+    let d = match &reserved {
+        Some((_, false)) => super::reservations::refused_decision(presented),
+        _ => orders::decide(c, ctx, &attempt)?,
+    };
     orders::report(c, ctx, &attempt, &d)?;
+    if let (Some((r, true)), true, AuthResult::Accepted) = (&reserved, consume, d.result) {
+        super::reservations::release(c, r, crate::reservation::Release::Used, None, e.received)?;
+    }
     Ok(d)
 }
 

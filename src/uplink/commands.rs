@@ -18,7 +18,9 @@ use crate::billing::{self, Budget, Tariff};
 use crate::ocpp::binding;
 use crate::ocpp::commands::{self as ocpp_cmd, Command, CommandError, TransactionRef};
 use crate::ocpp::registry::{CallFailure, Registry};
-use crate::store::{NewAuthorization, NewTag, OfflineOrders, Store, StoreError, Terms};
+use crate::store::{
+    NewAuthorization, NewReservation, NewTag, OfflineOrders, Store, StoreError, Terms,
+};
 use crate::time::now;
 
 /// A parsed command.
@@ -60,6 +62,13 @@ pub enum Cmd {
     TagsRemove(Uids),
     /// `offline_orders.configure` (the key in memory only until it is sealed).
     OfflineOrdersConfigure(Box<OfflineOrders>),
+    /// `reservation.upsert`.
+    ReservationUpsert(NewReservation),
+    /// `reservation.cancel`.
+    ReservationCancel {
+        /// Order.
+        order_id: String,
+    },
     /// `site.power_limit`.
     SitePowerLimit {
         /// The lower limit, W (0: back to the cap).
@@ -582,6 +591,24 @@ fn parse_body(
         Some("offline_orders.configure") => {
             Ok(Cmd::OfflineOrdersConfigure(Box::new(offline_orders(o)?)))
         }
+        Some("reservation.upsert") => Ok(Cmd::ReservationUpsert(NewReservation {
+            order_id: string(o, "order_id")?,
+            cp_id: string(o, "cp_id")?,
+            connector_id: connector(o)?
+                .ok_or_else(|| CmdError::new("bad_request", "`connector_id` is required"))?,
+            start: time(o, "start")?
+                .ok_or_else(|| CmdError::new("bad_request", "`start` is required"))?,
+            end: time(o, "end")?,
+            grace_minutes: o
+                .get("grace_minutes")
+                .map_or(Some(0), Value::as_i64)
+                .ok_or_else(|| {
+                    CmdError::new("bad_request", "`grace_minutes` must be an integer")
+                })?,
+        })),
+        Some("reservation.cancel") => Ok(Cmd::ReservationCancel {
+            order_id: string(o, "order_id")?,
+        }),
         Some("site.power_limit") => {
             let kw = o
                 .get("max_power_kw")
@@ -645,6 +672,8 @@ pub struct Executor {
     pub binding: super::Binding,
     /// The site power limit's driver.
     pub power: crate::ocpp::smart::Power,
+    /// The reservation driver.
+    pub reservations: crate::ocpp::reserve::Reservations,
 }
 
 /// Asks the driver to resend retained events from `from` to `to`.
@@ -739,6 +768,38 @@ impl Executor {
                 session_id,
                 order_id,
             } => self.session_stop(session_id, order_id).await,
+            Cmd::ReservationUpsert(n) => {
+                let order_id = n.order_id.clone();
+                match self.store.upsert_reservation(n, now()).await {
+                    Ok(Ok(r)) => {
+                        self.reservations.changed(r.id);
+                        Ok(json!({"order_id": order_id, "reservation_id": r.id,
+                                  "expires_at": crate::time::fmt_ts(r.expires_at)}))
+                    }
+                    Ok(Err(e)) => Err(CmdError::new(
+                        match e {
+                            crate::reservation::UpsertError::Bad(_) => "bad_request",
+                            _ => "conflict",
+                        },
+                        e.to_string(),
+                    )),
+                    Err(e) => Err(internal("cannot store the reservation", e)),
+                }
+            }
+            Cmd::ReservationCancel { order_id } => {
+                match self.store.cancel_reservation(order_id.clone(), now()).await {
+                    Ok(Some(r)) => {
+                        let id = r.id;
+                        self.reservations.cancelled(r);
+                        Ok(json!({"order_id": order_id, "reservation_id": id}))
+                    }
+                    Ok(None) => Err(CmdError::new(
+                        "not_found",
+                        format!("order {order_id} has no live reservation"),
+                    )),
+                    Err(e) => Err(internal("cannot cancel the reservation", e)),
+                }
+            }
             Cmd::SitePowerLimit { max_w, until } => {
                 use crate::ocpp::smart::SetLimitError;
                 match self.power.set_limit(max_w, until).await {
@@ -812,7 +873,20 @@ impl Executor {
         cp_id: String,
         connector_id: u32,
     ) -> Result<Value, CmdError> {
-        let tag = remote_tag()?;
+        // On the order's reserved connector the charger holds it under the reservation's
+        // own token: the remote start presents that one.
+        let reserved = match self
+            .store
+            .reservation_of_order(order_id.clone(), now())
+            .await
+        {
+            Ok(r) => r.filter(|r| r.cp_id == cp_id && r.connector_id == connector_id),
+            Err(e) => return Err(internal("cannot look up the order's reservation", e)),
+        };
+        let tag = match reserved {
+            Some(r) => auth::reservation_tokens(&self.secret, r.id).0,
+            None => remote_tag()?,
+        };
         let started = self
             .store
             .remote_start(

@@ -107,6 +107,8 @@ pub struct Parts {
     pub binding: Binding,
     /// The site power limit's driver (`site.power_limit`).
     pub power: crate::ocpp::smart::Power,
+    /// The reservation driver (`reservation.*`).
+    pub reservations: crate::ocpp::reserve::Reservations,
 }
 
 /// Per charger, the CN its certificate carries (`cert_cn`, else its id), and the O
@@ -158,6 +160,7 @@ pub async fn run(parts: Parts, shutdown: CancellationToken) -> Result<(), Uplink
             call_timeout: parts.call_timeout,
             binding: parts.binding,
             power: parts.power,
+            reservations: parts.reservations,
         }),
         results_tx,
         replay_tx,

@@ -123,7 +123,11 @@ pub async fn answer(ctx: &Context, cp_id: &str, request: Request) -> Result<Valu
                     received,
                 )
                 .await?;
-            json!({"idTokenInfo": token_info(decision.result, &id_token)})
+            let mut info = token_info(decision.result, &id_token);
+            if let Some(group) = crate::ocpp::handler::reserved_group(ctx, &decision).await {
+                info["groupIdToken"] = json!({"idToken": group, "type": "Central"});
+            }
+            json!({ "idTokenInfo": info })
         }
         Request::TransactionEvent(event) => transaction_event(ctx, cp_id, event).await?,
         Request::SignCertificate {
