@@ -377,6 +377,22 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.auth.free_vend != new.auth.free_vend {
         changed.push("auth");
     }
+    if old.site_max_power_w != new.site_max_power_w {
+        changed.push("site.max_power_kw");
+    }
+    let power = |c: &Config| -> Vec<(String, u32, u8)> {
+        let mut v: Vec<_> = c
+            .ocpp
+            .chargers
+            .iter()
+            .map(|(id, e)| (id.clone(), e.max_power_w, e.phases))
+            .collect();
+        v.sort();
+        v
+    };
+    if power(old) != power(new) {
+        changed.push("ocpp.chargers max_power_kw / phases (the site power allocator)");
+    }
     changed
 }
 

@@ -1140,6 +1140,41 @@ mod tests {
     }
 
     #[test]
+    fn the_site_power_limit_and_each_chargers_power_are_kilowatts_checked_by_key() {
+        let c = parse("[site]\nid='s'\n").unwrap();
+        assert_eq!(c.site_max_power_w, None);
+        let c = parse(
+            "[site]\nid='s'\nmax_power_kw = 50.5\n[ocpp]\n[[ocpp.chargers]]\nid='A'\n\
+             [[ocpp.chargers]]\nid='B'\nmax_power_kw = 7.4\nphases = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.site_max_power_w, Some(50_500));
+        assert_eq!(
+            (c.ocpp.chargers["A"].max_power_w, c.ocpp.chargers["A"].phases),
+            (DEFAULT_CONNECTOR_POWER_W, 3)
+        );
+        assert_eq!(
+            (c.ocpp.chargers["B"].max_power_w, c.ocpp.chargers["B"].phases),
+            (7_400, 1)
+        );
+        for (text, key) in [
+            ("[site]\nid='s'\nmax_power_kw = -1\n", "site.max_power_kw"),
+            ("[site]\nid='s'\nmax_power_kw = nan\n", "site.max_power_kw"),
+            (
+                "[site]\nid='s'\n[[ocpp.chargers]]\nid='A'\nmax_power_kw = 0\n",
+                "max_power_kw",
+            ),
+            (
+                "[site]\nid='s'\n[[ocpp.chargers]]\nid='A'\nphases = 2\n",
+                "phases",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn uplink_defaults_follow_the_contract() {
         let c = parse("[site]\nid='s'\n[uplink]\nurl='mqtt://127.0.0.1:1883'\n").unwrap();
         let u = c.uplink.unwrap();

@@ -6,10 +6,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::mqtt::{Bpp, Broker};
-use common::{eventually, ts, Agent, Charger};
+use common::{eventually, ts, Agent, Cp};
 use serde_json::{json, Value};
 
 const ROOT: &str = "chargesite/v1/site-001";
@@ -60,107 +58,6 @@ async fn reserve(bpp: &Bpp, order: &str, cp: &str, start_secs: i64, grace_minute
     )
     .await;
     bpp.wait_result(&id, 10).await
-}
-
-/// A charger on the wire that answers the agent's CALLs: ReserveNow with `reserve_status`,
-/// CancelReservation Accepted, GetLocalListVersion with no list, the rest NotImplemented;
-/// it keeps every CALL it got.
-struct Cp {
-    c: Charger,
-    v201: bool,
-    reserve_status: &'static str,
-    got: Vec<(String, Value)>,
-    next: u64,
-}
-
-impl Cp {
-    async fn connect(agent: &Agent, id: &str, v201: bool) -> Cp {
-        let c = if v201 {
-            Charger::connect_v201(&agent.url(id)).await
-        } else {
-            Charger::connect(&agent.url(id)).await
-        };
-        let mut cp = Cp {
-            c,
-            v201,
-            reserve_status: "Accepted",
-            got: Vec::new(),
-            next: 0,
-        };
-        let boot = if v201 {
-            json!({"reason": "PowerUp", "chargingStation": {"model": "T2", "vendorName": "TestVendor"}})
-        } else {
-            json!({"chargePointVendor": "TestVendor", "chargePointModel": "T1"})
-        };
-        cp.ok("BootNotification", boot).await;
-        cp
-    }
-
-    async fn answer(&mut self, frame: &Value) {
-        let action = frame[2].as_str().unwrap().to_string();
-        self.got.push((action.clone(), frame[3].clone()));
-        let reply = match action.as_str() {
-            "ReserveNow" => json!([3, frame[1], {"status": self.reserve_status}]),
-            "CancelReservation" | "RemoteStartTransaction" | "RequestStartTransaction" => {
-                json!([3, frame[1], {"status": "Accepted"}])
-            }
-            "GetLocalListVersion" if self.v201 => json!([3, frame[1], {"versionNumber": 0}]),
-            "GetLocalListVersion" => json!([3, frame[1], {"listVersion": 0}]),
-            _ => json!([4, frame[1], "NotImplemented", "", {}]),
-        };
-        self.c.send_text(&reply.to_string()).await;
-    }
-
-    /// Sends a CALL, answering the agent's CALLs until its CALLRESULT comes.
-    async fn ok(&mut self, action: &str, payload: Value) -> Value {
-        self.next += 1;
-        let id = format!("t{}", self.next);
-        self.c
-            .send_text(&json!([2, id, action, payload]).to_string())
-            .await;
-        loop {
-            let f = self.c.recv().await;
-            if f[0] == 2 {
-                self.answer(&f).await;
-                continue;
-            }
-            assert_eq!(f[1], json!(id), "{f}");
-            assert_eq!(f[0], 3, "{action} got {f}");
-            return f[2].clone();
-        }
-    }
-
-    /// Waits (answering) for the agent's CALL `action`; its payload.
-    async fn wait_for(&mut self, action: &str, secs: u64) -> Value {
-        if let Some((_, p)) = self.got.iter().find(|(a, _)| a == action) {
-            return p.clone();
-        }
-        let until = tokio::time::Instant::now() + Duration::from_secs(secs);
-        while tokio::time::Instant::now() < until {
-            let Some(f) = self.c.try_recv(Duration::from_millis(200)).await else {
-                continue;
-            };
-            if f[0] == 2 {
-                self.answer(&f).await;
-                if f[2] == action {
-                    return f[3].clone();
-                }
-            }
-        }
-        panic!("no {action} within {secs} s; got {:?}", self.got);
-    }
-
-    /// Lets the agent's CALLs be answered for `secs`.
-    async fn idle(&mut self, secs: u64) {
-        let until = tokio::time::Instant::now() + Duration::from_secs(secs);
-        while tokio::time::Instant::now() < until {
-            if let Some(f) = self.c.try_recv(Duration::from_millis(100)).await {
-                if f[0] == 2 {
-                    self.answer(&f).await;
-                }
-            }
-        }
-    }
 }
 
 fn released(agent: &Agent, order: &str) -> Option<Value> {
@@ -321,7 +218,8 @@ async fn a_cancelled_2_0_1_reservation_is_released_with_its_fee_and_cancelled_at
 async fn an_occupied_charger_refuses_the_reservation_and_the_bpp_hears_at_once() {
     let (_broker, bpp, agent) = site().await;
     let mut cp = Cp::connect(&agent, "RSV4", false).await;
-    cp.reserve_status = "Occupied";
+    cp.answers
+        .insert("ReserveNow", json!({"status": "Occupied"}));
     order(&bpp, "o-busy", "482913", "RSV4").await;
     reserve(&bpp, "o-busy", "RSV4", 0, 15).await;
     cp.wait_for("ReserveNow", 10).await;

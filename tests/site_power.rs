@@ -279,3 +279,67 @@ async fn a_charger_that_reconnects_gets_its_profiles_back_and_a_limit_above_the_
         "the reconnected charger got its fail-safe back: {installed}\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charger_that_refuses_its_profile_is_counted_at_its_maximum_and_the_others_make_room() {
+    let broker = Broker::start();
+    let bpp = Bpp::connect(&broker, ROOT).await;
+    let agent = site(&broker, 30);
+    bpp.wait_agent_online().await;
+    // a 1.6 charger that takes amperes but refuses every charging profile
+    let mut rogue = common::Cp::connect(&agent, "ROGUE1", false).await;
+    rogue.answers.insert(
+        "GetConfiguration",
+        json!({"configurationKey": [{"key": "ChargingScheduleAllowedChargingRateUnit",
+            "readonly": true, "value": "Current"}]}),
+    );
+    rogue
+        .answers
+        .insert("SetChargingProfile", json!({"status": "Rejected"}));
+    let tx = rogue
+        .ok(
+            "StartTransaction",
+            json!({"connectorId": 1, "idTag": "RFID1", "meterStart": 0, "timestamp": common::ts(0)}),
+        )
+        .await["transactionId"]
+        .clone();
+    rogue.idle(1).await;
+    // a simulated one that obeys shares the 8 kW the rogue leaves
+    let obeying = tokio::spawn(chargesite::sim::run(charger(
+        &agent,
+        "OBEY",
+        Fleet::V201,
+        Duration::from_secs(8),
+    )));
+    let db = agent.db();
+    let mut last = HashMap::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while !obeying.is_finished() && Instant::now() < until {
+        rogue.idle(1).await;
+        rogue
+            .ok(
+                "MeterValues",
+                json!({"connectorId": 1, "transactionId": tx, "meterValue": [
+                    {"timestamp": common::ts(1), "sampledValue": [
+                        {"value": "22000", "measurand": "Power.Active.Import", "unit": "W"}]}]}),
+            )
+            .await;
+        let p = running_power(&db);
+        if p.get("OBEY0001").is_some_and(|w| *w > 0) {
+            last = p;
+        }
+    }
+    assert!(obeying.await.unwrap().errors.is_empty());
+    // 30 kW - 22 kW = 8,000 W, in watts on 2.0.1
+    assert_eq!(last.get("OBEY0001"), Some(&8_000), "{last:?}");
+    // site.power reports the rogue's share as assumed, at its maximum
+    let site_power = agent.events_of("site.power");
+    let rogue_share = site_power
+        .iter()
+        .flat_map(|e| e["allocations"].as_array().cloned().unwrap_or_default())
+        .find(|a| a["cp_id"] == "ROGUE1")
+        .expect("the rogue's share in site.power");
+    assert_eq!(rogue_share["assumed"], true, "{site_power:?}");
+    assert_eq!(rogue_share["limit_w"], 22_000);
+    assert!(agent.log().contains("charger refused"));
+}

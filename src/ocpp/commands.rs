@@ -28,7 +28,7 @@ use super::registry::{CallFailure, Registry};
 use super::v201::schema;
 
 /// A transaction at a charger, named as that charger's OCPP version names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TransactionRef {
     /// 1.6: the integer id the central system gave in its StartTransaction answer.
     V16(i32),

@@ -220,6 +220,7 @@ pub fn spawn(parts: Parts, shutdown: CancellationToken) -> (Power, tokio::task::
         caps: HashMap::new(),
         asking: HashSet::new(),
         refused: HashMap::new(),
+        refused_tx: HashSet::new(),
         defaults: HashMap::new(),
         sent: HashMap::new(),
         drawn: HashMap::new(),
@@ -247,8 +248,11 @@ struct Driver {
     caps: HashMap<String, Caps>,
     /// Chargers whose capabilities are being read.
     asking: HashSet<String>,
-    /// Chargers that refused a profile, and what they said.
+    /// Chargers that refused their fail-safe profile, and what they said.
     refused: HashMap<String, String>,
+    /// Sessions whose charger refused their TxProfile (one refusal, say for a
+    /// transaction that just ended, condemns that session only).
+    refused_tx: HashSet<(Key, TransactionRef)>,
     /// The fail-safe rate each charger accepted.
     defaults: HashMap<String, f64>,
     sent: HashMap<Key, TxSent>,
@@ -371,6 +375,7 @@ impl Driver {
     fn forget(&mut self, cp_id: &str) {
         self.caps.remove(cp_id);
         self.refused.remove(cp_id);
+        self.refused_tx.retain(|((cp, _), _)| cp != cp_id);
         self.defaults.remove(cp_id);
         self.sent.retain(|(cp, _), _| cp != cp_id);
     }
@@ -431,16 +436,13 @@ impl Driver {
             }
         }
         let connectors = self.site_connectors(&connected, &running).await;
-        self.sent.retain(|k, _| {
-            running
-                .iter()
-                .any(|r| (r.cp_id.as_str(), r.connector_id) == (k.0.as_str(), k.1))
-        });
         let runs = |k: &Key| {
             running
                 .iter()
                 .any(|r| (r.cp_id.as_str(), r.connector_id) == (k.0.as_str(), k.1))
         };
+        self.sent.retain(|k, _| runs(k));
+        self.refused_tx.retain(|(k, _)| runs(k));
         self.granted.retain(|k, _| runs(k));
         self.drawn.retain(|k, _| runs(k));
         self.caps_used.retain(|k, _| runs(k));
@@ -448,7 +450,7 @@ impl Driver {
         // a refusal changes the demands: at most one more round
         for _ in 0..2 {
             let (demands, shares) = self.shares(limit_w, &running, &connected, connectors);
-            let refused_before = self.refused.len();
+            let refused_before = self.refused.len() + self.refused_tx.len();
             self.send_defaults(limit_w, connectors, &connected).await;
             let safe = |phases| power::safe_share_w(limit_w, connectors, phases);
             self.send_shares(&running, &demands, &shares, &connected, &safe, at)
@@ -460,7 +462,7 @@ impl Driver {
                 self.caps_used
                     .insert(key, power::cap(d.phases, d.max_w, d.drawn, d.granted));
             }
-            if self.refused.len() == refused_before {
+            if self.refused.len() + self.refused_tx.len() == refused_before {
                 self.publish(Some(limit_w), &shares, reason, at).await;
                 return;
             }
@@ -511,10 +513,25 @@ impl Driver {
             })
     }
 
-    fn obeys(&self, cp_id: &str, connected: &HashMap<String, Version>) -> bool {
-        connected.contains_key(cp_id)
-            && self.caps.contains_key(cp_id)
-            && !self.refused.contains_key(cp_id)
+    fn obeys(&self, r: &RunningSession, connected: &HashMap<String, Version>) -> bool {
+        let Some(version) = connected.get(&r.cp_id) else {
+            return false;
+        };
+        let key = (r.cp_id.clone(), r.connector_id);
+        self.caps.contains_key(&r.cp_id)
+            && !self.refused.contains_key(&r.cp_id)
+            && tx_of(r, *version).is_some_and(|t| !self.refused_tx.contains(&(key, t)))
+    }
+
+    /// Whether the session's share is not followed because its TxProfile was refused.
+    fn session_refused(&self, r: &RunningSession, connected: &HashMap<String, Version>) -> bool {
+        connected
+            .get(&r.cp_id)
+            .and_then(|v| tx_of(r, *v))
+            .is_some_and(|t| {
+                self.refused_tx
+                    .contains(&((r.cp_id.clone(), r.connector_id), t))
+            })
     }
 
     fn shares(
@@ -529,14 +546,18 @@ impl Driver {
             .map(|r| {
                 let key = (r.cp_id.clone(), r.connector_id);
                 let (max_w, phases) = self.entry(&r.cp_id);
-                let obeys = self.obeys(&r.cp_id, connected);
+                let obeys = self.obeys(r, connected);
                 let granted = self.granted.get(&key).copied();
                 // A charger out of reach may still draw its last share (its TxProfile
                 // lasts minutes) and then its fail-safe; one that refused, or that has
                 // not yet said what it takes, may draw its all.
                 let out_of_reach = !connected.contains_key(&r.cp_id);
                 let max_w = match granted {
-                    Some(g) if out_of_reach && !self.refused.contains_key(&r.cp_id) => {
+                    Some(g)
+                        if out_of_reach
+                            && !self.refused.contains_key(&r.cp_id)
+                            && !self.session_refused(r, connected) =>
+                    {
                         g.w.max(power::safe_share_w(limit_w, connectors, phases))
                             .min(max_w)
                     }
@@ -643,12 +664,8 @@ impl Driver {
                 continue;
             };
             let key = (r.cp_id.clone(), r.connector_id);
-            let transaction = match version {
-                Version::V16 => TransactionRef::V16(r.transaction_id),
-                Version::V201 => match &r.charger_tx_id {
-                    Some(id) => TransactionRef::V201(id.clone()),
-                    None => continue,
-                },
+            let Some(transaction) = tx_of(r, *version) else {
+                continue;
             };
             let rate = power::rate(s.limit_w, d.phases, caps.unit);
             let previous = self.sent.get(&key).filter(|t| t.transaction == transaction);
@@ -709,7 +726,11 @@ impl Driver {
                             },
                         );
                     }
-                    Answered::Refused(why) => self.refuse(&key.0, "its session's TxProfile", why),
+                    Answered::Refused(why) => {
+                        tracing::warn!(cp_id = %key.0, connector_id = key.1, %transaction,
+                            "charger refused the session's TxProfile ({why}): the session is counted at its maximum power and the others are reduced to keep the site limit");
+                        self.refused_tx.insert((key, transaction));
+                    }
                     Answered::NoAnswer(why) => {
                         tracing::debug!(cp_id = %key.0, connector_id = key.1, "share not delivered: {why}")
                     }
@@ -807,6 +828,14 @@ impl Driver {
             Ok(()) => self.published = Some(now_published),
             Err(e) => tracing::error!("cannot record site.power: {e}"),
         }
+    }
+}
+
+/// A running session's transaction as its charger's version names it.
+fn tx_of(r: &RunningSession, version: Version) -> Option<TransactionRef> {
+    match version {
+        Version::V16 => Some(TransactionRef::V16(r.transaction_id)),
+        Version::V201 => r.charger_tx_id.clone().map(TransactionRef::V201),
     }
 }
 

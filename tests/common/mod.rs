@@ -405,3 +405,120 @@ pub async fn status_addr(agent: &Agent) -> std::net::SocketAddr {
     );
     found.unwrap()
 }
+
+/// A booted charger on the wire that answers the agent's CALLs as `answers` says (action
+/// -> CALLRESULT payload; by default ReserveNow, CancelReservation, the remote starts and
+/// SetChargingProfile Accepted, GetLocalListVersion without a list, the rest
+/// NotImplemented), and keeps every CALL it got.
+pub struct Cp {
+    pub c: Charger,
+    pub v201: bool,
+    pub answers: std::collections::HashMap<&'static str, Value>,
+    pub got: Vec<(String, Value)>,
+    next: u64,
+}
+
+impl Cp {
+    pub async fn connect(agent: &Agent, id: &str, v201: bool) -> Cp {
+        let c = if v201 {
+            Charger::connect_v201(&agent.url(id)).await
+        } else {
+            Charger::connect(&agent.url(id)).await
+        };
+        let accepted = json!({"status": "Accepted"});
+        let mut answers = std::collections::HashMap::new();
+        for a in [
+            "ReserveNow",
+            "CancelReservation",
+            "RemoteStartTransaction",
+            "RequestStartTransaction",
+            "SetChargingProfile",
+            "ClearChargingProfile",
+        ] {
+            answers.insert(a, accepted.clone());
+        }
+        answers.insert(
+            "GetLocalListVersion",
+            if v201 {
+                json!({"versionNumber": 0})
+            } else {
+                json!({"listVersion": 0})
+            },
+        );
+        let mut cp = Cp {
+            c,
+            v201,
+            answers,
+            got: Vec::new(),
+            next: 0,
+        };
+        let boot = if v201 {
+            json!({"reason": "PowerUp", "chargingStation": {"model": "T2", "vendorName": "TestVendor"}})
+        } else {
+            json!({"chargePointVendor": "TestVendor", "chargePointModel": "T1"})
+        };
+        cp.ok("BootNotification", boot).await;
+        cp
+    }
+
+    async fn answer(&mut self, frame: &Value) {
+        let action = frame[2].as_str().unwrap_or_default().to_string();
+        self.got.push((action.clone(), frame[3].clone()));
+        let reply = match self.answers.get(action.as_str()) {
+            Some(p) => json!([3, frame[1], p]),
+            None => json!([4, frame[1], "NotImplemented", "", {}]),
+        };
+        self.c.send_text(&reply.to_string()).await;
+    }
+
+    /// Sends a CALL, answering the agent's CALLs until its CALLRESULT comes.
+    pub async fn ok(&mut self, action: &str, payload: Value) -> Value {
+        self.next += 1;
+        let id = format!("t{}", self.next);
+        self.c
+            .send_text(&json!([2, id, action, payload]).to_string())
+            .await;
+        loop {
+            let f = self.c.recv().await;
+            if f[0] == 2 {
+                self.answer(&f).await;
+                continue;
+            }
+            assert_eq!(f[1], json!(id), "{f}");
+            assert_eq!(f[0], 3, "{action} got {f}");
+            return f[2].clone();
+        }
+    }
+
+    /// Waits (answering) for the agent's CALL `action`; its payload.
+    pub async fn wait_for(&mut self, action: &str, secs: u64) -> Value {
+        if let Some((_, p)) = self.got.iter().find(|(a, _)| a == action) {
+            return p.clone();
+        }
+        let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while tokio::time::Instant::now() < until {
+            let Some(f) = self.c.try_recv(Duration::from_millis(200)).await else {
+                continue;
+            };
+            if f[0] == 2 {
+                self.answer(&f).await;
+                if f[2] == action {
+                    return f[3].clone();
+                }
+            }
+        }
+        panic!("no {action} within {secs} s; got {:?}", self.got);
+    }
+
+    /// Lets the agent's CALLs be answered for `secs`.
+    pub async fn idle(&mut self, secs: u64) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while tokio::time::Instant::now() < until {
+            if let Some(f) = self.c.try_recv(Duration::from_millis(100)).await {
+                if f[0] == 2 {
+                    self.answer(&f).await;
+                }
+            }
+        }
+    }
+}
