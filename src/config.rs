@@ -1150,11 +1150,17 @@ mod tests {
         .unwrap();
         assert_eq!(c.site_max_power_w, Some(50_500));
         assert_eq!(
-            (c.ocpp.chargers["A"].max_power_w, c.ocpp.chargers["A"].phases),
+            (
+                c.ocpp.chargers["A"].max_power_w,
+                c.ocpp.chargers["A"].phases
+            ),
             (DEFAULT_CONNECTOR_POWER_W, 3)
         );
         assert_eq!(
-            (c.ocpp.chargers["B"].max_power_w, c.ocpp.chargers["B"].phases),
+            (
+                c.ocpp.chargers["B"].max_power_w,
+                c.ocpp.chargers["B"].phases
+            ),
             (7_400, 1)
         );
         for (text, key) in [

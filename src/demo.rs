@@ -50,6 +50,9 @@ const OFFLINE_KEY: &[u8; 32] = b"demo-key-never-use-on-a-real-bpp";
 ///
 /// # Errors
 /// A description of what failed to start.
+/// The demo site's grid connection: less than its chargers could draw together.
+const SITE_LIMIT_KW: u32 = 60;
+
 pub async fn run() -> Result<bool, String> {
     let t0 = Instant::now();
     let say = move |who: &str, what: &str| {
@@ -84,7 +87,7 @@ pub async fn run() -> Result<bool, String> {
 
     let bpp = Bpp::connect(broker_addr).await?;
     let config = crate::config::parse(&format!(
-        "[site]\nid = \"{SITE}\"\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n\
+        "[site]\nid = \"{SITE}\"\nmax_power_kw = {SITE_LIMIT_KW}\n[ocpp]\nlisten = \"127.0.0.1:0\"\nallow_unknown_chargers = true\n\
          [store]\npath = \"{}\"\n[uplink]\nurl = \"mqtt://{}\"\nkeepalive_secs = 2\nlive_interval_secs = 2\n",
         dir.join("chargesite.db").display(),
         relay.addr
@@ -111,6 +114,12 @@ pub async fn run() -> Result<bool, String> {
     );
     bpp.wait_online(Duration::from_secs(10)).await?;
     say("bpp", "sees the agent online (retained state)");
+    say(
+        "agent",
+        &format!(
+            "site limit {SITE_LIMIT_KW} kW: the running sessions share it (charging profiles)"
+        ),
+    );
 
     // three orders, as a BPP would provision them after Beckn confirm
     let tariff = json!({"currency": "INR", "energy_minor_per_kwh": 1800, "service_fee_minor": 1000,
@@ -172,6 +181,22 @@ pub async fn run() -> Result<bool, String> {
         "bpp",
         &format!(
             "offline_orders.configure: a shared key, 6-digit codes, lookahead 10 -> ok:{}",
+            r["ok"]
+        ),
+    );
+
+    // order-C booked DEMO0003: the connector is held for it, with a 10-minute grace
+    bpp.command(
+        json!({"id": "reserve-C", "type": "reservation.upsert", "order_id": "order-C",
+        "cp_id": "DEMO0003", "connector_id": 1, "start": crate::time::now().to_rfc3339(),
+        "grace_minutes": 10}),
+    )
+    .await;
+    let r = bpp.result("reserve-C", Duration::from_secs(10)).await?;
+    say(
+        "bpp",
+        &format!(
+            "reservation.upsert order-C at DEMO0003, grace 10 min -> ok:{}",
             r["ok"]
         ),
     );
@@ -710,6 +735,39 @@ impl Bpp {
                     e["order_id"].as_str().unwrap_or("(no order)"),
                     e["energy_wh"],
                     e["reason"].as_str().unwrap_or("")
+                ),
+                "site.power" => {
+                    let shares: Vec<String> = e["allocations"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| {
+                            format!(
+                                "{} {:.1} kW",
+                                a["cp_id"].as_str().unwrap_or(""),
+                                a["limit_w"].as_f64().unwrap_or(0.0) / 1000.0
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "{:.0} kW shared ({}): {}",
+                        e["max_power_w"].as_f64().unwrap_or(0.0) / 1000.0,
+                        e["reason"].as_str().unwrap_or(""),
+                        if shares.is_empty() {
+                            "no session".to_string()
+                        } else {
+                            shares.join(", ")
+                        }
+                    )
+                }
+                "reservation.held" | "reservation.released" => format!(
+                    "{} {} {}",
+                    e["cp_id"].as_str().unwrap_or(""),
+                    e["order_id"].as_str().unwrap_or(""),
+                    e["reason"].as_str().map_or_else(
+                        || format!("until {}", e["expires_at"].as_str().unwrap_or("")),
+                        str::to_string
+                    )
                 ),
                 "charger.connected" => format!(
                     "{} OCPP {}",

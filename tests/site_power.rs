@@ -194,6 +194,10 @@ async fn a_50_kw_site_shares_its_power_fairly_among_five_22_kw_chargers_and_obey
         }
     }
     assert!(checked > 100, "only {checked} readings were checked");
+    println!(
+        "site power rig: peak {peak} W on a 50,000 W site, longest over the limit {longest:?}, \
+         {checked} readings at their fair share (within 2 %) 2.5 s after a change"
+    );
 
     // site.power tells the BPP the allocation in force, for each cause
     let site_power = agent.events_of("site.power");
