@@ -8,7 +8,10 @@
 # Each suite runs once per version, each run with its own agent (temp dir, listen
 # 127.0.0.1:0), which is stopped with SIGTERM afterwards and must exit 0. The 1.6 agents
 # run free vend without an uplink; the 2.0.1 agents run `free_vend = false` with an uplink
-# to a local mosquitto, through which the suites (playing the BPP) provision OTPs.
+# to a local mosquitto, through which the suites (playing the BPP) provision OTPs. None
+# has a site power limit: the site power tests (SetChargingProfile) of python, python201,
+# node and node201 start agents of their own with `[site] max_power_kw`, from the
+# CHARGESITE_BIN each suite is given (the binary built here).
 # python_tls and node_tls run over wss:// (security profiles 2 and 3), 1.6 and 2.0.1 alike,
 # each on a site interop/tls/make_site.sh makes with the agent's CLI (hash-password, tls
 # init, tls issue, check-config): free vend, `tls_listen = "127.0.0.1:0"` beside `listen`.
@@ -305,7 +308,8 @@ suite_python() {
 suite_python201() {
     pytest_tests python201 interop/python/test_v201.py \
         CHARGESITE201_WS_URL="${agent_url}" CHARGESITE201_DB="${agent_db}" \
-        CHARGESITE201_MQTT="127.0.0.1:${broker_port}" CHARGESITE201_SITE="${agent_site}"
+        CHARGESITE201_MQTT="127.0.0.1:${broker_port}" CHARGESITE201_SITE="${agent_site}" \
+        CHARGESITE_BIN="${agent_bin}"
 }
 
 suite_python_tls() {
@@ -322,7 +326,7 @@ node_tests() {
         CHARGESITE201_WS_URL="${agent_url}" CHARGESITE201_DB="${agent_db}" \
         CHARGESITE201_MQTT="127.0.0.1:${broker_port:-0}" CHARGESITE201_SITE="${agent_site}" \
         CHARGESITE_TLS_SITE="${agent_site_json:-}" CHARGESITE_TLS_WSS_URL="${agent_tls_url:-}" \
-        CHARGESITE_TLS_WS_URL="${agent_url}" \
+        CHARGESITE_TLS_WS_URL="${agent_url}" CHARGESITE_BIN="${agent_bin}" \
         node --test --test-reporter=spec --test-reporter-destination=stdout \
         --test-reporter=tap --test-reporter-destination="${tap}" "$2" </dev/null)
     rc=$?

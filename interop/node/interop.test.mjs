@@ -8,13 +8,14 @@
 // Without them the suite starts its own agent (CHARGESITE_BIN, default
 // <repo>/target/debug/chargesite) and stops it with SIGTERM, expecting exit 0.
 //
-// Reverse direction (the agent sending CALLs to the charger) is not covered: the agent
-// only sends CALLs when its uplink asks.
+// Reverse direction (the agent sending CALLs to the charger): the site power limit tests at
+// the end, against an agent of their own with `[site] max_power_kw` (GetConfiguration,
+// SetChargingProfile validated by strict mode before the handler runs).
 
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, rmSync, openSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, rmSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -395,4 +396,306 @@ describe('chargesite OCPP 1.6J driven by ocpp-rpc', () => {
       });
     }
   });
+});
+
+// ------------------------------------------------------------------- site power limit
+//
+// Against an agent of its own with `[site] max_power_kw = 11` (never the shared one: every
+// charger on a limited site is sent CALLs, and every open session takes a share): the agent
+// reads ChargingScheduleAllowedChargingRateUnit and ChargeProfileMaxStackLevel
+// (GetConfiguration), installs a fail-safe TxDefaultProfile on connector 0, and gives each
+// running transaction its share as a TxProfile. Strict mode validates each of those CALLs
+// against the official SetChargingProfile.json (ocpp-rpc's `multipleOf` allows for
+// floating point) before the handler runs, and answers a CALLERROR instead when one is
+// invalid; the control proves it.
+
+const SITE_MAX_POWER_KW = 11; // below the 22 kW a connector is assumed to take
+const SITE_MAX_POWER_W = SITE_MAX_POWER_KW * 1000;
+const NOMINAL_V = 230; // the agent's voltage for a limit in amperes (src/power.rs)
+const MIN_CURRENT_A = 6; // IEC 61851-1: below it a session is paused
+const SMART_KEYS = ['ChargingScheduleAllowedChargingRateUnit', 'ChargeProfileMaxStackLevel'];
+/** `w` as a per-phase current at 230 V, rounded down to 0.1 A (in tenths, to compare exactly). */
+const tenthsOfAmps = (w, phases = 3) => Math.floor((w * 10) / (NOMINAL_V * phases));
+const tenths = (a) => Math.round(a * 10);
+
+async function startPowerAgent() {
+  const bin = process.env.CHARGESITE_BIN ?? join(REPO, 'target', 'debug', 'chargesite');
+  const tmp = mkdtempSync(join(tmpdir(), 'interop-nodepower-'));
+  const db = join(tmp, 'cs.db');
+  const cfg = join(tmp, 'chargesite.toml');
+  writeFileSync(
+    cfg,
+    `[site]\nid = "site-nodepower"\nmax_power_kw = ${SITE_MAX_POWER_KW}\n` +
+      `[ocpp]\nlisten = "127.0.0.1:0"\nallow_unknown_chargers = true\n` +
+      `[auth]\nfree_vend = true\n[store]\npath = "${db}"\n` +
+      // no status page: nothing else of the agent's on a TCP port
+      `[status]\nlisten = ""\n`,
+  );
+  const proc = spawn(bin, ['run', '--config', cfg], { stdio: ['ignore', 'pipe', openSync(join(tmp, 'agent.log'), 'w')] });
+  const lines = createInterface({ input: proc.stdout });
+  const port = await new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`agent did not start; see ${tmp}/agent.log`)), 30_000);
+    lines.on('line', (l) => {
+      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(l);
+      if (m) {
+        clearTimeout(timer);
+        res(Number(m[1]));
+      }
+    });
+    proc.once('exit', (c) => rej(new Error(`agent exited ${c}; see ${tmp}/agent.log`)));
+  });
+  return { proc, tmp, db, wsUrl: `ws://127.0.0.1:${port}/ocpp` };
+}
+
+/** Runs `fn`; when it fails, the power agent's log tail is added to the error. */
+async function withAgentLog(a, fn) {
+  try {
+    await fn();
+  } catch (e) {
+    const log = readFileSync(join(a.tmp, 'agent.log'), 'utf8').split('\n').slice(-40).join('\n');
+    e.message = `${e.message}\nagent log (tail):\n${log}`;
+    throw e;
+  }
+}
+
+async function stopPowerAgent(a) {
+  if (!a) return;
+  const exited = once(a.proc, 'exit');
+  a.proc.kill('SIGTERM');
+  const [code] = await exited;
+  rmSync(a.tmp, { recursive: true, force: true });
+  assert.equal(code, 0, `agent exited ${code} on SIGTERM`);
+}
+
+function powerEvents(db) {
+  const out = execFileSync('python3', ['-c', PY_EVENTS, db, JSON.stringify(['site.power'])], { encoding: 'utf8' });
+  return JSON.parse(out);
+}
+
+/** A strict 1.6 charger with smart charging: GetConfiguration says `units` and `stack`,
+ * every SetChargingProfile that passes strict mode reaches the handler and is accepted. */
+function smartCharger(endpoint, identity, { units = 'Current', stack = '3' } = {}) {
+  const cli = new RPCClient({ endpoint, identity, protocols: [PROTOCOL], strictMode: true, reconnect: false, callTimeoutMs: TIMEOUT_MS });
+  cli.wire = { in: [], out: [] };
+  cli.on('message', ({ message, outbound }) => (outbound ? cli.wire.out : cli.wire.in).push(String(message)));
+  cli.strictFailures = [];
+  cli.on('strictValidationFailure', (e) => cli.strictFailures.push(e));
+  cli.asked = [];
+  cli.profiles = new Map(); // message id -> params, as the handler got them
+  const have = { ChargingScheduleAllowedChargingRateUnit: units, ChargeProfileMaxStackLevel: stack };
+  cli.handle('GetConfiguration', ({ params }) => {
+    cli.asked.push(params.key);
+    const keys = params.key ?? Object.keys(have);
+    const unknownKey = keys.filter((k) => !(k in have));
+    return {
+      configurationKey: keys.filter((k) => k in have).map((key) => ({ key, readonly: true, value: have[key] })),
+      ...(unknownKey.length ? { unknownKey } : {}),
+    };
+  });
+  cli.handle('SetChargingProfile', ({ messageId, params }) => {
+    cli.profiles.set(messageId, params);
+    return { status: 'Accepted' };
+  });
+  cli.handle('ClearChargingProfile', () => ({ status: 'Accepted' }));
+  return cli;
+}
+
+const frames = (list) => list.map((m) => JSON.parse(m));
+/** The agent's CALLs of `action`, in order: [messageId, params]. */
+const agentCalls = (cli, action) => frames(cli.wire.in).filter((f) => f[0] === 2 && f[2] === action).map((f) => [f[1], f[3]]);
+/** The charger's answer to the agent's CALL `id`. */
+const ourAnswer = (cli, id) => frames(cli.wire.out).find((f) => (f[0] === 3 || f[0] === 4) && f[1] === id);
+/** The agent's SetChargingProfile CALLs of `purpose` the charger has answered. */
+const answeredProfiles = (cli, purpose, key = 'csChargingProfiles') =>
+  agentCalls(cli, 'SetChargingProfile').filter(([id, p]) => p[key]?.chargingProfilePurpose === purpose && ourAnswer(cli, id)).map(([, p]) => p);
+
+/** Waits for `pred()`; with `cli`, fails at once when strict mode refuses a CALL of the
+ * agent (saying why) or the charger answers one with a CALLERROR. */
+async function until(what, pred, cli = null, ms = TIMEOUT_MS) {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    const refused = cli ? frames(cli.wire.out).filter((f) => f[0] === 4) : [];
+    if (cli && (cli.strictFailures.length || refused.length)) {
+      const why = cli.strictFailures.map((f) => `${f.method} ${JSON.stringify(f.params)}: ${f.error?.message}`);
+      throw new Error(`waiting for ${what}: the agent's CALL was refused: ${JSON.stringify({ why, refused })}`);
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Every SetChargingProfile of the agent passed strict mode, reached the handler and was
+ * answered Accepted; no CALLERROR either way. */
+function assertEveryProfileValidatedAndAccepted(cli) {
+  const calls = agentCalls(cli, 'SetChargingProfile');
+  assert.ok(calls.length > 0, 'no SetChargingProfile from the agent');
+  for (const [id, p] of calls) {
+    assert.ok(cli.profiles.has(id), `SetChargingProfile ${JSON.stringify(p)} did not reach the handler: ${JSON.stringify(ourAnswer(cli, id))}`);
+    assert.deepEqual(ourAnswer(cli, id), [3, id, { status: 'Accepted' }]);
+  }
+  assert.deepEqual(cli.strictFailures.map((f) => f.error?.message), []);
+  const errors = [...frames(cli.wire.in), ...frames(cli.wire.out)].filter((f) => f[0] === 4);
+  assert.deepEqual(errors, [], 'CALLERROR on the wire');
+}
+
+const profileRequest = (schedule = {}) => ({
+  connectorId: 0,
+  csChargingProfiles: {
+    chargingProfileId: 9100, stackLevel: 0, chargingProfilePurpose: 'TxDefaultProfile', chargingProfileKind: 'Relative',
+    chargingSchedule: { chargingRateUnit: 'A', chargingSchedulePeriod: [{ startPeriod: 0, limit: 15.9, numberPhases: 3 }], ...schedule },
+  },
+});
+
+describe('site power limit: SetChargingProfile to an ocpp-rpc 1.6 charger (strict mode, own agent, max_power_kw = 11)', () => {
+  let power;
+  before(async () => {
+    power = await startPowerAgent();
+  });
+  after(async () => {
+    await stopPowerAgent(power);
+  });
+
+  describe('control: strict mode validates SetChargingProfile from a fake central system', () => {
+    const CASES = [
+      ['valid', profileRequest(), true],
+      ['limit not a multiple of 0.1', profileRequest({ chargingSchedulePeriod: [{ startPeriod: 0, limit: 15.85, numberPhases: 3 }] }), false],
+      ['unit kW', profileRequest({ chargingRateUnit: 'kW' }), false],
+      ['startSchedule not a date-time', profileRequest({ startSchedule: 'now' }), false],
+      ['no csChargingProfiles', { connectorId: 0 }, false],
+    ];
+    for (const [name, payload, valid] of CASES) {
+      test(`${name}: ${valid ? 'reaches the handler, Accepted' : 'CALLERROR, the handler never runs'}`, async () => {
+        const server = new RPCServer({ protocols: [PROTOCOL], strictMode: false });
+        const answer = new Promise((res) => {
+          server.on('client', (c) => {
+            c.on('message', ({ message, outbound }) => {
+              const f = JSON.parse(String(message));
+              if (!outbound && f[1] === 'ctl-1') res(f);
+            });
+            c.sendRaw(JSON.stringify([2, 'ctl-1', 'SetChargingProfile', payload]));
+          });
+        });
+        const http = await server.listen(0, '127.0.0.1');
+        const cli = smartCharger(`ws://127.0.0.1:${http.address().port}`, 'CONTROL');
+        try {
+          await cli.connect();
+          const frame = await answer;
+          if (valid) {
+            assert.deepEqual(frame, [3, 'ctl-1', { status: 'Accepted' }]);
+            assert.deepEqual([...cli.profiles.keys()], ['ctl-1']);
+          } else {
+            assert.equal(frame[0], 4, JSON.stringify(frame));
+            assert.equal(cli.profiles.size, 0);
+            assert.equal(cli.strictFailures.length, 1);
+            assert.equal(cli.strictFailures[0].method, 'SetChargingProfile');
+          }
+        } finally {
+          await cli.close({ force: true });
+          await server.close({ force: true });
+        }
+      });
+    }
+  });
+
+  test('GetConfiguration first, then a TxDefaultProfile and a TxProfile per transaction, in A, within the site limit', () => withAgentLog(power, async () => {
+    const siteTenths = tenthsOfAmps(SITE_MAX_POWER_W);
+    assert.equal(siteTenths, 159); // 15.9 A
+    const cli = smartCharger(power.wsUrl, newCpId('power'));
+    const began = Date.now();
+    const txProfiles = (tx) => answeredProfiles(cli, 'TxProfile').filter((p) => p.csChargingProfiles.transactionId === tx);
+    const status = (connectorId, s) => cli.call('StatusNotification', { connectorId, errorCode: 'NoError', status: s, timestamp: ts(new Date()) });
+    const start = async (connectorId, idTag) => {
+      const res = await cli.call('StartTransaction', { connectorId, idTag, meterStart: 0, timestamp: ts(new Date()) });
+      assert.equal(res.idTagInfo.status, 'Accepted');
+      await status(connectorId, 'Charging');
+      return res.transactionId;
+    };
+    let tx1;
+    let tx2;
+    let alone;
+    let shared;
+    await cli.connect();
+    try {
+      assert.equal((await cli.call('BootNotification', bootParams)).status, 'Accepted');
+      for (const c of [0, 1, 2]) await status(c, 'Available');
+      await until('the fail-safe TxDefaultProfile', () => answeredProfiles(cli, 'TxDefaultProfile').length > 0, cli);
+      tx1 = await start(1, 'NODEPOWER1');
+      await until(`a TxProfile for transaction ${tx1}`, () => txProfiles(tx1).length > 0, cli);
+      alone = txProfiles(tx1).at(-1);
+      await cli.call('MeterValues', {
+        connectorId: 1, transactionId: tx1,
+        meterValue: [{ timestamp: ts(new Date()), sampledValue: [{ value: '10900', measurand: 'Power.Active.Import', unit: 'W' }] }],
+      });
+      tx2 = await start(2, 'NODEPOWER2');
+      // reductions are sent (and answered) before increases: once the second's profile is
+      // answered, the first's lowered one has been too
+      await until(`a TxProfile for transaction ${tx2}`, () => txProfiles(tx2).length > 0, cli);
+      shared = [txProfiles(tx1).at(-1), txProfiles(tx2).at(-1)];
+      for (const tx of [tx1, tx2]) {
+        await cli.call('StopTransaction', { meterStop: 1000, timestamp: ts(new Date()), transactionId: tx });
+      }
+    } finally {
+      await cli.close({ code: 1000 });
+    }
+    const ended = Date.now();
+    assertEveryProfileValidatedAndAccepted(cli);
+
+    const asks = agentCalls(cli, 'GetConfiguration');
+    assert.ok(asks.length > 0);
+    for (const [, p] of asks) assert.deepEqual([...p.key].sort(), [...SMART_KEYS].sort());
+    const first = (action) => frames(cli.wire.in).findIndex((f) => f[0] === 2 && f[2] === action);
+    assert.ok(first('GetConfiguration') < first('SetChargingProfile'), 'asked what it takes before any profile');
+
+    const limitOf = (p) => p.csChargingProfiles.chargingSchedule.chargingSchedulePeriod[0].limit;
+    const calls = agentCalls(cli, 'SetChargingProfile').map(([, p]) => p);
+    for (const p of calls) {
+      const prof = p.csChargingProfiles;
+      assert.equal(prof.chargingSchedule.chargingRateUnit, 'A', `the charger takes Current only: ${JSON.stringify(p)}`);
+      assert.ok(prof.stackLevel >= 0 && prof.stackLevel <= 3, JSON.stringify(p));
+      const periods = prof.chargingSchedule.chargingSchedulePeriod;
+      assert.equal(periods[0].startPeriod, 0);
+      for (const period of periods) {
+        assert.ok(period.limit >= 0 && tenths(period.limit) <= siteTenths, `${period.limit} A is above the site limit: ${JSON.stringify(p)}`);
+      }
+    }
+    const defaults = calls.filter((p) => p.csChargingProfiles.chargingProfilePurpose === 'TxDefaultProfile');
+    assert.ok(defaults.length > 0);
+    for (const p of defaults) {
+      const prof = p.csChargingProfiles;
+      assert.equal(p.connectorId, 0);
+      assert.equal(prof.chargingProfileId, 9100);
+      assert.equal(prof.chargingProfileKind, 'Relative');
+      assert.equal(prof.transactionId, undefined);
+      assert.equal(prof.chargingSchedule.startSchedule, undefined);
+      // what each of the site's two connectors may draw at once without the gateway
+      assert.ok(tenths(limitOf(p)) * 2 <= siteTenths, JSON.stringify(p));
+    }
+    const txp = calls.filter((p) => p.csChargingProfiles.chargingProfilePurpose === 'TxProfile');
+    assert.deepEqual(new Set(txp.map((p) => p.csChargingProfiles.transactionId)), new Set([tx1, tx2]));
+    for (const p of txp) {
+      const prof = p.csChargingProfiles;
+      const connector = prof.transactionId === tx1 ? 1 : 2;
+      assert.equal(p.connectorId, connector);
+      assert.equal(prof.chargingProfileId, 9200 + connector);
+      assert.equal(prof.chargingProfileKind, 'Absolute');
+      const startAt = Date.parse(prof.chargingSchedule.startSchedule);
+      assert.ok(Number.isInteger(prof.chargingSchedule.duration) && prof.chargingSchedule.duration > 0);
+      assert.ok(startAt >= began - 5 * 60_000 && startAt <= ended && ended < startAt + prof.chargingSchedule.duration * 1000, JSON.stringify(p));
+      assert.ok(limitOf(p) >= MIN_CURRENT_A, `paused, with room for it: ${JSON.stringify(p)}`);
+    }
+    assert.equal(tenths(limitOf(alone)), siteTenths, `alone on the site: ${JSON.stringify(alone)}`);
+    assert.ok(tenths(limitOf(shared[0])) + tenths(limitOf(shared[1])) <= siteTenths, JSON.stringify(shared));
+
+    // the agent's own record of the shares agrees with what the charger was sent
+    const mine = powerEvents(power.db).filter((e) => e.allocations.some((a) => a.cp_id === cli.identity));
+    assert.ok(mine.length > 0);
+    for (const e of mine) {
+      assert.equal(e.max_power_w, SITE_MAX_POWER_W);
+      assert.ok(e.allocations.reduce((s, a) => s + a.limit_w, 0) <= SITE_MAX_POWER_W, JSON.stringify(e));
+      assert.ok(!e.allocations.some((a) => a.assumed), JSON.stringify(e));
+    }
+    const both = mine.filter((e) => e.allocations.length === 2).at(-1);
+    assert.ok(both, JSON.stringify(mine));
+    for (const a of both.allocations) assert.equal(tenthsOfAmps(a.limit_w), tenths(limitOf(shared[a.connector_id - 1])));
+  }));
 });

@@ -16,7 +16,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, rmSync, openSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, rmSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -797,4 +797,273 @@ describe('chargesite OCPP 2.0.1 driven by ocpp-rpc', () => {
       });
     }
   });
+});
+
+// ------------------------------------------------------------------- site power limit
+//
+// interop.test.mjs's site power test for 2.0.1, against an agent of its own with `[site]
+// max_power_kw = 11`, free vend, no uplink: the agent reads SmartChargingCtrlr.RateUnit and
+// .ProfileStackLevel (GetVariables), installs a fail-safe TxDefaultProfile on EVSE 0 and
+// gives the running transaction its share as a TxProfile with the station's transactionId.
+// Strict mode validates each of those CALLs against the official
+// SetChargingProfileRequest.json (date-time formats included) before the handler runs.
+
+const SITE_MAX_POWER_KW = 11; // below the 22 kW a connector is assumed to take
+const SITE_MAX_POWER_W = SITE_MAX_POWER_KW * 1000;
+const MIN_POWER_W = 6 * 230 * 3; // 6 A on three phases: below it a session is paused
+const SMART_VARIABLES = [['SmartChargingCtrlr', 'RateUnit'], ['SmartChargingCtrlr', 'ProfileStackLevel']];
+
+async function startPowerAgent() {
+  const bin = process.env.CHARGESITE_BIN ?? join(REPO, 'target', 'debug', 'chargesite');
+  const tmp = mkdtempSync(join(tmpdir(), 'interop-node201power-'));
+  const db = join(tmp, 'cs.db');
+  const cfg = join(tmp, 'chargesite.toml');
+  writeFileSync(
+    cfg,
+    `[site]\nid = "site-node201power"\nmax_power_kw = ${SITE_MAX_POWER_KW}\n` +
+      `[ocpp]\nlisten = "127.0.0.1:0"\nallow_unknown_chargers = true\n` +
+      `[auth]\nfree_vend = true\n[store]\npath = "${db}"\n` +
+      // no status page: nothing else of the agent's on a TCP port
+      `[status]\nlisten = ""\n`,
+  );
+  const proc = spawn(bin, ['run', '--config', cfg], { stdio: ['ignore', 'pipe', openSync(join(tmp, 'agent.log'), 'w')] });
+  const lines = createInterface({ input: proc.stdout });
+  const port = await new Promise((res, rej) => {
+    const timer = setTimeout(() => rej(new Error(`agent did not start; see ${tmp}/agent.log`)), 30_000);
+    lines.on('line', (l) => {
+      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(l);
+      if (m) {
+        clearTimeout(timer);
+        res(Number(m[1]));
+      }
+    });
+    proc.once('exit', (c) => rej(new Error(`agent exited ${c}; see ${tmp}/agent.log`)));
+  });
+  return { proc, tmp, db, wsUrl: `ws://127.0.0.1:${port}/ocpp` };
+}
+
+/** Runs `fn`; when it fails, the power agent's log tail is added to the error. */
+async function withAgentLog(a, fn) {
+  try {
+    await fn();
+  } catch (e) {
+    const log = readFileSync(join(a.tmp, 'agent.log'), 'utf8').split('\n').slice(-40).join('\n');
+    e.message = `${e.message}\nagent log (tail):\n${log}`;
+    throw e;
+  }
+}
+
+async function stopPowerAgent(a) {
+  if (!a) return;
+  const exited = once(a.proc, 'exit');
+  a.proc.kill('SIGTERM');
+  const [code] = await exited;
+  rmSync(a.tmp, { recursive: true, force: true });
+  assert.equal(code, 0, `agent exited ${code} on SIGTERM`);
+}
+
+function powerEvents(db) {
+  const out = execFileSync('python3', ['-c', PY_EVENTS, db, JSON.stringify(['site.power'])], { encoding: 'utf8' });
+  return JSON.parse(out);
+}
+
+/** A strict 2.0.1 station with smart charging: GetVariables says `rateUnit` and `stack` for
+ * SmartChargingCtrlr, every SetChargingProfile that passes strict mode reaches the handler
+ * and is accepted. */
+function smartStation(endpoint, identity, { rateUnit = 'A,W', stack = '3' } = {}) {
+  const cli = new RPCClient({ endpoint, identity, protocols: [PROTOCOL], strictMode: true, reconnect: false, callTimeoutMs: TIMEOUT_MS });
+  cli.wire = { in: [], out: [] };
+  cli.on('message', ({ message, outbound }) => (outbound ? cli.wire.out : cli.wire.in).push(String(message)));
+  cli.strictFailures = [];
+  cli.on('strictValidationFailure', (e) => cli.strictFailures.push(e));
+  cli.profiles = new Map();
+  const have = { 'SmartChargingCtrlr.RateUnit': rateUnit, 'SmartChargingCtrlr.ProfileStackLevel': stack };
+  cli.handle('GetVariables', ({ params }) => ({
+    getVariableResult: params.getVariableData.map(({ component, variable }) => {
+      const v = have[`${component.name}.${variable.name}`];
+      if (v !== undefined) return { attributeStatus: 'Accepted', attributeType: 'Actual', attributeValue: v, component, variable };
+      return { attributeStatus: component.name === 'SmartChargingCtrlr' ? 'UnknownVariable' : 'UnknownComponent', component, variable };
+    }),
+  }));
+  cli.handle('SetChargingProfile', ({ messageId, params }) => {
+    cli.profiles.set(messageId, params);
+    return { status: 'Accepted' };
+  });
+  cli.handle('ClearChargingProfile', () => ({ status: 'Accepted' }));
+  return cli;
+}
+
+const frames = (list) => list.map((m) => JSON.parse(m));
+const agentCalls = (cli, action) => frames(cli.wire.in).filter((f) => f[0] === 2 && f[2] === action).map((f) => [f[1], f[3]]);
+const ourAnswer = (cli, id) => frames(cli.wire.out).find((f) => (f[0] === 3 || f[0] === 4) && f[1] === id);
+const answeredProfiles = (cli, purpose) =>
+  agentCalls(cli, 'SetChargingProfile').filter(([id, p]) => p.chargingProfile?.chargingProfilePurpose === purpose && ourAnswer(cli, id)).map(([, p]) => p);
+
+/** Waits for `pred()`; with `cli`, fails at once when strict mode refuses a CALL of the
+ * agent (saying why) or the charger answers one with a CALLERROR. */
+async function until(what, pred, cli = null, ms = TIMEOUT_MS) {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    const refused = cli ? frames(cli.wire.out).filter((f) => f[0] === 4) : [];
+    if (cli && (cli.strictFailures.length || refused.length)) {
+      const why = cli.strictFailures.map((f) => `${f.method} ${JSON.stringify(f.params)}: ${f.error?.message}`);
+      throw new Error(`waiting for ${what}: the agent's CALL was refused: ${JSON.stringify({ why, refused })}`);
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const profileRequest201 = (schedule = {}, top = {}) => ({
+  evseId: 0,
+  chargingProfile: {
+    id: 9100, stackLevel: 0, chargingProfilePurpose: 'TxDefaultProfile', chargingProfileKind: 'Relative',
+    chargingSchedule: [{ id: 9100, chargingRateUnit: 'W', chargingSchedulePeriod: [{ startPeriod: 0, limit: 11000.0, numberPhases: 3 }], ...schedule }],
+  },
+  ...top,
+});
+
+describe('site power limit: SetChargingProfile to an ocpp-rpc 2.0.1 station (strict mode, own agent, max_power_kw = 11)', () => {
+  let power;
+  before(async () => {
+    power = await startPowerAgent();
+  });
+  after(async () => {
+    await stopPowerAgent(power);
+  });
+
+  describe('control: strict mode validates SetChargingProfile from a fake CSMS', () => {
+    const oneSixShaped = profileRequest201();
+    oneSixShaped.chargingProfile.chargingSchedule = oneSixShaped.chargingProfile.chargingSchedule[0];
+    const CASES = [
+      ['valid', profileRequest201(), true],
+      ['unit kW', profileRequest201({ chargingRateUnit: 'kW' }), false],
+      ['no period', profileRequest201({ chargingSchedulePeriod: [] }), false],
+      ['startSchedule not a date-time', profileRequest201({ startSchedule: 'now' }), false],
+      ['a 1.6-shaped schedule (an object, not an array)', oneSixShaped, false],
+      ['connectorId for evseId', { connectorId: 0, chargingProfile: profileRequest201().chargingProfile }, false],
+    ];
+    for (const [name, payload, valid] of CASES) {
+      test(`${name}: ${valid ? 'reaches the handler, Accepted' : 'CALLERROR, the handler never runs'}`, async () => {
+        const server = new RPCServer({ protocols: [PROTOCOL], strictMode: false });
+        const answer = new Promise((res) => {
+          server.on('client', (c) => {
+            c.on('message', ({ message, outbound }) => {
+              const f = JSON.parse(String(message));
+              if (!outbound && f[1] === 'ctl-1') res(f);
+            });
+            c.sendRaw(JSON.stringify([2, 'ctl-1', 'SetChargingProfile', payload]));
+          });
+        });
+        const http = await server.listen(0, '127.0.0.1');
+        const cli = smartStation(`ws://127.0.0.1:${http.address().port}`, 'CONTROL');
+        try {
+          await cli.connect();
+          const frame = await answer;
+          if (valid) {
+            assert.deepEqual(frame, [3, 'ctl-1', { status: 'Accepted' }]);
+            assert.deepEqual([...cli.profiles.keys()], ['ctl-1']);
+          } else {
+            assert.equal(frame[0], 4, JSON.stringify(frame));
+            assert.equal(cli.profiles.size, 0);
+            assert.equal(cli.strictFailures.length, 1);
+            assert.equal(cli.strictFailures[0].method, 'SetChargingProfile');
+          }
+        } finally {
+          await cli.close({ force: true });
+          await server.close({ force: true });
+        }
+      });
+    }
+  });
+
+  test('GetVariables first, then a TxDefaultProfile and a TxProfile with the station\'s transactionId, in W, within the site limit', () => withAgentLog(power, async () => {
+    const cli = smartStation(power.wsUrl, newCpId('power'));
+    const txId = `NODETX-${randomBytes(6).toString('hex')}`;
+    const began = Date.now();
+    const txProfiles = () => answeredProfiles(cli, 'TxProfile').filter((p) => p.chargingProfile.transactionId === txId);
+    await cli.connect();
+    try {
+      assert.equal((await cli.call('BootNotification', bootParams())).status, 'Accepted');
+      await cli.call('StatusNotification', { timestamp: ts(new Date()), connectorStatus: 'Available', evseId: 1, connectorId: 1 });
+      await until('the fail-safe TxDefaultProfile', () => answeredProfiles(cli, 'TxDefaultProfile').length > 0, cli);
+      const res = await cli.call('TransactionEvent', txEvent('Started', 0, new Date(), txId, 'Authorized', [register(0, 'Transaction.Begin')], {
+        info: { chargingState: 'Charging' }, evse: { id: 1, connectorId: 1 }, idToken: { idToken: '04A1B2C3D4E5F7', type: 'ISO14443' },
+      }));
+      assert.equal(res.idTokenInfo?.status, 'Accepted');
+      await until(`a TxProfile for transaction ${txId}`, () => txProfiles().length > 0, cli);
+      await cli.call('TransactionEvent', txEvent('Updated', 1, new Date(), txId, 'MeterValuePeriodic', [register(500), sv(7000, 'Power.Active.Import', 'W')]));
+      await cli.call('TransactionEvent', txEvent('Ended', 2, new Date(), txId, 'EVCommunicationLost', [register(1000, 'Transaction.End')], {
+        info: { stoppedReason: 'EVDisconnected' },
+      }));
+    } finally {
+      await cli.close({ code: 1000 });
+    }
+    const ended = Date.now();
+
+    // every SetChargingProfile passed strict mode, reached the handler, was accepted
+    const calls = agentCalls(cli, 'SetChargingProfile');
+    assert.ok(calls.length > 0, 'no SetChargingProfile from the agent');
+    for (const [id, p] of calls) {
+      assert.ok(cli.profiles.has(id), `SetChargingProfile ${JSON.stringify(p)} did not reach the handler: ${JSON.stringify(ourAnswer(cli, id))}`);
+      assert.deepEqual(ourAnswer(cli, id), [3, id, { status: 'Accepted' }]);
+    }
+    assert.deepEqual(cli.strictFailures.map((f) => f.error?.message), []);
+    assert.deepEqual([...callErrors(cli), ...frames(cli.wire.out).filter((f) => f[0] === 4)], [], 'CALLERROR on the wire');
+
+    const asks = agentCalls(cli, 'GetVariables');
+    assert.ok(asks.length > 0);
+    for (const [, p] of asks) {
+      assert.deepEqual(p.getVariableData.map((d) => [d.component.name, d.variable.name]).sort(), [...SMART_VARIABLES].sort());
+    }
+    const first = (action) => frames(cli.wire.in).findIndex((f) => f[0] === 2 && f[2] === action);
+    assert.ok(first('GetVariables') < first('SetChargingProfile'), 'asked what it takes before any profile');
+
+    const limitOf = (p) => p.chargingProfile.chargingSchedule[0].chargingSchedulePeriod[0].limit;
+    const profiles = calls.map(([, p]) => p);
+    for (const p of profiles) {
+      const prof = p.chargingProfile;
+      assert.ok(prof.stackLevel >= 0 && prof.stackLevel <= 3, JSON.stringify(p));
+      assert.equal(prof.chargingSchedule.length, 1);
+      const sched = prof.chargingSchedule[0];
+      assert.ok(Number.isInteger(sched.id));
+      assert.equal(sched.chargingRateUnit, 'W', `the station offers A and W: ${JSON.stringify(p)}`);
+      assert.equal(sched.chargingSchedulePeriod[0].startPeriod, 0);
+      for (const period of sched.chargingSchedulePeriod) {
+        assert.ok(period.limit >= 0 && period.limit <= SITE_MAX_POWER_W, `${period.limit} W is above the site limit: ${JSON.stringify(p)}`);
+      }
+    }
+    const defaults = profiles.filter((p) => p.chargingProfile.chargingProfilePurpose === 'TxDefaultProfile');
+    assert.ok(defaults.length > 0);
+    for (const p of defaults) {
+      assert.equal(p.evseId, 0);
+      assert.equal(p.chargingProfile.id, 9100);
+      assert.equal(p.chargingProfile.chargingProfileKind, 'Relative');
+      assert.equal(p.chargingProfile.transactionId, undefined);
+      assert.equal(p.chargingProfile.chargingSchedule[0].startSchedule, undefined);
+    }
+    const txp = profiles.filter((p) => p.chargingProfile.chargingProfilePurpose === 'TxProfile');
+    assert.ok(txp.length > 0 && txp.every((p) => p.chargingProfile.transactionId === txId), JSON.stringify(txp));
+    for (const p of txp) {
+      const sched = p.chargingProfile.chargingSchedule[0];
+      assert.equal(p.evseId, 1);
+      assert.equal(p.chargingProfile.id, 9201);
+      assert.equal(p.chargingProfile.chargingProfileKind, 'Absolute');
+      const startAt = Date.parse(sched.startSchedule);
+      assert.ok(Number.isInteger(sched.duration) && sched.duration > 0);
+      assert.ok(startAt >= began - 5 * 60_000 && startAt <= ended && ended < startAt + sched.duration * 1000, JSON.stringify(p));
+      assert.ok(limitOf(p) >= MIN_POWER_W, `paused, with room for it: ${JSON.stringify(p)}`);
+    }
+    assert.equal(limitOf(txp.at(-1)), SITE_MAX_POWER_W, `alone on the site: ${JSON.stringify(txp.at(-1))}`);
+
+    const mine = powerEvents(power.db).filter((e) => e.allocations.some((a) => a.cp_id === cli.identity));
+    assert.ok(mine.length > 0);
+    for (const e of mine) {
+      assert.equal(e.max_power_w, SITE_MAX_POWER_W);
+      assert.ok(e.allocations.reduce((s, a) => s + a.limit_w, 0) <= SITE_MAX_POWER_W, JSON.stringify(e));
+      assert.ok(!e.allocations.some((a) => a.assumed), JSON.stringify(e));
+    }
+    const last = mine.at(-1).allocations.find((a) => a.cp_id === cli.identity && a.connector_id === 1);
+    assert.equal(last?.limit_w, limitOf(txp.at(-1)));
+  }));
 });

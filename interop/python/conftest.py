@@ -17,6 +17,11 @@ Two agents, one per OCPP version under test, given by the environment (this is h
                                           its agent's wss://127.0.0.1:PORT/ocpp and
                                           ws://127.0.0.1:PORT/ocpp
 
+`power_agent` (the site power limit tests, SetChargingProfile on 1.6 and 2.0.1) always
+starts an agent of its own per test, with `[site] max_power_kw`, from CHARGESITE_BIN;
+`uplink_power_agent` (a limit lowered and lifted over MQTT, ClearChargingProfile) one
+without it but with an uplink to a mosquitto of its own.
+
 Without them, each fixture starts its own agent (test_tls.py: on a site it makes with
 interop/tls/make_site.sh first) from CHARGESITE_BIN (default:
 <repo>/target/debug/chargesite) on 127.0.0.1:0 in a temp dir (and, for 2.0.1, its own
@@ -88,13 +93,13 @@ def _start_broker(tmp):
     raise RuntimeError(f"mosquitto did not start; see {tmp}/mosquitto.log")
 
 
-def _start_own_agent(tmp, site="site-001", auth="free_vend = true", uplink=""):
+def _start_own_agent(tmp, site="site-001", auth="free_vend = true", uplink="", site_extra=""):
     binary = agent_bin()
     db = os.path.join(tmp, "cs.db")
     cfg = os.path.join(tmp, "chargesite.toml")
     with open(cfg, "w") as f:
         f.write(
-            f'[site]\nid = "{site}"\n'
+            f'[site]\nid = "{site}"\n{site_extra}'
             '[ocpp]\nlisten = "127.0.0.1:0"\nallow_unknown_chargers = true\n'
             f"[auth]\n{auth}\n"
             f'[store]\npath = "{db}"\n'
@@ -171,6 +176,71 @@ def agent201():
                 yield Agent(url, db, ("127.0.0.1", port), site)
             finally:
                 _stop(proc)
+        finally:
+            broker.terminate()
+            broker.wait(timeout=10)
+
+
+def _print_log_tail(tmp, lines=60):
+    """The tail of the agent's log, for pytest to show when the test failed."""
+    with open(os.path.join(tmp, "agent.log")) as f:
+        print("agent log (tail):\n" + "".join(f.readlines()[-lines:]))
+
+
+# The site power limit of the `power_agent` fixture's agents, kW (`[site] max_power_kw`).
+SITE_MAX_POWER_KW = 11
+
+
+@pytest.fixture
+def power_agent():
+    """An agent of the test's own with a site power limit (`[site] max_power_kw = 11`:
+    below the 22 kW a charger's connector is assumed to take, so the site is what bounds it),
+    free vend, no uplink, for one charger of either version: each charger it sees is
+    asked what it takes (1.6 GetConfiguration, 2.0.1 GetVariables) and sent
+    SetChargingProfile CALLs, and every running session on the site shares the limit.
+    So it is never the suites' shared agent (whose chargers mostly have no smart-charging
+    handlers, and whose open sessions would take the shares), and never one given by the
+    environment: always started here from CHARGESITE_BIN, stopped with SIGTERM (exit 0
+    checked) after the test."""
+    with tempfile.TemporaryDirectory(prefix="interop-pypower-") as tmp:
+        proc, url, db, cfg = _start_own_agent(
+            tmp, site="site-power", site_extra=f"max_power_kw = {SITE_MAX_POWER_KW}\n"
+        )
+        try:
+            a = Agent(url, db, config=cfg)
+            a.max_power_w = SITE_MAX_POWER_KW * 1000
+            a.log = os.path.join(tmp, "agent.log")
+            yield a
+        finally:
+            try:
+                _stop(proc)
+            finally:
+                _print_log_tail(tmp)
+
+
+@pytest.fixture
+def uplink_power_agent():
+    """An agent of the test's own with no `[site] max_power_kw` but an uplink to a
+    mosquitto of its own, free vend: the test, as the BPP, lowers the site limit with
+    `site.power_limit` (profiles are sent) and lifts it again with `max_power_kw` 0 (the
+    profiles the agent installed are cleared: ClearChargingProfile). Stopped with SIGTERM
+    (exit 0 checked) after the test."""
+    with tempfile.TemporaryDirectory(prefix="interop-pylift-") as tmp:
+        broker, port = _start_broker(tmp)
+        site = f"site-pylift-{uuid.uuid4().hex[:6]}"
+        try:
+            proc, url, db, _cfg = _start_own_agent(
+                tmp, site=site, uplink=f'[uplink]\nurl = "mqtt://127.0.0.1:{port}"\nkeepalive_secs = 5\n'
+            )
+            try:
+                a = Agent(url, db, ("127.0.0.1", port), site)
+                a.log = os.path.join(tmp, "agent.log")
+                yield a
+            finally:
+                try:
+                    _stop(proc)
+                finally:
+                    _print_log_tail(tmp)
         finally:
             broker.terminate()
             broker.wait(timeout=10)

@@ -13,13 +13,15 @@ OCPP 2.0.1 is driven by test_v201.py (against its own agent, fixture `agent201`)
 Reverse direction (the agent sending CALLs to the charger): the agent sends them when its
 uplink or its local API asks; `test_cli_test_session_against_a_remote_started_charger`
 drives it through `chargesite charger ... test-session` (needs CHARGESITE_CONFIG, see
-conftest.py).
+conftest.py); the site power limit tests at the end (GetConfiguration, SetChargingProfile)
+against an agent of their own with `[site] max_power_kw` (fixture `power_agent`).
 """
 
 import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import decimal
 import json
 import os
 import re
@@ -91,13 +93,13 @@ class Charger(ChargePoint):
 
 
 @contextlib.asynccontextmanager
-async def charger(agent, cp_id, **connect_kwargs):
+async def charger(agent, cp_id, charger_class=None, **connect_kwargs):
     """`connect_kwargs` go to `websockets` `connect` as they are (test_tls.py: `ssl`, and
-    `additional_headers` for Basic auth)."""
+    `additional_headers` for Basic auth); `charger_class` defaults to `Charger`."""
     async with connect(agent.url(cp_id), subprotocols=[OCPP16], open_timeout=TIMEOUT, **connect_kwargs) as ws:
         assert ws.subprotocol == OCPP16, f"agent negotiated {ws.subprotocol!r}"
         wire = Wire(ws)
-        cp = Charger(cp_id, wire, response_timeout=TIMEOUT)
+        cp = (charger_class or Charger)(cp_id, wire, response_timeout=TIMEOUT)
         reader = asyncio.create_task(cp.start())
         try:
             yield cp, wire
@@ -837,3 +839,319 @@ def test_cli_test_session_against_a_remote_started_charger(agent):
     assert started["auth_method"] == "remote" and started.get("order_id") is None, started
     stopped = events(agent.db, ["session.stopped"], started["session_id"])
     assert len(stopped) == 1 and stopped[0]["energy_wh"] > 0, stopped
+
+
+# --------------------------------------------------------------------------- site power limit
+#
+# Against an agent of the test's own with `[site] max_power_kw = 22` (fixture `power_agent`):
+# the agent reads what the charger takes (GetConfiguration
+# `ChargingScheduleAllowedChargingRateUnit`, `ChargeProfileMaxStackLevel`), installs a
+# fail-safe TxDefaultProfile on connector 0 and gives each running transaction its share
+# as a TxProfile, in the unit the charger advertised. The library validates each of those
+# CALLs against the official SetChargingProfile.json before the handler runs (its `limit`
+# and `minChargingRate` with `multipleOf: 0.1` compared as decimals, see README), and
+# answers a CALLERROR instead when one is invalid; the control below proves it does.
+
+SMART_KEYS = ["ChargingScheduleAllowedChargingRateUnit", "ChargeProfileMaxStackLevel"]
+NOMINAL_V = 230  # the agent's voltage for a limit in amperes (src/power.rs)
+MIN_CURRENT_A = 6  # IEC 61851-1: below it a session is paused
+
+
+def amps_of(watts, phases=3):
+    """`watts` as a per-phase current at 230 V, rounded down to 0.1 A."""
+    return decimal.Decimal(watts * 10 // (NOMINAL_V * phases)) / 10
+
+
+class SmartCharger(Charger):
+    """A 1.6 charge point with smart charging: it answers GetConfiguration with `UNITS`
+    and `MAX_STACK_LEVEL`, and accepts every SetChargingProfile and ClearChargingProfile
+    (recorded by unique id as the handler got it, i.e. after the library's schema
+    validation)."""
+
+    UNITS = "Current"
+    MAX_STACK_LEVEL = "3"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.asked = []  # the `key` list of each GetConfiguration
+        self.profiles = {}  # unique id -> SetChargingProfile / ClearChargingProfile request, validated
+
+    @on(enums.Action.get_configuration)
+    def on_get_configuration(self, key=None):
+        self.asked.append(key)
+        have = {"ChargingScheduleAllowedChargingRateUnit": self.UNITS, "ChargeProfileMaxStackLevel": self.MAX_STACK_LEVEL}
+        keys = list(have) if key is None else key
+        return call_result.GetConfiguration(
+            configuration_key=[dtypes.KeyValue(key=k, readonly=True, value=have[k]) for k in keys if k in have],
+            unknown_key=[k for k in keys if k not in have] or None,
+        )
+
+    @on(enums.Action.set_charging_profile)
+    def on_set_charging_profile(self, connector_id, cs_charging_profiles, call_unique_id):
+        self.profiles[call_unique_id] = {"connector_id": connector_id, **cs_charging_profiles}
+        return call_result.SetChargingProfile(status=enums.ChargingProfileStatus.accepted)
+
+    @on(enums.Action.clear_charging_profile)
+    def on_clear_charging_profile(self, call_unique_id, **kwargs):
+        self.profiles[call_unique_id] = kwargs
+        return call_result.ClearChargingProfile(status=enums.ClearChargingProfileStatus.accepted)
+
+
+def agent_calls(wire, action):
+    """The agent's CALLs of `action` as they came over the wire, in order: (unique id,
+    payload), numbers with a fraction as `Decimal` (so 31.8 is 31.8)."""
+    out = []
+    for raw in wire.received:
+        f = json.loads(raw, parse_float=decimal.Decimal)
+        if isinstance(f, list) and len(f) == 4 and f[0] == 2 and f[2] == action:
+            out.append((f[1], f[3]))
+    return out
+
+
+def our_answer(wire, unique_id):
+    """What the charger (the library) sent back to the agent's CALL `unique_id`, or None."""
+    for raw in wire.sent:
+        f = json.loads(raw)
+        if f[0] in (3, 4) and f[1] == unique_id:
+            return f
+    return None
+
+
+def profiles_on_wire(wire, purpose, key="csChargingProfiles"):
+    """The agent's SetChargingProfile CALLs of `purpose` the charger has answered."""
+    return [
+        (uid, p)
+        for uid, p in agent_calls(wire, "SetChargingProfile")
+        if p.get(key, {}).get("chargingProfilePurpose") == purpose and our_answer(wire, uid) is not None
+    ]
+
+
+def refusals(wire):
+    """The agent's CALLs the charger (the library) answered with a CALLERROR: (CALL, error)."""
+    out = []
+    for raw in wire.received:
+        f = json.loads(raw)
+        if isinstance(f, list) and len(f) == 4 and f[0] == 2:
+            answer = our_answer(wire, f[1])
+            if answer is not None and answer[0] == 4:
+                out.append((f, answer))
+    return out
+
+
+async def until(what, pred, secs=TIMEOUT, wire=None):
+    """Waits for `pred()`; with `wire`, fails at once when the charger refuses a CALL of
+    the agent (a schema-invalid one: the library's CALLERROR says why)."""
+    deadline = time.monotonic() + secs
+    while not pred():
+        if wire is not None and refusals(wire):
+            raise AssertionError(f"waiting for {what}: the charger refused the agent's CALL: {refusals(wire)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {secs} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def agent_log(agent):
+    with open(agent.log) as f:
+        return "agent log (tail):\n" + "".join(f.readlines()[-40:])
+
+
+def assert_every_profile_validated_and_accepted(cp, wire, action="SetChargingProfile"):
+    """Every such CALL of the agent reached the handler (so the library's schema check
+    passed) and was answered Accepted; nothing on the wire was a CALLERROR."""
+    calls = agent_calls(wire, action)
+    assert calls, f"no {action} from the agent"
+    for uid, payload in calls:
+        assert uid in cp.profiles, f"{action} {payload} did not reach the handler (schema-invalid?): {our_answer(wire, uid)}"
+        assert our_answer(wire, uid) == [3, uid, {"status": "Accepted"}], our_answer(wire, uid)
+    errors = [r for r in wire.received + wire.sent if json.loads(r)[0] == 4]
+    assert not errors, f"CALLERROR on the wire: {errors}"
+
+
+def test_site_power_limit_sends_schema_valid_profiles_in_amperes(power_agent):
+    """`[site] max_power_kw = 11` and a charger with two connectors that takes `Current`
+    only: it is asked what it takes, gets a fail-safe TxDefaultProfile (connector 0,
+    Relative) and, for each running transaction, a TxProfile naming it (Absolute, with
+    startSchedule and duration), all in amperes at no more than the stack level it
+    advertised, each validated by the library against the official schema and accepted.
+    Alone, a transaction gets the whole site (11 kW / (230 V x 3) = 15.9 A, below the
+    22 kW connector's 31.8 A: the site limit is what bounds it); with a second one running
+    the two TxProfiles in force add up to no more than that, neither below 6 A."""
+    cp_id = new_cp_id("power")
+    site_a = amps_of(power_agent.max_power_w)
+    assert site_a == decimal.Decimal("15.9")
+
+    def tx_profiles(wire, tx):
+        return [p for _, p in profiles_on_wire(wire, "TxProfile") if p["csChargingProfiles"].get("transactionId") == tx]
+
+    def status(connector_id, s, t):
+        return call.StatusNotification(
+            connector_id=connector_id, error_code=enums.ChargePointErrorCode.no_error, status=s, timestamp=ts(t)
+        )
+
+    async def start(cp, connector_id, tag):
+        t = dt.datetime.now(dt.timezone.utc)
+        res = await cp.call(
+            call.StartTransaction(connector_id=connector_id, id_tag=tag, meter_start=0, timestamp=ts(t)),
+            suppress=False,
+        )
+        assert res.id_tag_info["status"] == enums.AuthorizationStatus.accepted
+        await cp.call(status(connector_id, enums.ChargePointStatus.charging, t), suppress=False)
+        return res.transaction_id
+
+    began = dt.datetime.now(dt.timezone.utc)
+
+    async def go():
+        async with charger(power_agent, cp_id, SmartCharger) as (cp, wire):
+            res = await boot(cp)
+            assert res.status == enums.RegistrationStatus.accepted
+            for cid in (0, 1, 2):
+                await cp.call(status(cid, enums.ChargePointStatus.available, dt.datetime.now(dt.timezone.utc)), suppress=False)
+            await until("the fail-safe TxDefaultProfile", lambda: profiles_on_wire(wire, "TxDefaultProfile"), wire=wire)
+
+            tx1 = await start(cp, 1, "PYPOWER01")
+            await until(f"a TxProfile for transaction {tx1}", lambda: tx_profiles(wire, tx1), wire=wire)
+            alone = tx_profiles(wire, tx1)[-1]
+            mv = dtypes.MeterValue(
+                timestamp=ts(dt.datetime.now(dt.timezone.utc)),
+                sampled_value=[sv("500", M.energy_active_import_register, U.wh), sv("10900", M.power_active_import, U.w)],
+            )
+            await cp.call(call.MeterValues(connector_id=1, transaction_id=tx1, meter_value=[mv]), suppress=False)
+
+            tx2 = await start(cp, 2, "PYPOWER02")
+            # the agent lowers the first before it raises the second: once the second's
+            # profile is answered, the first's lowered one has been too
+            await until(f"a TxProfile for transaction {tx2}", lambda: tx_profiles(wire, tx2), wire=wire)
+            shared = (tx_profiles(wire, tx1)[-1], tx_profiles(wire, tx2)[-1])
+            t = dt.datetime.now(dt.timezone.utc)
+            for tx in (tx1, tx2):
+                await cp.call(call.StopTransaction(meter_stop=1000, timestamp=ts(t), transaction_id=tx), suppress=False)
+        return cp, wire, tx1, tx2, alone, shared
+
+    cp, wire, tx1, tx2, alone, shared = run(go())
+    ended = dt.datetime.now(dt.timezone.utc)
+    log = agent_log(power_agent)
+    assert_every_profile_validated_and_accepted(cp, wire)
+
+    # it was asked what it takes, before any profile
+    asks = agent_calls(wire, "GetConfiguration")
+    assert asks and all(sorted(p["key"]) == sorted(SMART_KEYS) for _, p in asks), asks
+    first_profile = next(i for i, r in enumerate(wire.received) if '"SetChargingProfile"' in r)
+    first_ask = next(i for i, r in enumerate(wire.received) if '"GetConfiguration"' in r)
+    assert first_ask < first_profile, wire.received
+
+    calls = [p for _, p in agent_calls(wire, "SetChargingProfile")]
+    for p in calls:
+        prof = p["csChargingProfiles"]
+        sched = prof["chargingSchedule"]
+        assert sched["chargingRateUnit"] == "A", f"the charger takes Current only: {p}"
+        assert 0 <= prof["stackLevel"] <= int(SmartCharger.MAX_STACK_LEVEL), p
+        periods = sched["chargingSchedulePeriod"]
+        assert periods and periods[0]["startPeriod"] == 0, p
+        for period in periods:
+            assert 0 <= period["limit"] <= site_a, f"{period['limit']} A is above the site limit ({site_a} A): {p}"
+            assert period.get("numberPhases", 3) in (1, 2, 3), p
+
+    defaults = [p for p in calls if p["csChargingProfiles"]["chargingProfilePurpose"] == "TxDefaultProfile"]
+    assert defaults, calls
+    for p in defaults:
+        prof = p["csChargingProfiles"]
+        assert p["connectorId"] == 0, p
+        assert prof["chargingProfileId"] == 9100, p
+        assert prof["chargingProfileKind"] == "Relative", p
+        assert "transactionId" not in prof and "startSchedule" not in prof["chargingSchedule"], p
+        # what each of the site's two connectors may draw at once without the gateway
+        assert prof["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] * 2 <= site_a, p
+
+    txp = [p for p in calls if p["csChargingProfiles"]["chargingProfilePurpose"] == "TxProfile"]
+    assert {p["csChargingProfiles"].get("transactionId") for p in txp} == {tx1, tx2}, txp
+    for p in txp:
+        prof = p["csChargingProfiles"]
+        sched = prof["chargingSchedule"]
+        connector = 1 if prof["transactionId"] == tx1 else 2
+        assert p["connectorId"] == connector, p
+        assert prof["chargingProfileId"] == 9200 + connector, p
+        assert prof["chargingProfileKind"] == "Absolute", p
+        start = parse_ts(sched["startSchedule"])
+        assert isinstance(sched["duration"], int) and sched["duration"] > 0, p
+        # in force from before it was sent until after the test
+        assert began - dt.timedelta(minutes=5) <= start <= ended < start + dt.timedelta(seconds=sched["duration"]), p
+        assert sched["chargingSchedulePeriod"][0]["limit"] >= MIN_CURRENT_A, f"paused, with room for it: {p}"
+
+    def limit(p):
+        return p["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"]
+
+    assert limit(alone) == site_a, f"alone on the site: {alone}"
+    assert sum(limit(p) for p in shared) <= site_a, shared
+
+    # the agent's own record of the shares agrees with what the charger was sent
+    power = [e for e in events(power_agent.db, ["site.power"]) if any(a["cp_id"] == cp_id for a in e["allocations"])]
+    assert power, log
+    for e in power:
+        assert e["max_power_w"] == power_agent.max_power_w, e
+        assert sum(a["limit_w"] for a in e["allocations"]) <= power_agent.max_power_w, e
+        assert not any(a.get("assumed") for a in e["allocations"]), e
+    both = [e for e in power if len(e["allocations"]) == 2]
+    assert both, power
+    for a in both[-1]["allocations"]:
+        assert amps_of(a["limit_w"]) == limit(shared[a["connector_id"] - 1]), (both[-1], shared)
+
+
+def _profile_request(**schedule_overrides):
+    """A SetChargingProfile request as the agent sends one (a TxDefaultProfile in A)."""
+    schedule = {"chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 31.8, "numberPhases": 3}]}
+    schedule.update(schedule_overrides)
+    return {
+        "connectorId": 0,
+        "csChargingProfiles": {
+            "chargingProfileId": 9100, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Relative", "chargingSchedule": schedule,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "payload, valid",
+    [
+        (_profile_request(), True),
+        # 31.85 is not a multiple of 0.1 (SetChargingProfile.json: `multipleOf: 0.1`)
+        (_profile_request(chargingSchedulePeriod=[{"startPeriod": 0, "limit": 31.85, "numberPhases": 3}]), False),
+        (_profile_request(chargingRateUnit="kW"), False),
+        (_profile_request(chargingSchedulePeriod=[{"startPeriod": 0, "limit": "31.8"}]), False),
+        ({"connectorId": 0}, False),
+    ],
+    ids=["valid", "limit-not-a-multiple-of-0.1", "unit-kW", "limit-as-string", "no-csChargingProfiles"],
+)
+def test_control_set_charging_profile_validation_is_active(payload, valid):
+    """Control for the site power test: a fake central system sends SetChargingProfile to
+    the same `SmartCharger`. A valid request reaches the handler and is answered Accepted;
+    an invalid one is refused by the library with a CALLERROR before the handler runs.
+    So the site power test's "reached the handler" means "schema-valid"."""
+    from websockets.asyncio.server import serve
+
+    got = []
+
+    async def fake_central_system(ws):
+        await ws.send(json.dumps([2, "ctl-1", "SetChargingProfile", payload]))
+        got.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+
+    async def go():
+        async with serve(fake_central_system, "127.0.0.1", 0, subprotocols=[OCPP16]) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}/ocpp/CONTROL", subprotocols=[OCPP16]) as ws:
+                cp = SmartCharger("CONTROL", Wire(ws), response_timeout=TIMEOUT)
+                reader = asyncio.create_task(cp.start())
+                try:
+                    await until("the charger's answer", lambda: got)
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                        await reader
+        return cp
+
+    cp = run(go())
+    if valid:
+        assert got == [[3, "ctl-1", {"status": "Accepted"}]], got
+        assert list(cp.profiles) == ["ctl-1"], cp.profiles
+    else:
+        assert got and got[0][0] == 4 and got[0][1] == "ctl-1", got
+        assert cp.profiles == {}, cp.profiles

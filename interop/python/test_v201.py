@@ -1370,3 +1370,353 @@ def test_fleet_cards_reach_both_versions_local_lists_validated_by_the_library(ag
         assert all(l["update_type"] == "Differential" for l in lists[1:]), lists
         assert all(len(l["entries"]) <= 2 for l in lists), "within the charger's limit"
         assert len({l["version"] for l in lists}) == 1, "one version for the whole list"
+
+
+# --------------------------------------------------------------------------- site power limit
+#
+# test_interop.py's site power test for 2.0.1, against an agent of the test's own with
+# `[site] max_power_kw = 11` (fixture `power_agent`, free vend): the agent reads
+# `SmartChargingCtrlr.RateUnit` and `.ProfileStackLevel` (GetVariables), installs a fail-safe
+# TxDefaultProfile on EVSE 0 and gives the running transaction its share as a TxProfile
+# naming the station's transactionId. The library validates each SetChargingProfile
+# against the official SetChargingProfileRequest.json before the handler runs; the control
+# below proves that an invalid one never reaches it. Then, on a site without a cap, a limit
+# lowered and lifted over MQTT (fixture `uplink_power_agent`): ClearChargingProfile.
+
+import test_interop as v16  # noqa: E402  (the wire helpers of the 1.6 site power test)
+
+SMART_VARIABLES = [("SmartChargingCtrlr", "RateUnit"), ("SmartChargingCtrlr", "ProfileStackLevel")]
+
+
+class SmartStation(Station):
+    """A 2.0.1 station with smart charging: GetVariables answers `RATE_UNIT` and
+    `STACK_LEVEL` for SmartChargingCtrlr (UnknownComponent / UnknownVariable for anything
+    else), and every SetChargingProfile and ClearChargingProfile is accepted (recorded by
+    unique id as the handler got it, i.e. after the library's schema validation)."""
+
+    RATE_UNIT = "A,W"
+    STACK_LEVEL = "3"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.asked = []
+        self.profiles = {}  # unique id -> SetChargingProfile / ClearChargingProfile request
+
+    @on("GetVariables")
+    def on_get_variables(self, get_variable_data, **kwargs):
+        self.asked.append(get_variable_data)
+        have = {
+            ("SmartChargingCtrlr", "RateUnit"): self.RATE_UNIT,
+            ("SmartChargingCtrlr", "ProfileStackLevel"): self.STACK_LEVEL,
+        }
+        results = []
+        for d in get_variable_data:
+            c, v = d["component"]["name"], d["variable"]["name"]
+            r = {"component": d["component"], "variable": d["variable"]}
+            if (c, v) in have:
+                r.update(attribute_status="Accepted", attribute_type="Actual", attribute_value=have[(c, v)])
+            else:
+                r["attribute_status"] = "UnknownVariable" if c == "SmartChargingCtrlr" else "UnknownComponent"
+            results.append(r)
+        return call_result.GetVariables(get_variable_result=results)
+
+    @on("SetChargingProfile")
+    def on_set_charging_profile(self, evse_id, charging_profile, call_unique_id, **kwargs):
+        self.profiles[call_unique_id] = {"evse_id": evse_id, **charging_profile}
+        return call_result.SetChargingProfile(status="Accepted")
+
+    @on("ClearChargingProfile")
+    def on_clear_charging_profile(self, call_unique_id, **kwargs):
+        self.profiles[call_unique_id] = kwargs
+        return call_result.ClearChargingProfile(status="Accepted")
+
+
+def test_site_power_limit_sends_schema_valid_profiles_in_watts(power_agent):
+    """`[site] max_power_kw = 11`, a station whose RateUnit is "A,W": it is asked through
+    GetVariables, gets a fail-safe TxDefaultProfile (EVSE 0, Relative) and, once its
+    transaction runs, a TxProfile with its own transactionId (Absolute, startSchedule and
+    duration), both in W (preferred when offered), never above the site's 11000 W (alone
+    on the site, exactly that: less than its 22 kW connector), at no more than its
+    ProfileStackLevel; each validated by the library and accepted."""
+    cp_id = new_cp_id("power")
+    tx_id = f"PYTX-{uuid.uuid4().hex[:12]}"
+    site_w = power_agent.max_power_w
+    received_at = {}
+
+    def tx_profiles(wire):
+        return [
+            p for _, p in v16.profiles_on_wire(wire, "TxProfile", key="chargingProfile")
+            if p["chargingProfile"].get("transactionId") == tx_id
+        ]
+
+    async def go():
+        async with station(power_agent, cp_id, SmartStation) as (cp, wire):
+            res = await boot(cp)
+            assert res.status == "Accepted"
+            await cp.call(
+                call.StatusNotification(timestamp=ts(now()), connector_status="Available", evse_id=1, connector_id=1),
+                suppress=False,
+            )
+            await v16.until(
+                "the fail-safe TxDefaultProfile",
+                lambda: v16.profiles_on_wire(wire, "TxDefaultProfile", key="chargingProfile"),
+                wire=wire,
+            )
+            t0 = now()
+            started = await cp.call(
+                tx_event(
+                    "Started", 0, t0, tx_id, "Authorized",
+                    meter=[register(0, "Transaction.Begin")],
+                    info={"chargingState": "Charging"},
+                    evse={"id": 1, "connectorId": 1},
+                    id_token={"idToken": "04A1B2C3D4E5F6", "type": "ISO14443"},
+                ),
+                suppress=False,
+            )
+            assert started.id_token_info and started.id_token_info["status"] == "Accepted", started
+            await v16.until(f"a TxProfile for transaction {tx_id}", lambda: tx_profiles(wire), wire=wire)
+            received_at["tx_profile"] = now()
+            await cp.call(
+                tx_event("Updated", 1, now(), tx_id, "MeterValuePeriodic",
+                         meter=[register(500), sv(7000, "Power.Active.Import", "W")]),
+                suppress=False,
+            )
+            await cp.call(
+                tx_event("Ended", 2, now(), tx_id, "EVCommunicationLost",
+                         meter=[register(1000, "Transaction.End")],
+                         info={"stoppedReason": "EVDisconnected"}),
+                suppress=False,
+            )
+        return cp, wire
+
+    cp, wire = run(go())
+    log = v16.agent_log(power_agent)
+    v16.assert_every_profile_validated_and_accepted(cp, wire)
+
+    # it was asked what it takes, before any profile
+    asks = v16.agent_calls(wire, "GetVariables")
+    assert asks, wire.received
+    for _, p in asks:
+        asked = sorted((d["component"]["name"], d["variable"]["name"]) for d in p["getVariableData"])
+        assert asked == sorted(SMART_VARIABLES), p
+    first_profile = next(i for i, r in enumerate(wire.received) if '"SetChargingProfile"' in r)
+    first_ask = next(i for i, r in enumerate(wire.received) if '"GetVariables"' in r)
+    assert first_ask < first_profile, wire.received
+
+    calls = [p for _, p in v16.agent_calls(wire, "SetChargingProfile")]
+    for p in calls:
+        prof = p["chargingProfile"]
+        assert 0 <= prof["stackLevel"] <= int(SmartStation.STACK_LEVEL), p
+        assert len(prof["chargingSchedule"]) == 1, p
+        sched = prof["chargingSchedule"][0]
+        assert isinstance(sched["id"], int), p
+        assert sched["chargingRateUnit"] == "W", f"the station offers A and W: {p}"
+        periods = sched["chargingSchedulePeriod"]
+        assert periods and periods[0]["startPeriod"] == 0, p
+        for period in periods:
+            assert 0 <= period["limit"] <= site_w, f"{period['limit']} W is above the site limit ({site_w} W): {p}"
+            assert period.get("numberPhases", 3) in (1, 2, 3), p
+
+    defaults = [p for p in calls if p["chargingProfile"]["chargingProfilePurpose"] == "TxDefaultProfile"]
+    assert defaults, calls
+    for p in defaults:
+        prof = p["chargingProfile"]
+        assert p["evseId"] == 0, p
+        assert prof["id"] == 9100, p
+        assert prof["chargingProfileKind"] == "Relative", p
+        assert "transactionId" not in prof and "startSchedule" not in prof["chargingSchedule"][0], p
+
+    txp = [p for p in calls if p["chargingProfile"]["chargingProfilePurpose"] == "TxProfile"]
+    assert txp and all(p["chargingProfile"].get("transactionId") == tx_id for p in txp), (tx_id, txp)
+    for p in txp:
+        prof = p["chargingProfile"]
+        sched = prof["chargingSchedule"][0]
+        assert p["evseId"] == 1, p
+        assert prof["id"] == 9201, p
+        assert prof["chargingProfileKind"] == "Absolute", p
+        start = parse_ts(sched["startSchedule"])
+        assert isinstance(sched["duration"], int) and sched["duration"] > 0, p
+        assert start <= received_at["tx_profile"] < start + dt.timedelta(seconds=sched["duration"]), p
+        # alone on the site: not paused (6 A on 3 phases)
+        assert sched["chargingSchedulePeriod"][0]["limit"] >= v16.MIN_CURRENT_A * v16.NOMINAL_V * 3, p
+
+    # the agent's own record of the shares agrees with what the station was sent
+    power = [e for e in events(power_agent.db, ["site.power"]) if any(a["cp_id"] == cp_id for a in e["allocations"])]
+    assert power, log
+    for e in power:
+        assert e["max_power_w"] == site_w, e
+        for a in e["allocations"]:
+            assert a["limit_w"] <= site_w and not a.get("assumed"), e
+    last = [a for a in power[-1]["allocations"] if a["cp_id"] == cp_id and a["connector_id"] == 1]
+    sent = txp[-1]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"]
+    assert sent == site_w, f"alone on the site: {txp[-1]}"
+    assert last and last[0]["limit_w"] == sent, (power[-1], txp[-1])
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+def test_a_limit_lowered_then_lifted_over_mqtt_clears_the_profiles(uplink_power_agent, version):
+    """A site without `[site] max_power_kw`: the BPP lowers the limit to 11 kW with
+    `site.power_limit`, and the charger gets its TxDefaultProfile and, once its transaction
+    runs, its TxProfile; then `site.power_limit` 0 (back to no limit): the agent clears
+    both by their ids (1.6 `id`, 2.0.1 `chargingProfileId`) with ClearChargingProfile,
+    each CALL validated by the library against the official request schema before the
+    handler answers Accepted."""
+    a = uplink_power_agent
+    b = Bpp(*a.mqtt, a.site)
+    cp_id = (v16.new_cp_id if version == "1.6" else new_cp_id)("lift")
+    key = "csChargingProfiles" if version == "1.6" else "chargingProfile"
+
+    def power_limit(kw):
+        res = b.command({"id": f"limit-{uuid.uuid4().hex[:8]}", "type": "site.power_limit", "max_power_kw": kw})
+        assert res.get("ok") is True, res
+        return res
+
+    def answered(wire, action):
+        return [(uid, p) for uid, p in v16.agent_calls(wire, action) if v16.our_answer(wire, uid) is not None]
+
+    # what the charger does, per version
+    async def available(cp):
+        if version == "1.6":
+            for cid in (0, 1):
+                await cp.call(
+                    v16.call.StatusNotification(connector_id=cid, error_code="NoError", status="Available", timestamp=ts(now())),
+                    suppress=False,
+                )
+        else:
+            await cp.call(
+                call.StatusNotification(timestamp=ts(now()), connector_status="Available", evse_id=1, connector_id=1),
+                suppress=False,
+            )
+
+    async def start(cp):
+        if version == "1.6":
+            res = await cp.call(
+                v16.call.StartTransaction(connector_id=1, id_tag="PYLIFT01", meter_start=0, timestamp=ts(now())),
+                suppress=False,
+            )
+            assert res.id_tag_info["status"] == "Accepted", res
+            return res.transaction_id
+        tx_id = f"PYTX-{uuid.uuid4().hex[:12]}"
+        res = await cp.call(
+            tx_event("Started", 0, now(), tx_id, "Authorized", meter=[register(0, "Transaction.Begin")],
+                     evse={"id": 1, "connectorId": 1}, id_token={"idToken": "04A1B2C3D4E5F8", "type": "ISO14443"}),
+            suppress=False,
+        )
+        assert res.id_token_info["status"] == "Accepted", res
+        return tx_id
+
+    async def stop(cp, tx):
+        if version == "1.6":
+            await cp.call(v16.call.StopTransaction(meter_stop=100, timestamp=ts(now()), transaction_id=tx), suppress=False)
+        else:
+            await cp.call(
+                tx_event("Ended", 1, now(), tx, "EVCommunicationLost", meter=[register(100, "Transaction.End")],
+                         info={"stoppedReason": "EVDisconnected"}),
+                suppress=False,
+            )
+
+    async def go():
+        connected = v16.charger(a, cp_id, v16.SmartCharger) if version == "1.6" else station(a, cp_id, SmartStation)
+        async with connected as (cp, wire):
+            await (v16.boot(cp) if version == "1.6" else boot(cp))
+            await available(cp)
+            lowered = await asyncio.to_thread(power_limit, 11)
+            assert lowered["max_power_kw"] == 11, lowered
+            await v16.until(
+                "the fail-safe TxDefaultProfile", lambda: v16.profiles_on_wire(wire, "TxDefaultProfile", key=key), wire=wire
+            )
+            tx = await start(cp)
+            await v16.until(
+                f"a TxProfile for transaction {tx}",
+                lambda: [p for _, p in v16.profiles_on_wire(wire, "TxProfile", key=key) if p[key].get("transactionId") == tx],
+                wire=wire,
+            )
+            lifted = await asyncio.to_thread(power_limit, 0)
+            assert lifted.get("max_power_kw") is None, lifted
+            await v16.until("two ClearChargingProfile", lambda: len(answered(wire, "ClearChargingProfile")) >= 2, wire=wire)
+            await stop(cp, tx)
+        return cp, wire
+
+    try:
+        b.wait_online()
+        cp, wire = run(go())
+    finally:
+        b.close()
+    v16.assert_every_profile_validated_and_accepted(cp, wire)
+    v16.assert_every_profile_validated_and_accepted(cp, wire, "ClearChargingProfile")
+    id_field = "id" if version == "1.6" else "chargingProfileId"
+    cleared = [p for _, p in v16.agent_calls(wire, "ClearChargingProfile")]
+    assert all(set(p) == {id_field} for p in cleared), cleared
+    assert sorted(p[id_field] for p in cleared) == [9100, 9201], cleared
+    # nothing is installed after the lift
+    last_clear = max(i for i, r in enumerate(wire.received) if '"ClearChargingProfile"' in r)
+    assert not [r for r in wire.received[last_clear:] if '"SetChargingProfile"' in r], wire.received
+
+
+def _profile_request201(**schedule_overrides):
+    """A SetChargingProfile request as the agent sends one (a TxDefaultProfile in W)."""
+    schedule = {"id": 9100, "chargingRateUnit": "W",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 22000.0, "numberPhases": 3}]}
+    schedule.update(schedule_overrides)
+    return {
+        "evseId": 0,
+        "chargingProfile": {
+            "id": 9100, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Relative", "chargingSchedule": [schedule],
+        },
+    }
+
+
+def _as_16_schedule():
+    p = _profile_request201()
+    p["chargingProfile"]["chargingSchedule"] = p["chargingProfile"]["chargingSchedule"][0]
+    return p
+
+
+@pytest.mark.parametrize(
+    "payload, valid",
+    [
+        (_profile_request201(), True),
+        (_profile_request201(chargingRateUnit="kW"), False),
+        (_profile_request201(chargingSchedulePeriod=[]), False),
+        (_profile_request201(id=None), False),
+        (_as_16_schedule(), False),
+        ({"connectorId": 0, "chargingProfile": _profile_request201()["chargingProfile"]}, False),
+    ],
+    ids=["valid", "unit-kW", "no-period", "schedule-id-null", "1.6-shaped-schedule", "connectorId-not-evseId"],
+)
+def test_control_set_charging_profile_validation_is_active(payload, valid):
+    """Control for the site power test: a fake CSMS sends SetChargingProfile to the same
+    `SmartStation`; a valid request reaches the handler and is answered Accepted, an
+    invalid one (a unit the schema does not have, no period, a schedule id that is not an
+    integer, a 1.6-shaped schedule object, `connectorId` for `evseId`) is refused by the
+    library with a CALLERROR before the handler runs."""
+    from websockets.asyncio.server import serve
+
+    got = []
+
+    async def fake_csms(ws):
+        await ws.send(json.dumps([2, "ctl-1", "SetChargingProfile", payload]))
+        got.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+
+    async def go():
+        async with serve(fake_csms, "127.0.0.1", 0, subprotocols=[OCPP201]) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}/ocpp/CONTROL", subprotocols=[OCPP201]) as ws:
+                cp = SmartStation("CONTROL", Wire(ws), response_timeout=TIMEOUT)
+                reader = asyncio.create_task(cp.start())
+                try:
+                    await v16.until("the station's answer", lambda: got)
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                        await reader
+        return cp
+
+    cp = run(go())
+    if valid:
+        assert got == [[3, "ctl-1", {"status": "Accepted"}]], got
+        assert list(cp.profiles) == ["ctl-1"], cp.profiles
+    else:
+        assert got and got[0][0] == 4 and got[0][1] == "ctl-1", got
+        assert cp.profiles == {}, cp.profiles
