@@ -177,7 +177,8 @@ async fn the_2_0_1_simulator_answers_every_csms_command_as_the_schemas_say() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((variables, heartbeat.as_str()), (8, "60"));
+    // 8 variables, and the simulator's three SmartChargingCtrlr ones
+    assert_eq!((variables, heartbeat.as_str()), (11, "60"));
     let triggered: i64 = db
         .query_row(
             "SELECT count(*) FROM tx_events WHERE charger_tx_id = ?1 AND trigger_reason = 'Trigger'",
