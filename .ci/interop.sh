@@ -12,6 +12,9 @@
 # has a site power limit: the site power tests (SetChargingProfile) of python, python201,
 # node and node201 start agents of their own with `[site] max_power_kw`, from the
 # CHARGESITE_BIN each suite is given (the binary built here).
+# The reservation tests (ReserveNow, CancelReservation) need an uplink: python201's start
+# an agent and a mosquitto of their own (both versions), node201's use its suite's agent
+# and BPP with a 1.6 and a 2.0.1 client.
 # python_tls and node_tls run over wss:// (security profiles 2 and 3), 1.6 and 2.0.1 alike,
 # each on a site interop/tls/make_site.sh makes with the agent's CLI (hash-password, tls
 # init, tls issue, check-config): free vend, `tls_listen = "127.0.0.1:0"` beside `listen`.

@@ -797,6 +797,213 @@ describe('chargesite OCPP 2.0.1 driven by ocpp-rpc', () => {
       });
     }
   });
+
+  // --------------------------------------------------------------------- reservations
+  //
+  // `reservation.upsert` / `reservation.cancel` from this suite's BPP, on a strict 1.6 and
+  // a strict 2.0.1 station of this agent: strict mode validates the agent's ReserveNow and
+  // CancelReservation against the official request schemas (formats included) before the
+  // handlers run; the control proves an invalid one never reaches them. The reservation
+  // then ends the way the station and the driver make it: `used` by the order's OTP (its
+  // Authorize answer carries the reservation's group), `cancelled` by command, or
+  // `charger_refused` when the station answers Occupied.
+
+  describe('reservations: ReserveNow and CancelReservation to strict ocpp-rpc stations (1.6 and 2.0.1)', () => {
+    /** A strict station of `protocol` that answers ReserveNow `status`, CancelReservation
+     * Accepted, recording every request that passed strict mode. */
+    function reservingStation(endpoint, identity, protocol, status = 'Accepted') {
+      const cli = new RPCClient({ endpoint, identity, protocols: [protocol], strictMode: true, reconnect: false, callTimeoutMs: TIMEOUT_MS });
+      cli.wire = { in: [], out: [] };
+      cli.on('message', ({ message, outbound }) => (outbound ? cli.wire.out : cli.wire.in).push(String(message)));
+      cli.strictFailures = [];
+      cli.on('strictValidationFailure', (e) => cli.strictFailures.push(e));
+      cli.reservations = new Map();
+      cli.handle('ReserveNow', ({ messageId, params }) => {
+        cli.reservations.set(messageId, params);
+        return { status };
+      });
+      cli.handle('CancelReservation', ({ messageId, params }) => {
+        cli.reservations.set(messageId, params);
+        return { status: 'Accepted' };
+      });
+      // the agent asks what the station takes for smart charging: it has nothing to say
+      if (protocol === 'ocpp1.6') {
+        cli.handle('GetConfiguration', ({ params }) => ({ configurationKey: [], unknownKey: params.key ?? [] }));
+      } else {
+        cli.handle('GetVariables', ({ params }) => ({
+          getVariableResult: params.getVariableData.map(({ component, variable }) => ({ attributeStatus: 'UnknownComponent', component, variable })),
+        }));
+      }
+      return cli;
+    }
+
+    const answered = (cli, action) => agentCalls(cli, action).filter(([id]) => ourAnswer(cli, id));
+
+    function assertValidatedAndAnswered(cli, action, status) {
+      const calls = agentCalls(cli, action);
+      assert.ok(calls.length > 0, `no ${action} from the agent`);
+      for (const [id, p] of calls) {
+        assert.ok(cli.reservations.has(id), `${action} ${JSON.stringify(p)} did not reach the handler: ${JSON.stringify(ourAnswer(cli, id))}`);
+        assert.deepEqual(ourAnswer(cli, id), [3, id, { status }]);
+      }
+      assert.deepEqual(cli.strictFailures.map((f) => f.error?.message), []);
+      assert.deepEqual([...callErrors(cli), ...frames(cli.wire.out).filter((f) => f[0] === 4)], [], 'CALLERROR on the wire');
+    }
+
+    for (const protocol of ['ocpp1.6', 'ocpp2.0.1']) {
+      const v16 = protocol === 'ocpp1.6';
+      for (const outcome of ['used', 'cancelled', 'charger_refused']) {
+        test(`${protocol}, ${outcome}: a schema-valid ReserveNow under agent tokens, released ${outcome}`, async () => {
+          const cpId = newCpId(`rsv-${outcome.slice(0, 4)}`);
+          const cli = reservingStation(agent.wsUrl, cpId, protocol, outcome === 'charger_refused' ? 'Occupied' : 'Accepted');
+          const released = () => events(['reservation.released'], (e) => e.order_id === orderId);
+          let orderId;
+          let upsert;
+          let cancel;
+          let authorized;
+          await cli.connect();
+          assert.equal(cli.protocol, protocol);
+          try {
+            if (v16) {
+              assert.equal((await cli.call('BootNotification', { chargePointVendor: 'InteropVendor', chargePointModel: 'ocpp-rpc-16' })).status, 'Accepted');
+              for (const connectorId of [0, 1]) {
+                await cli.call('StatusNotification', { connectorId, errorCode: 'NoError', status: 'Available', timestamp: ts(new Date()) });
+              }
+            } else {
+              assert.equal((await cli.call('BootNotification', bootParams())).status, 'Accepted');
+              await cli.call('StatusNotification', { timestamp: ts(new Date()), connectorStatus: 'Available', evseId: 1, connectorId: 1 });
+            }
+            const p = await bpp.provision(cpId);
+            orderId = p.orderId;
+            const now = new Date();
+            upsert = await bpp.command({
+              id: `rsv-${randomBytes(6).toString('hex')}`, type: 'reservation.upsert', order_id: orderId, cp_id: cpId, connector_id: 1,
+              start: ts(now), end: ts(minutes(now, 60)), grace_minutes: 10,
+            });
+            assert.equal(upsert.ok, true, JSON.stringify(upsert));
+            await until('ReserveNow, answered', () => answered(cli, 'ReserveNow').length > 0, cli);
+            const rid = upsert.reservation_id;
+            if (outcome === 'used') {
+              if (v16) {
+                authorized = (await cli.call('Authorize', { idTag: p.otp })).idTagInfo;
+                const res = await cli.call('StartTransaction', { connectorId: 1, idTag: p.otp, meterStart: 0, timestamp: ts(new Date()), reservationId: rid });
+                assert.equal(res.idTagInfo.status, 'Accepted');
+                await cli.call('StopTransaction', { transactionId: res.transactionId, meterStop: 100, timestamp: ts(new Date()) });
+              } else {
+                authorized = (await cli.call('Authorize', { idToken: keyCode(p.otp) })).idTokenInfo;
+                const txId = `NODETX-${randomBytes(6).toString('hex')}`;
+                const res = await cli.call('TransactionEvent', txEvent('Started', 0, new Date(), txId, 'Authorized', [register(0, 'Transaction.Begin')], {
+                  evse: { id: 1, connectorId: 1 }, idToken: keyCode(p.otp), reservationId: rid,
+                }));
+                assert.equal(res.idTokenInfo?.status, 'Accepted');
+                await cli.call('TransactionEvent', txEvent('Ended', 1, new Date(), txId, 'EVCommunicationLost', [register(100, 'Transaction.End')], {
+                  info: { stoppedReason: 'EVDisconnected' },
+                }));
+              }
+            } else if (outcome === 'cancelled') {
+              cancel = await bpp.command({ id: `cancel-${randomBytes(6).toString('hex')}`, type: 'reservation.cancel', order_id: orderId });
+              assert.equal(cancel.ok, true, JSON.stringify(cancel));
+              await until('CancelReservation, answered', () => answered(cli, 'CancelReservation').length > 0, cli);
+            }
+            await until(`reservation.released for ${orderId}`, () => released().length > 0, null, 15_000);
+          } finally {
+            await cli.close({ code: 1000 });
+          }
+
+          const status = outcome === 'charger_refused' ? 'Occupied' : 'Accepted';
+          assertValidatedAndAnswered(cli, 'ReserveNow', status);
+          const rid = upsert.reservation_id;
+          assert.ok(Number.isInteger(rid), JSON.stringify(upsert));
+          const [[, req]] = agentCalls(cli, 'ReserveNow');
+          let own;
+          let group;
+          if (v16) {
+            assert.deepEqual(Object.keys(req).sort(), ['connectorId', 'expiryDate', 'idTag', 'parentIdTag', 'reservationId']);
+            assert.deepEqual([req.reservationId, req.connectorId], [rid, 1]);
+            assert.equal(Date.parse(req.expiryDate), Date.parse(upsert.expires_at));
+            [own, group] = [req.idTag, req.parentIdTag];
+          } else {
+            assert.deepEqual(Object.keys(req).sort(), ['evseId', 'expiryDateTime', 'groupIdToken', 'id', 'idToken']);
+            assert.deepEqual([req.id, req.evseId], [rid, 1]);
+            assert.equal(Date.parse(req.expiryDateTime), Date.parse(upsert.expires_at));
+            assert.deepEqual([req.idToken.type, req.groupIdToken.type], ['Central', 'Central']);
+            [own, group] = [req.idToken.idToken, req.groupIdToken.idToken];
+          }
+          assert.notEqual(own, group);
+          const expiresIn = Date.parse(upsert.expires_at) - Date.now();
+          assert.ok(expiresIn > 0 && expiresIn <= 10 * 60_000 + 2_000, `expires ${upsert.expires_at}: start + 10 minutes`);
+
+          const [rel, ...more] = released();
+          assert.deepEqual(more, [], 'released once');
+          assert.deepEqual([rel.cp_id, rel.connector_id, rel.reservation_id, rel.reason], [cpId, 1, rid, outcome]);
+          assert.equal(rel.cost, undefined, 'the order has no tariff with reservation fees');
+          if (outcome === 'used') {
+            assert.equal(authorized.status, 'Accepted');
+            assert.equal(v16 ? authorized.parentIdTag : authorized.groupIdToken?.idToken, group, JSON.stringify(authorized));
+            assert.deepEqual(agentCalls(cli, 'CancelReservation'), [], 'a used reservation is not cancelled');
+          } else if (outcome === 'cancelled') {
+            assert.equal(cancel.reservation_id, rid);
+            assertValidatedAndAnswered(cli, 'CancelReservation', 'Accepted');
+            assert.deepEqual(agentCalls(cli, 'CancelReservation').map(([, c]) => c), [{ reservationId: rid }]);
+          } else {
+            assert.equal(rel.charger_status, 'Occupied');
+            assert.equal(agentCalls(cli, 'ReserveNow').length, 1, 'a refusal is final: not retried');
+            assert.deepEqual(events(['reservation.held'], (e) => e.order_id === orderId), []);
+          }
+        });
+      }
+    }
+
+    describe('control: strict mode validates ReserveNow from a fake CSMS', () => {
+      const r16 = { reservationId: 7, connectorId: 1, expiryDate: '2026-12-02T18:30:00.000Z', idTag: 'RV0123456789ABCDEF', parentIdTag: 'RG0123456789ABCDEF' };
+      const r201 = {
+        id: 7, evseId: 1, expiryDateTime: '2026-12-02T18:30:00.000Z',
+        idToken: { idToken: 'RV0123456789ABCDEF', type: 'Central' }, groupIdToken: { idToken: 'RG0123456789ABCDEF', type: 'Central' },
+      };
+      const CASES = [
+        ['ocpp1.6', 'valid', r16, true],
+        ['ocpp1.6', 'idTag of 21 characters', { ...r16, idTag: 'RV0123456789ABCDEF012' }, false],
+        ['ocpp1.6', 'expiryDate not a date-time', { ...r16, expiryDate: 'in ten minutes' }, false],
+        ['ocpp1.6', 'the 2.0.1 shape', r201, false],
+        ['ocpp2.0.1', 'valid', r201, true],
+        ['ocpp2.0.1', 'a token type 2.0.1 does not have', { ...r201, idToken: { idToken: 'RV0123456789ABCDEF', type: 'Agent' } }, false],
+        ['ocpp2.0.1', 'no expiryDateTime', (({ expiryDateTime, ...rest }) => rest)(r201), false],
+        ['ocpp2.0.1', 'the 1.6 shape', r16, false],
+      ];
+      for (const [protocol, name, payload, valid] of CASES) {
+        test(`${protocol} ${name}: ${valid ? 'reaches the handler, Accepted' : 'CALLERROR, the handler never runs'}`, async () => {
+          const server = new RPCServer({ protocols: [protocol], strictMode: false });
+          const answer = new Promise((res) => {
+            server.on('client', (c) => {
+              c.on('message', ({ message, outbound }) => {
+                const f = JSON.parse(String(message));
+                if (!outbound && f[1] === 'ctl-r') res(f);
+              });
+              c.sendRaw(JSON.stringify([2, 'ctl-r', 'ReserveNow', payload]));
+            });
+          });
+          const http = await server.listen(0, '127.0.0.1');
+          const cli = reservingStation(`ws://127.0.0.1:${http.address().port}`, 'CONTROL', protocol);
+          try {
+            await cli.connect();
+            const frame = await answer;
+            if (valid) {
+              assert.deepEqual(frame, [3, 'ctl-r', { status: 'Accepted' }]);
+              assert.deepEqual([...cli.reservations.keys()], ['ctl-r']);
+            } else {
+              assert.equal(frame[0], 4, JSON.stringify(frame));
+              assert.equal(cli.reservations.size, 0);
+              assert.equal(cli.strictFailures.length, 1);
+              assert.equal(cli.strictFailures[0].method, 'ReserveNow');
+            }
+          } finally {
+            await cli.close({ force: true });
+            await server.close({ force: true });
+          }
+        });
+      }
+    });
+  });
 });
 
 // ------------------------------------------------------------------- site power limit

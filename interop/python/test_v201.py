@@ -1720,3 +1720,299 @@ def test_control_set_charging_profile_validation_is_active(payload, valid):
     else:
         assert got and got[0][0] == 4 and got[0][1] == "ctl-1", got
         assert cp.profiles == {}, cp.profiles
+
+
+# --------------------------------------------------------------------------- reservations
+#
+# `reservation.upsert` / `reservation.cancel` from the BPP (fixture `uplink_power_agent`:
+# an uplink to a mosquitto of its own, free vend), on a 1.6 and a 2.0.1 charger each: the
+# agent's ReserveNow and CancelReservation are validated by the library against the
+# official request schemas before the handlers below see them (the control at the end
+# proves an invalid one never does). Then the reservation ends the way the charger and the
+# driver make it: `used` by the order's OTP (its Authorize answer carries the reservation's
+# group: 1.6 `parentIdTag`, 2.0.1 `groupIdToken`), `cancelled` by command, or
+# `charger_refused` when the charger answers Occupied.
+
+
+class ReservingCharger(v16.SmartCharger):
+    """A 1.6 charge point that answers ReserveNow with `STATUS` and CancelReservation
+    Accepted, recording each request by unique id as its handler got it (after the
+    library's schema validation)."""
+
+    STATUS = "Accepted"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.reservations = {}
+
+    @on("ReserveNow")
+    def on_reserve_now(self, call_unique_id, **kwargs):
+        self.reservations[call_unique_id] = kwargs
+        return result16.ReserveNow(status=self.STATUS)
+
+    @on("CancelReservation")
+    def on_cancel_reservation(self, call_unique_id, **kwargs):
+        self.reservations[call_unique_id] = kwargs
+        return result16.CancelReservation(status="Accepted")
+
+
+class ReservingStation(SmartStation):
+    """The same for a 2.0.1 station."""
+
+    STATUS = "Accepted"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.reservations = {}
+
+    @on("ReserveNow")
+    def on_reserve_now(self, call_unique_id, **kwargs):
+        self.reservations[call_unique_id] = kwargs
+        return call_result.ReserveNow(status=self.STATUS)
+
+    @on("CancelReservation")
+    def on_cancel_reservation(self, call_unique_id, **kwargs):
+        self.reservations[call_unique_id] = kwargs
+        return call_result.CancelReservation(status="Accepted")
+
+
+def _iso(t):
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _assert_validated_and_answered(cp, wire, action, status):
+    """Every `action` CALL of the agent reached the handler (the library's schema check
+    passed) and was answered `status`; no CALLERROR anywhere on the wire."""
+    calls = v16.agent_calls(wire, action)
+    assert calls, f"no {action} from the agent: {wire.received}"
+    for uid, payload in calls:
+        assert uid in cp.reservations, f"{action} {payload} did not reach the handler: {v16.our_answer(wire, uid)}"
+        assert v16.our_answer(wire, uid) == [3, uid, {"status": status}], v16.our_answer(wire, uid)
+    errors = [r for r in wire.received + wire.sent if json.loads(r)[0] == 4]
+    assert not errors, f"CALLERROR on the wire: {errors}"
+
+
+def _released(db, order):
+    return [e for e in events(db, ["reservation.released"]) if e.get("order_id") == order]
+
+
+@pytest.mark.parametrize("outcome", ["used", "cancelled", "charger_refused"])
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+def test_a_reservation_sends_schema_valid_reserve_now_and_ends_as_the_driver_makes_it(
+    uplink_power_agent, version, outcome
+):
+    """The BPP books connector 1 for an order (its OTP provisioned with
+    `authorization.upsert`) from now with a 10-minute grace: the charger gets ReserveNow
+    (1.6 `reservationId`, `connectorId` 1, `expiryDate`, `idTag` + `parentIdTag`; 2.0.1
+    `id`, `evseId` 1, `expiryDateTime`, `idToken` + `groupIdToken` of type Central) with
+    the expiry the command's result gave and tokens that are not the OTP. `used`: the
+    driver's OTP is answered Accepted with the reservation's group, their session starts
+    on the reservation and the reservation is released `used`. `cancelled`:
+    `reservation.cancel` sends CancelReservation with the same id and it is released
+    `cancelled`. `charger_refused`: the charger answers Occupied and the reservation is
+    released at once, `charger_status` Occupied."""
+    a = uplink_power_agent
+    b = Bpp(*a.mqtt, a.site)
+    cp_id = (v16.new_cp_id if version == "1.6" else new_cp_id)(f"rsv-{outcome[:4]}")
+    order = f"order-rsv-{uuid.uuid4().hex[:8]}"
+    otp = new_otp()
+    klass = ReservingCharger if version == "1.6" else ReservingStation
+    status = "Occupied" if outcome == "charger_refused" else "Accepted"
+    got = {}
+
+    def command(cmd):
+        res = b.command({"id": f"{cmd['type']}-{uuid.uuid4().hex[:8]}", **cmd})
+        assert res.get("ok") is True, res
+        return res
+
+    def reserve_nows(wire):
+        return [(u, p) for u, p in v16.agent_calls(wire, "ReserveNow") if v16.our_answer(wire, u) is not None]
+
+    async def available(cp):
+        if version == "1.6":
+            for cid in (0, 1):
+                await cp.call(
+                    v16.call.StatusNotification(connector_id=cid, error_code="NoError", status="Available", timestamp=ts(now())),
+                    suppress=False,
+                )
+        else:
+            await cp.call(
+                call.StatusNotification(timestamp=ts(now()), connector_status="Available", evse_id=1, connector_id=1),
+                suppress=False,
+            )
+
+    async def use(cp, rid):
+        """The order's driver: Authorize with the OTP, then a session on the reservation."""
+        if version == "1.6":
+            auth = await cp.call(v16.call.Authorize(id_tag=otp), suppress=False)
+            got["authorized"] = auth.id_tag_info
+            res = await cp.call(
+                v16.call.StartTransaction(connector_id=1, id_tag=otp, meter_start=0, timestamp=ts(now()), reservation_id=rid),
+                suppress=False,
+            )
+            assert res.id_tag_info["status"] == "Accepted", res
+            await cp.call(v16.call.StopTransaction(meter_stop=100, timestamp=ts(now()), transaction_id=res.transaction_id),
+                          suppress=False)
+            return
+        token = {"idToken": otp, "type": "KeyCode"}
+        auth = await cp.call(call.Authorize(id_token=token), suppress=False)
+        got["authorized"] = auth.id_token_info
+        tx_id = f"PYTX-{uuid.uuid4().hex[:12]}"
+        res = await cp.call(
+            tx_event("Started", 0, now(), tx_id, "Authorized", meter=[register(0, "Transaction.Begin")],
+                     evse={"id": 1, "connectorId": 1}, id_token=token, reservation_id=rid),
+            suppress=False,
+        )
+        assert res.id_token_info["status"] == "Accepted", res
+        await cp.call(
+            tx_event("Ended", 1, now(), tx_id, "EVCommunicationLost", meter=[register(100, "Transaction.End")],
+                     info={"stoppedReason": "EVDisconnected"}),
+            suppress=False,
+        )
+
+    async def go():
+        connected = v16.charger(a, cp_id, klass) if version == "1.6" else station(a, cp_id, klass)
+        async with connected as (cp, wire):
+            cp.STATUS = status
+            await (v16.boot(cp) if version == "1.6" else boot(cp))
+            await available(cp)
+            t = dt.datetime.now(dt.timezone.utc)
+            await asyncio.to_thread(
+                command,
+                {"type": "authorization.upsert", "order_id": order, "otp": otp, "cp_id": cp_id, "connector_id": 1,
+                 "valid_from": _iso(t - dt.timedelta(minutes=5)), "valid_until": _iso(t + dt.timedelta(hours=1))},
+            )
+            got["upsert"] = await asyncio.to_thread(
+                command,
+                {"type": "reservation.upsert", "order_id": order, "cp_id": cp_id, "connector_id": 1,
+                 "start": _iso(t), "end": _iso(t + dt.timedelta(hours=1)), "grace_minutes": 10},
+            )
+            await v16.until("ReserveNow, answered", lambda: reserve_nows(wire), wire=wire)
+            rid = got["upsert"]["reservation_id"]
+            if outcome == "used":
+                await use(cp, rid)
+            elif outcome == "cancelled":
+                got["cancel"] = await asyncio.to_thread(command, {"type": "reservation.cancel", "order_id": order})
+                await v16.until(
+                    "CancelReservation, answered",
+                    lambda: [u for u, _ in v16.agent_calls(wire, "CancelReservation") if v16.our_answer(wire, u)],
+                    wire=wire,
+                )
+            await v16.until(f"reservation.released for {order}", lambda: _released(a.db, order), secs=15)
+        return cp, wire
+
+    try:
+        b.wait_online()
+        cp, wire = run(go())
+    finally:
+        b.close()
+
+    _assert_validated_and_answered(cp, wire, "ReserveNow", status)
+    upsert = got["upsert"]
+    rid = upsert["reservation_id"]
+    assert isinstance(rid, int), upsert
+    expires = parse_ts(upsert["expires_at"])
+    (uid, p), *_ = v16.agent_calls(wire, "ReserveNow")
+    if version == "1.6":
+        assert set(p) == {"reservationId", "connectorId", "expiryDate", "idTag", "parentIdTag"}, p
+        assert (p["reservationId"], p["connectorId"]) == (rid, 1), p
+        assert parse_ts(p["expiryDate"]) == expires, (p, upsert)
+        own, group = p["idTag"], p["parentIdTag"]
+    else:
+        assert set(p) == {"id", "evseId", "expiryDateTime", "idToken", "groupIdToken"}, p
+        assert (p["id"], p["evseId"]) == (rid, 1), p
+        assert parse_ts(p["expiryDateTime"]) == expires, (p, upsert)
+        assert p["idToken"]["type"] == p["groupIdToken"]["type"] == "Central", p
+        own, group = p["idToken"]["idToken"], p["groupIdToken"]["idToken"]
+    assert own != group and otp not in (own, group), "agent tokens, never the driver's OTP"
+    assert expires - dt.timedelta(minutes=10, seconds=2) <= dt.datetime.now(dt.timezone.utc) <= expires, upsert
+
+    (released,) = _released(a.db, order)
+    assert (released["cp_id"], released["connector_id"], released["reservation_id"]) == (cp_id, 1, rid), released
+    assert released["reason"] == outcome, released
+    assert "cost" not in released, "the order has no tariff with reservation fees"
+    if outcome == "used":
+        info = got["authorized"]
+        assert info["status"] == "Accepted", info
+        if version == "1.6":
+            assert info.get("parent_id_tag", info.get("parentIdTag")) == group, info
+        else:
+            g = info.get("group_id_token", info.get("groupIdToken"))
+            assert g and g.get("id_token", g.get("idToken")) == group, info
+        assert not v16.agent_calls(wire, "CancelReservation"), "a used reservation is not cancelled"
+    elif outcome == "cancelled":
+        assert got["cancel"]["reservation_id"] == rid, got["cancel"]
+        _assert_validated_and_answered(cp, wire, "CancelReservation", "Accepted")
+        cancels = [p for _, p in v16.agent_calls(wire, "CancelReservation")]
+        assert cancels == [{"reservationId": rid}], cancels
+    else:
+        assert released["charger_status"] == "Occupied", released
+        assert len(v16.agent_calls(wire, "ReserveNow")) == 1, "a refusal is final: not retried"
+        assert not [e for e in events(a.db, ["reservation.held"]) if e.get("order_id") == order]
+
+
+def _reserve_now(version, **overrides):
+    """A ReserveNow request as the agent sends one."""
+    if version == "1.6":
+        p = {"reservationId": 7, "connectorId": 1, "expiryDate": "2026-12-02T18:30:00.000Z",
+             "idTag": "RV0123456789ABCDEF", "parentIdTag": "RG0123456789ABCDEF"}
+    else:
+        p = {"id": 7, "evseId": 1, "expiryDateTime": "2026-12-02T18:30:00.000Z",
+             "idToken": {"idToken": "RV0123456789ABCDEF", "type": "Central"},
+             "groupIdToken": {"idToken": "RG0123456789ABCDEF", "type": "Central"}}
+    p.update(overrides)
+    return {k: v for k, v in p.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "version, payload, valid",
+    [
+        ("1.6", _reserve_now("1.6"), True),
+        ("1.6", _reserve_now("1.6", idTag="RV0123456789ABCDEF-TOO-LONG"), False),
+        ("1.6", _reserve_now("1.6", expiryDate=None), False),
+        ("1.6", _reserve_now("2.0.1"), False),
+        ("2.0.1", _reserve_now("2.0.1"), True),
+        ("2.0.1", _reserve_now("2.0.1", idToken={"idToken": "RV0123456789ABCDEF", "type": "Agent"}), False),
+        ("2.0.1", _reserve_now("2.0.1", id="7"), False),
+        ("2.0.1", _reserve_now("1.6"), False),
+    ],
+    ids=["1.6-valid", "1.6-idTag-21-chars", "1.6-no-expiry", "1.6-given-2.0.1",
+         "2.0.1-valid", "2.0.1-token-type", "2.0.1-id-string", "2.0.1-given-1.6"],
+)
+def test_control_reserve_now_validation_is_active(version, payload, valid):
+    """Control for the reservation test: a fake CSMS sends ReserveNow to the same charger
+    classes; a valid request reaches the handler and is answered Accepted, an invalid one
+    (a 1.6 idTag over 20 characters, no expiry, the other version's shape, a token type
+    2.0.1 does not have, an id that is a string) is refused by the library with a CALLERROR
+    before the handler runs."""
+    from websockets.asyncio.server import serve
+
+    proto = OCPP16 if version == "1.6" else OCPP201
+    klass = ReservingCharger if version == "1.6" else ReservingStation
+    got = []
+
+    async def fake_csms(ws):
+        await ws.send(json.dumps([2, "ctl-r", "ReserveNow", payload]))
+        got.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+
+    async def go():
+        async with serve(fake_csms, "127.0.0.1", 0, subprotocols=[proto]) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}/ocpp/CONTROL", subprotocols=[proto]) as ws:
+                cp = klass("CONTROL", Wire(ws), response_timeout=TIMEOUT)
+                reader = asyncio.create_task(cp.start())
+                try:
+                    await v16.until("the charger's answer", lambda: got)
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                        await reader
+        return cp
+
+    cp = run(go())
+    if valid:
+        assert got == [[3, "ctl-r", {"status": "Accepted"}]], got
+        assert list(cp.reservations) == ["ctl-r"], cp.reservations
+    else:
+        assert got and got[0][0] == 4 and got[0][1] == "ctl-r", got
+        assert cp.reservations == {}, cp.reservations
