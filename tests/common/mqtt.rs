@@ -316,7 +316,13 @@ pub struct Bpp {
 
 impl Bpp {
     pub async fn connect(broker: &Broker, root: &str) -> Bpp {
-        let o = client_options(broker, &format!("bpp-{}", std::process::id()));
+        // One client id per BPP: a test that connects a second BPP (after a broker restart,
+        // say) while the first still runs must not have the two take the session over from
+        // each other on every reconnect (MQTT's rule for a reused client id), which left
+        // the second one missing the events (a CI flake of tests/otp.rs).
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let o = client_options(broker, &format!("bpp-{}-{n}", std::process::id()));
         let (client, mut eventloop) = AsyncClient::new(o, 1000);
         let seen: Arc<Mutex<Seen>> = Arc::default();
         let s = seen.clone();
